@@ -1,0 +1,248 @@
+"""Acquisition geometries and reconstruction grids, converted to ASTRA's dicts.
+
+Conventions (ASTRA's): all lengths in mm, angles in radians. Image row 0 is +y.
+Sinogram shapes: 2D geometries ``(n_angles, n_det)`` per slice, ``(n_slices,
+n_angles, n_det)`` for a stack of slices; 3D geometries ASTRA's ``(det_rows,
+n_angles, det_cols)``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Union
+
+import numpy as np
+
+from recon_cli.errors import InputError
+
+
+def _angles(a) -> np.ndarray:
+    arr = np.ascontiguousarray(np.asarray(a, dtype=np.float64).ravel())
+    if arr.size == 0:
+        raise InputError("angles must not be empty", field="geometry/angles")
+    if not np.all(np.isfinite(arr)):
+        raise InputError("angles contain NaN or Inf", field="geometry/angles")
+    return arr
+
+
+def _positive(name: str, value: float) -> float:
+    value = float(value)
+    if not np.isfinite(value) or value <= 0:
+        raise InputError(f"must be a positive number of mm, got {value}", field=f"geometry/{name}")
+    return value
+
+
+@dataclass(frozen=True, eq=False)
+class Parallel2D:
+    """Parallel beam, one detector row. ``detector_spacing`` in mm."""
+
+    angles: np.ndarray
+    detector_spacing: float
+    detector_count: int
+    type: str = field(default="parallel", init=False)
+    is_3d = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "angles", _angles(self.angles))
+        object.__setattr__(self, "detector_spacing", _positive("detector_spacing", self.detector_spacing))
+        object.__setattr__(self, "detector_count", int(self.detector_count))
+        if self.detector_count <= 0:
+            raise InputError("must be positive", field="geometry/detector_count")
+
+    @property
+    def n_angles(self) -> int:
+        return int(self.angles.size)
+
+    def to_astra(self) -> dict:
+        import astra
+
+        return astra.create_proj_geom("parallel", self.detector_spacing, self.detector_count, self.angles)
+
+    def sinogram_shape(self, n_slices: int | None = None) -> tuple[int, ...]:
+        base = (self.n_angles, self.detector_count)
+        return base if n_slices is None else (n_slices, *base)
+
+    def attrs(self) -> dict:
+        """Scalar attributes as stored in ``/geometry`` of layout v1."""
+        return {"type": self.type, "detector_spacing": self.detector_spacing, "detector_count": self.detector_count}
+
+
+@dataclass(frozen=True, eq=False)
+class FanFlat2D(Parallel2D):
+    """Fan beam with a flat detector. Distances in mm from the rotation axis."""
+
+    source_origin: float = 0.0
+    origin_detector: float = 0.0
+    type: str = field(default="fanflat", init=False)
+
+    def __post_init__(self):
+        super().__post_init__()
+        object.__setattr__(self, "source_origin", _positive("source_origin", self.source_origin))
+        object.__setattr__(self, "origin_detector", _positive("origin_detector", self.origin_detector))
+
+    @property
+    def magnification(self) -> float:
+        return (self.source_origin + self.origin_detector) / self.source_origin
+
+    def to_astra(self) -> dict:
+        import astra
+
+        return astra.create_proj_geom(
+            "fanflat", self.detector_spacing, self.detector_count, self.angles,
+            self.source_origin, self.origin_detector,
+        )
+
+    def attrs(self) -> dict:
+        return {**super().attrs(), "source_origin": self.source_origin, "origin_detector": self.origin_detector}
+
+
+@dataclass(frozen=True, eq=False)
+class Parallel3D(Parallel2D):
+    """3D parallel beam (GPU only). ``detector_spacing`` is the column spacing."""
+
+    detector_rows: int = 1
+    detector_row_spacing: float = 1.0
+    type: str = field(default="parallel3d", init=False)
+    is_3d = True
+
+    def __post_init__(self):
+        super().__post_init__()
+        object.__setattr__(self, "detector_rows", int(self.detector_rows))
+        object.__setattr__(self, "detector_row_spacing", _positive("detector_row_spacing", self.detector_row_spacing))
+
+    def to_astra(self) -> dict:
+        import astra
+
+        return astra.create_proj_geom(
+            "parallel3d", self.detector_spacing, self.detector_row_spacing,
+            self.detector_rows, self.detector_count, self.angles,
+        )
+
+    def sinogram_shape(self, n_slices: int | None = None) -> tuple[int, ...]:
+        return (self.detector_rows, self.n_angles, self.detector_count)
+
+    def attrs(self) -> dict:
+        return {**super().attrs(), "detector_rows": self.detector_rows,
+                "detector_row_spacing": self.detector_row_spacing}
+
+
+@dataclass(frozen=True, eq=False)
+class Cone3D(Parallel3D):
+    """Cone beam with a flat detector (GPU only). Distances in mm."""
+
+    source_origin: float = 0.0
+    origin_detector: float = 0.0
+    type: str = field(default="cone", init=False)
+
+    def __post_init__(self):
+        super().__post_init__()
+        object.__setattr__(self, "source_origin", _positive("source_origin", self.source_origin))
+        object.__setattr__(self, "origin_detector", _positive("origin_detector", self.origin_detector))
+
+    def to_astra(self) -> dict:
+        import astra
+
+        return astra.create_proj_geom(
+            "cone", self.detector_spacing, self.detector_row_spacing, self.detector_rows,
+            self.detector_count, self.angles, self.source_origin, self.origin_detector,
+        )
+
+    def attrs(self) -> dict:
+        return {**super().attrs(), "source_origin": self.source_origin, "origin_detector": self.origin_detector}
+
+
+Geometry = Union[Parallel2D, FanFlat2D, Parallel3D, Cone3D]
+GEOMETRY_TYPES: dict[str, type] = {"parallel": Parallel2D, "fanflat": FanFlat2D,
+                                   "parallel3d": Parallel3D, "cone": Cone3D}
+
+
+def geometry_from_attrs(attrs: dict, angles) -> Geometry:
+    """Build a geometry from layout-v1 attributes; raises InputError naming the field."""
+    gtype = str(attrs.get("type", ""))
+    if gtype not in GEOMETRY_TYPES:
+        raise InputError(f"unknown geometry type {gtype!r}; expected one of {sorted(GEOMETRY_TYPES)}",
+                         field="geometry/type")
+    cls = GEOMETRY_TYPES[gtype]
+    needed = {"parallel": ["detector_spacing", "detector_count"],
+              "fanflat": ["detector_spacing", "detector_count", "source_origin", "origin_detector"],
+              "parallel3d": ["detector_spacing", "detector_count", "detector_rows", "detector_row_spacing"],
+              "cone": ["detector_spacing", "detector_count", "detector_rows", "detector_row_spacing",
+                       "source_origin", "origin_detector"]}[gtype]
+    kwargs = {}
+    for key in needed:
+        if key not in attrs:
+            raise InputError("missing attribute", field=f"geometry/{key}")
+        kwargs[key] = attrs[key]
+    return cls(angles=angles, **kwargs)
+
+
+@dataclass(frozen=True, eq=False)
+class VolumeGrid:
+    """Reconstruction grid centred on the rotation axis.
+
+    ``shape`` is ``(ny, nx)`` or ``(nz, ny, nx)``; ``voxel_size`` in mm (isotropic).
+    """
+
+    shape: tuple[int, ...]
+    voxel_size: float = 1.0
+
+    def __post_init__(self):
+        shape = tuple(int(s) for s in self.shape)
+        if len(shape) not in (2, 3) or min(shape) <= 0:
+            raise InputError(f"must be [ny, nx] or [nz, ny, nx] with positive sizes, got {list(shape)}",
+                             field="volume/shape")
+        object.__setattr__(self, "shape", shape)
+        object.__setattr__(self, "voxel_size", _positive("voxel_size", self.voxel_size))
+
+    @property
+    def slice_shape(self) -> tuple[int, int]:
+        return self.shape[-2:]
+
+    @property
+    def n_slices(self) -> int | None:
+        return self.shape[0] if len(self.shape) == 3 else None
+
+    def to_astra(self) -> dict:
+        """ASTRA volume geometry with extents in mm (2D for one slice, 3D for a volume)."""
+        import astra
+
+        ny, nx = self.slice_shape
+        hx, hy = nx * self.voxel_size / 2, ny * self.voxel_size / 2
+        if len(self.shape) == 2:
+            return astra.create_vol_geom(ny, nx, -hx, hx, -hy, hy)
+        nz = self.shape[0]
+        hz = nz * self.voxel_size / 2
+        return astra.create_vol_geom(ny, nx, nz, -hx, hx, -hy, hy, -hz, hz)
+
+    def slice_grid(self) -> "VolumeGrid":
+        return VolumeGrid(self.slice_shape, self.voxel_size)
+
+
+def fan_beam_geometry(n_angles: int = 60, detector_count: int = 512, detector_spacing: float = 1.2,
+                      source_origin: float = 595.0, origin_detector: float = 490.0,
+                      arc: float = 2 * np.pi) -> FanFlat2D:
+    """Fan-flat geometry with ``n_angles`` equally spaced views over ``arc`` radians."""
+    angles = np.linspace(0.0, arc, n_angles, endpoint=False)
+    return FanFlat2D(angles=angles, detector_spacing=detector_spacing, detector_count=detector_count,
+                     source_origin=source_origin, origin_detector=origin_detector)
+
+
+def parallel_beam_geometry(n_angles: int = 180, detector_count: int = 256, detector_spacing: float = 1.0,
+                           arc: float = np.pi) -> Parallel2D:
+    """Parallel geometry with ``n_angles`` equally spaced views over ``arc`` radians."""
+    angles = np.linspace(0.0, arc, n_angles, endpoint=False)
+    return Parallel2D(angles=angles, detector_spacing=detector_spacing, detector_count=detector_count)
+
+
+def reference_geometry() -> tuple[FanFlat2D, VolumeGrid]:
+    """The project's reference case: 60-view fan beam on a 256x256 grid of 1 mm pixels."""
+    return fan_beam_geometry(), VolumeGrid((256, 256), 1.0)
+
+
+def fingerprint(geometry: Geometry, grid: VolumeGrid, extra: str = "") -> str:
+    """Stable SHA-256 (hex, 16 chars) of a geometry and slice grid, for caches and model checks."""
+    payload = {"geometry": {k: (v if not isinstance(v, float) else round(v, 9)) for k, v in geometry.attrs().items()},
+               "angles": np.round(geometry.angles, 12).tolist(),
+               "grid": [list(grid.slice_shape), round(grid.voxel_size, 9)], "extra": extra}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,1 @@
+"""Linear operators that are not projectors: finite differences, graph Laplacians, proximal maps."""

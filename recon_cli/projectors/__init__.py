@@ -1,0 +1,47 @@
+"""Projectors behind one Operator interface, and the factory that picks one for a device.
+
+Kinds: ``astra`` (ASTRA's direct CPU 2D projectors), ``matrix`` (ASTRA's matrix as a
+cached CSR, default on the CPU when it fits in memory), ``cuda`` (ASTRA CUDA with CuPy
+arrays, GPU only).
+"""
+from __future__ import annotations
+
+import logging
+
+from recon_cli.backend import Device
+from recon_cli.errors import ConfigError, DeviceError
+from recon_cli.geometry import Geometry, VolumeGrid
+from recon_cli.ops.operator import Operator
+
+log = logging.getLogger(__name__)
+
+PROJECTOR_KINDS = ("auto", "astra", "matrix", "cuda")
+
+#: Above this many bytes (matrix + transpose), 'auto' on the CPU uses ASTRA's direct projector.
+MATRIX_BYTES_LIMIT = 4 * 1024**3
+
+
+def make_projector(geometry: Geometry, grid: VolumeGrid, device: Device, kind: str = "auto",
+                   projector_type: str | None = None) -> Operator:
+    """Operator K for ``geometry`` on ``grid``; x of shape grid.shape, y of shape geometry.sinogram_shape()."""
+    if kind not in PROJECTOR_KINDS:
+        raise ConfigError(f"unknown projector kind {kind!r}; choose one of {list(PROJECTOR_KINDS)}",
+                          field="projector")
+    if geometry.is_3d and not device.is_gpu:
+        raise DeviceError(f"geometry {geometry.type!r} is 3D and needs a GPU (ASTRA has no 3D CPU projector)",
+                          field="geometry/type")
+    if device.is_gpu and kind in ("auto", "cuda"):
+        from recon_cli.projectors.astra_cuda import AstraCUDAProjector
+
+        return AstraCUDAProjector(geometry, grid)
+    if kind == "cuda":
+        raise DeviceError("projector 'cuda' needs device gpu", field="projector")
+    from recon_cli.projectors.astra_cpu import AstraCPUProjector
+    from recon_cli.projectors.astra_matrix import AstraMatrixProjector, estimated_nnz
+
+    if kind == "auto":
+        kind = "matrix" if estimated_nnz(geometry, grid) * 8 * 2 <= MATRIX_BYTES_LIMIT else "astra"
+        log.debug("projector auto -> %s", kind)
+    if kind == "matrix":
+        return AstraMatrixProjector(geometry, grid, projector_type)
+    return AstraCPUProjector(geometry, grid, projector_type)
