@@ -1,0 +1,90 @@
+"""One CT image slice from a DICOM file, in Hounsfield units, and HU <-> 1/mm conversion.
+
+HU = 1000 * (mu - mu_water) / mu_water, mu in 1/mm (mu_water = 0.0192/mm at ~70 keV).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from recon_cli.errors import InputError
+
+MU_WATER = 0.0192  # 1/mm
+
+#: Hounsfield value given to pixels equal to the file's PixelPaddingValue (outside the scan circle).
+HU_AIR = -1000.0
+
+
+def hu_to_mu(hu, mu_water: float = MU_WATER):
+    """Linear attenuation (1/mm) from Hounsfield units; exact inverse of :func:`mu_to_hu`."""
+    return mu_water * (1.0 + np.asarray(hu, np.float32) / 1000.0)
+
+
+def mu_to_hu(mu, mu_water: float = MU_WATER):
+    """Hounsfield units from linear attenuation (1/mm)."""
+    return 1000.0 * (np.asarray(mu, np.float32) - mu_water) / mu_water
+
+
+def _required(ds, name: str, file: str):
+    value = ds.get(name)
+    if value is None or value == "":
+        raise InputError("missing DICOM tag", file=file, field=name)
+    return value
+
+
+def read_ct_slice(path) -> tuple[np.ndarray, float]:
+    """Read a single-frame CT slice: (hu (rows, cols) float32, pixel spacing in mm).
+
+    HU = stored value * RescaleSlope + RescaleIntercept; pixels equal to PixelPaddingValue
+    become air (-1000 HU). Row 0 is the first stored row (the top of the displayed image).
+    Raises InputError for unreadable files, non-CT modalities, missing or non-square
+    PixelSpacing, multi-frame or colour images.
+    """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    file = str(path)
+    if not Path(file).is_file():
+        raise InputError("no such file", file=file)
+    try:
+        ds = pydicom.dcmread(file)
+    except (InvalidDicomError, OSError, ValueError) as exc:
+        raise InputError(f"not a readable DICOM file ({exc})", file=file) from None
+    modality = str(ds.get("Modality", ""))
+    if modality != "CT":
+        raise InputError(f"expected a CT image, found modality {modality or 'none'!r}", file=file, field="Modality")
+    if "PixelData" not in ds:
+        raise InputError("no pixel data", file=file, field="PixelData")
+    if int(ds.get("NumberOfFrames", 1) or 1) != 1:
+        raise InputError("multi-frame images are not supported; give one slice", file=file, field="NumberOfFrames")
+    if int(ds.get("SamplesPerPixel", 1)) != 1:
+        raise InputError("expected a greyscale image", file=file, field="SamplesPerPixel")
+    spacing = _required(ds, "PixelSpacing", file)
+    try:
+        dy, dx = (float(v) for v in spacing)
+    except (TypeError, ValueError):
+        raise InputError(f"expected two numbers, got {spacing!r}", file=file, field="PixelSpacing") from None
+    if not (dx > 0 and dy > 0):
+        raise InputError(f"must be positive, got {[dy, dx]}", file=file, field="PixelSpacing")
+    if abs(dx - dy) > 1e-3 * max(dx, dy):
+        raise InputError(f"non-square pixels {[dy, dx]} mm are not supported", file=file, field="PixelSpacing")
+    slope = float(_required(ds, "RescaleSlope", file))
+    intercept = float(_required(ds, "RescaleIntercept", file))
+    try:
+        stored = ds.pixel_array
+    except Exception as exc:  # missing decoder, truncated data, ...
+        raise InputError(f"cannot decode pixel data ({exc})", file=file, field="PixelData") from None
+    if stored.ndim != 2:
+        raise InputError(f"expected a 2D slice, got shape {stored.shape}", file=file, field="PixelData")
+    hu = stored.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+    padding = ds.get("PixelPaddingValue")
+    if padding is not None:
+        hu[stored == padding] = HU_AIR
+    return hu, float(dx)
+
+
+def read_ct_slice_mu(path, mu_water: float = MU_WATER) -> tuple[np.ndarray, float]:
+    """A CT slice as linear attenuation: (mu (rows, cols) float32 in 1/mm, clipped at 0, pixel spacing mm)."""
+    hu, spacing = read_ct_slice(path)
+    return np.clip(hu_to_mu(hu, mu_water), 0.0, None).astype(np.float32), spacing
