@@ -1,0 +1,505 @@
+"""The pipeline schema (pydantic), YAML loading with ``FILE:LINE`` errors, ``--set`` overrides.
+
+A pipeline YAML is composed once to map every key path to its line, then validated;
+each validation error becomes one :class:`~recon_cli.errors.ConfigError` line such as
+``pipelines/x.yaml:12: solver.params.iteratons: unknown key 'iteratons'; did you mean
+'iterations'?``. Overrides (``--set solver.params.lam=1e-3``) are parsed with YAML
+rules and set into the raw mapping before validation, so they are checked the same way
+and reported as ``--set solver.params.lam: ...``.
+
+Relative paths in a pipeline (input, output, reference, mask) are relative to the
+current working directory, not to the YAML file.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional, Sequence, Union
+
+import re
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+
+from recon_cli.errors import ConfigError
+from recon_cli.solvers.registry import SolverRef, get_solver
+
+#: Metric names a pipeline may ask for (see recon_cli.metrics.compute_metrics).
+METRIC_NAMES = ("psnr", "ssim", "rel_err", "rmse", "hu_rmse", "residual", "wall_time")
+#: Metrics that need a reference image.
+REFERENCE_METRICS = ("psnr", "ssim", "rel_err", "rmse", "hu_rmse")
+MetricName = Literal["psnr", "ssim", "rel_err", "rmse", "hu_rmse", "residual", "wall_time"]
+MetricList = list[MetricName]  # alias: MetricsSpec has a field named 'list'
+OUTPUT_FORMATS = ("hdf5", "png")
+
+Path_ = Annotated[str, Field(min_length=1)]
+
+
+class Strict(BaseModel):
+    """Base of every section: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class InputSpec(Strict):
+    path: Path_ = Field(description="input file (relative to the current directory)")
+    format: Literal["auto", "hdf5"] = Field("auto", description="file format; auto detects HDF5 by content")
+
+
+class ProjectorSpec(Strict):
+    kind: Literal["auto", "astra", "matrix", "cuda"] = Field(
+        "auto", description="auto: cuda on a GPU, else the cached matrix when it fits in memory, else astra")
+    type: str = Field("auto", description="ASTRA projector type (e.g. line_fanflat, strip, linear) or auto")
+
+
+class LogTransformStep(Strict):
+    """Raw intensities -> line integrals: y = -log(I / I0)."""
+
+    step: Literal["log_transform"]
+    I0: Optional[float] = Field(None, gt=0, description="incident intensity; default: the input's I0 "
+                                                          "attribute, else the largest value")
+
+
+#: One preprocessing step, chosen by its ``step`` key (later steps join this union).
+PreprocessStep = Annotated[Union[LogTransformStep], Field(discriminator="step")]
+
+
+class OutputSpec(Strict):
+    path: Optional[Path_] = Field(None, description="HDF5 output; other formats change its suffix. "
+                                                    "Default: out/<name>.h5")
+    formats: list[Literal["hdf5", "png"]] = Field(default_factory=lambda: ["hdf5"], min_length=1)
+    png_window: Optional[tuple[float, float]] = Field(
+        None, description="[center, width] in HU mapped to black..white (e.g. [40, 400]); "
+                          "default: the image's min..max")
+
+    @field_validator("formats")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        return list(dict.fromkeys(v))
+
+    @field_validator("png_window")
+    @classmethod
+    def _ordered(cls, v):
+        if v is not None and not v[1] > 0:
+            raise ValueError(f"window width (HU) must be positive, got {v[1]}")
+        return v
+
+
+class MetricsSpec(Strict):
+    reference: Optional[Path_] = Field(None, description="reference image file; default: the input's /reference")
+    list: MetricList = Field(default_factory=lambda: [*METRIC_NAMES], description="metrics to compute")
+    mu_water: float = Field(0.0192, gt=0, description="attenuation of water in 1/mm, for HU")
+    mask: Optional[Path_] = Field(None, description="image file; metrics only where it is non-zero")
+
+
+class PipelineConfig(Strict):
+    """One pipeline: input -> preprocess -> projector -> solver -> outputs + metrics."""
+
+    name: str = Field(min_length=1)
+    input: InputSpec
+    device: Literal["auto", "cpu", "gpu"] = "auto"
+    projector: ProjectorSpec = Field(default_factory=ProjectorSpec)
+    preprocess: list[PreprocessStep] = Field(default_factory=list)
+    solver: SolverRef
+    output: OutputSpec = Field(default_factory=OutputSpec)
+    metrics: MetricsSpec = Field(default_factory=MetricsSpec)
+
+    _source: Optional[str] = PrivateAttr(default=None)
+    _lines: dict = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _default_output(self):
+        if self.output.path is None:
+            self.output.path = f"out/{self.name}.h5"
+        return self
+
+    # -- where things came from (for error messages after validation) --
+    @property
+    def source(self) -> str | None:
+        """The YAML file this came from, if any."""
+        return self._source
+
+    def where(self, *path: str | int) -> str | None:
+        """``FILE:LINE`` of a key path, or of its nearest ancestor present in the file."""
+        if self._source is None:
+            return None
+        return f"{self._source}:{_nearest_line(self._lines, tuple(path))}"
+
+    def output_paths(self) -> dict[str, Path]:
+        """Format -> path for every requested output (relative to the current directory)."""
+        path = Path(self.output.path)
+        known = path.suffix.lower() in (".h5", ".hdf5", ".nxs")
+        stem = path.with_suffix("") if known else path
+        suffix = {"hdf5": path.suffix if known else ".h5", "png": ".png"}
+        return {fmt: stem.with_name(stem.name + suffix[fmt]) for fmt in self.output.formats}
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads YAML 1.2 floats without a dot (1e-3, 2E5) as numbers."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+][0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def yaml_load(text: str) -> Any:
+    """YAML text -> Python values (safe; 1e-3 is a float)."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> PipelineConfig:
+    """Read, override and validate a pipeline YAML; every problem is one ConfigError line."""
+    path = Path(path)
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("pipeline file not found", file=source) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read pipeline file ({exc})", file=source) from None
+    return config_from_text(text, source=source, overrides=overrides)
+
+
+def config_from_text(text: str, *, source: str = "<string>", overrides: Sequence[str] = ()) -> PipelineConfig:
+    """Validate YAML text (see :func:`load_config`)."""
+    raw, lines = _parse_yaml(text, source)
+    return config_from_dict(raw, source=source, lines=lines, overrides=overrides)
+
+
+def config_from_dict(raw: Any, *, source: str | None = None, lines: dict | None = None,
+                     overrides: Sequence[str] = ()) -> PipelineConfig:
+    """Validate a raw mapping; ``lines`` maps key paths to line numbers for messages."""
+    lines = lines or {}
+    if raw is None:
+        raise ConfigError("empty pipeline", file=f"{source}:1" if source else None)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"a pipeline must be a mapping of keys, got {type(raw).__name__}",
+                          file=f"{source}:1" if source else None)
+    raw = _drop_empty_sections(_deep_copy(raw))
+    set_paths = []
+    for item in overrides:
+        key_path, value = parse_override(item)
+        _set_path(raw, key_path, value, item)
+        set_paths.append(key_path)
+    try:
+        cfg = PipelineConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise _first_error(exc, raw, source, lines, set_paths) from None
+    cfg._source = source
+    cfg._lines = lines
+    return cfg
+
+
+def with_overrides(cfg: PipelineConfig, values: dict[str, Any]) -> PipelineConfig:
+    """A copy of ``cfg`` with dotted keys set (None values skipped), validated again."""
+    raw = resolved_config(cfg)
+    set_paths = []
+    for dotted, value in values.items():
+        if value is None:
+            continue
+        key_path = _split_key(dotted, dotted)
+        _set_path(raw, key_path, value, dotted)
+        set_paths.append(key_path)
+    try:
+        new = PipelineConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise _first_error(exc, raw, None, {}, set_paths) from None
+    new._source, new._lines = cfg._source, cfg._lines
+    return new
+
+
+def _parse_yaml(text: str, source: str) -> tuple[Any, dict]:
+    """(data, {key path: line}) of YAML text; syntax errors and duplicate keys -> ConfigError."""
+    try:
+        node = yaml.compose(text, Loader=_Loader)
+        data = yaml_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else 1
+        line = max(1, min(line, text.count("\n") + (0 if text.endswith("\n") else 1)))
+        what = " ".join(s for s in (exc.context, exc.problem) if s)
+        raise ConfigError(f"YAML syntax error: {what}", file=f"{source}:{line}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"YAML syntax error: {exc}", file=source) from None
+    lines: dict[tuple, int] = {}
+    if node is not None:
+        _map_lines(node, (), lines, source)
+    return data, lines
+
+
+def _map_lines(node: yaml.Node, path: tuple, lines: dict, source: str) -> None:
+    lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node)
+            line = key_node.start_mark.line + 1
+            if key in seen and key != "<<":
+                raise ConfigError(f"duplicate key '{key}' (first on line {seen[key]})",
+                                  file=f"{source}:{line}", field=_dotted(path + (key,)))
+            seen[key] = line
+            lines[path + (key,)] = line
+            _map_lines(value_node, path + (key,), lines, source)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _map_lines(item, path + (i,), lines, source)
+
+
+def _nearest_line(lines: dict, path: tuple) -> int:
+    while path and path not in lines:
+        path = path[:-1]
+    return lines.get(path, 1)
+
+
+# ----------------------------------------------------------------------------- --set
+
+
+def parse_override(item: str) -> tuple[tuple, Any]:
+    """``'solver.params.lam=1e-3'`` -> (('solver', 'params', 'lam'), 0.001); values parsed as YAML."""
+    if "=" not in item:
+        raise ConfigError(f"expected KEY.PATH=VALUE, got {item!r}", field="--set")
+    key, _, text = item.partition("=")
+    key_path = _split_key(key.strip(), item)
+    try:
+        value = yaml_load(text) if text.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"cannot parse value {text!r} ({str(exc).splitlines()[0]})", field=f"--set {key}") from None
+    return key_path, value
+
+
+def _split_key(key: str, item: str) -> tuple:
+    parts = key.split(".")
+    if not key or any(not p for p in parts):
+        raise ConfigError(f"bad key path in {item!r}", field="--set")
+    return tuple(int(p) if p.isdigit() else p for p in parts)
+
+
+def _set_path(raw: dict, key_path: tuple, value: Any, item: str) -> None:
+    node: Any = raw
+    for i, key in enumerate(key_path[:-1]):
+        here = _dotted(key_path[: i + 1])
+        if isinstance(node, dict):
+            if isinstance(key_path[i + 1], int) and not isinstance(node.get(key), list):
+                raise ConfigError(f"'{here}' is not a list", field=f"--set {_dotted(key_path)}")
+            if not isinstance(node.get(key), (dict, list)):
+                if key in node and node[key] is not None:
+                    raise ConfigError(f"'{here}' is a value, not a section", field=f"--set {_dotted(key_path)}")
+                node[key] = {}
+            node = node[key]
+        elif isinstance(node, list) and isinstance(key, int):
+            if key >= len(node):
+                raise ConfigError(f"'{_dotted(key_path[:i])}' has {len(node)} entries, no index {key}",
+                                  field=f"--set {_dotted(key_path)}")
+            node = node[key]
+        else:
+            raise ConfigError(f"'{_dotted(key_path[:i])}' is not a section", field=f"--set {_dotted(key_path)}")
+    last = key_path[-1]
+    if isinstance(node, list):
+        if not isinstance(last, int) or last >= len(node):
+            raise ConfigError(f"'{_dotted(key_path[:-1])}' is a list; use an index below {len(node)}",
+                              field=f"--set {_dotted(key_path)}")
+        node[last] = value
+    else:
+        node[last] = value
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def _first_error(exc: ValidationError, raw: dict, source: str | None, lines: dict,
+                 set_paths: list[tuple]) -> ConfigError:
+    """The first validation error as one ConfigError line (the rest are counted)."""
+    errors = exc.errors(include_url=False)
+    messages = [_describe(err, raw, source, lines, set_paths) for err in errors]
+    first = messages[0]
+    if len(messages) > 1:
+        first.message += f" (and {len(messages) - 1} more error{'s' if len(messages) > 2 else ''})"
+    return first
+
+
+def _describe(err: dict, raw: dict, source: str | None, lines: dict, set_paths: list[tuple]) -> ConfigError:
+    loc = _repair_loc(tuple(err["loc"]), raw)
+    kind = err["type"]
+    msg = err["msg"]
+    if kind == "extra_forbidden":
+        key = str(loc[-1])
+        valid = _valid_keys(loc[:-1], raw)
+        msg = f"unknown key '{key}'" + _suggest(key, valid)
+    elif kind == "missing":
+        msg = "missing required key"
+    elif kind == "union_tag_invalid":
+        tag = str(err.get("ctx", {}).get("tag"))
+        tags = [t.strip("'\" ") for t in str(err.get("ctx", {}).get("expected_tags", "")).split(",")]
+        msg = f"unknown step '{tag}'" + _suggest(tag, tags)
+    elif kind == "union_tag_not_found":
+        msg = f"missing key {err.get('ctx', {}).get('discriminator', 'step')}"
+    elif kind == "literal_error" and isinstance(err.get("input"), str):
+        expected = [t.strip("'\" ") for t in str(err.get("ctx", {}).get("expected", "")).replace(" or ", ",").split(",")]
+        expected = [e for e in expected if e]
+        msg = f"unknown value '{err['input']}'" + _suggest(err["input"], expected)
+    elif kind in ("value_error", "assertion_error"):
+        msg = msg.split(", ", 1)[1] if ", " in msg else msg
+    field = _dotted(loc) or None
+    for sp in sorted(set_paths, key=len, reverse=True):
+        if loc[: len(sp)] == sp:
+            where = f"--set {_dotted(sp)}"
+            return ConfigError(msg, field=where if loc == sp else f"{where}: {field}")
+    file = f"{source}:{_nearest_line(lines, loc)}" if source else None
+    return ConfigError(msg, file=file, field=field)
+
+
+def _suggest(word: str, valid: Sequence[str]) -> str:
+    valid = [str(v) for v in valid]
+    close = difflib.get_close_matches(word, valid, n=1, cutoff=0.6)
+    if close:
+        return f"; did you mean '{close[0]}'?"
+    return f"; valid keys: {', '.join(valid)}" if valid else ""
+
+
+def _repair_loc(loc: tuple, raw: Any) -> tuple:
+    """Insert the 'params' that errors raised inside SolverRef's validator lose.
+
+    SolverRef validates its params in a model validator, so pydantic reports
+    ``solver.iteratons`` for ``solver.params.iteratons`` (at any depth of nesting).
+    """
+    out: list = []
+    node = raw
+    ref_keys = set(SolverRef.model_fields)
+    for part in loc:
+        if (isinstance(node, dict) and part not in ref_keys and part not in node
+                and _is_ref_position(tuple(out), raw)):
+            out.append("params")
+            node = node.get("params")
+        out.append(part)
+        if isinstance(node, dict):
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        else:
+            node = None
+    return tuple(out)
+
+
+def _is_ref_position(path: tuple, raw: Any) -> bool:
+    return _model_at(path, raw) is SolverRef
+
+
+def _valid_keys(path: tuple, raw: Any) -> list[str]:
+    model = _model_at(path, raw)
+    if model is None:
+        return []
+    return [name for name in model.model_fields if not name.startswith("_")]
+
+
+def _model_at(path: tuple, raw: Any) -> type[BaseModel] | None:
+    """The pydantic model that validates the mapping at ``path`` (solver params: the registered model)."""
+    model: Any = PipelineConfig
+    node = raw
+    i = 0
+    while i < len(path):
+        part = path[i]
+        if model is SolverRef and part == "params":
+            name = node.get("name") if isinstance(node, dict) else None
+            try:
+                model = get_solver(str(name)).params_model
+            except ConfigError:
+                return None
+        elif isinstance(model, type) and issubclass(model, BaseModel):
+            field = model.model_fields.get(str(part))
+            if field is None:
+                return None
+            model = field.annotation
+        else:
+            return None
+        node = node.get(part) if isinstance(node, dict) else None
+        i += 1
+        # Unwrap Optional / list / Union (discriminated by 'step') until a model or the next key.
+        while True:
+            model = _strip_annotated(model)
+            origin = typing.get_origin(model)
+            if origin in (Union, types.UnionType):
+                args = [a for a in typing.get_args(model) if a is not type(None)]
+                models = [a for a in (_strip_annotated(a) for a in args)
+                          if isinstance(a, type) and issubclass(a, BaseModel)]
+                if len(models) == 1:
+                    model = models[0]
+                elif models and isinstance(node, dict) and "step" in node:
+                    model = next((m for m in models if _literal_default(m, "step") == node["step"]), None)
+                else:
+                    model = models[0] if models else (args[0] if args else None)
+                continue
+            if origin in (list, tuple) and i < len(path) and isinstance(path[i], int):
+                model = typing.get_args(model)[0]
+                node = node[path[i]] if isinstance(node, list) and path[i] < len(node) else None
+                i += 1
+                continue
+            break
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _strip_annotated(tp: Any) -> Any:
+    while typing.get_origin(tp) is Annotated:
+        tp = typing.get_args(tp)[0]
+    return tp
+
+
+def _literal_default(model: type[BaseModel], field: str) -> Any:
+    ann = model.model_fields[field].annotation
+    args = typing.get_args(ann)
+    return args[0] if args else None
+
+
+def _drop_empty_sections(raw: dict) -> dict:
+    """``preprocess:`` / ``output:`` / ``solver: {params:}`` left empty in YAML mean 'the defaults'."""
+    for key in ("projector", "preprocess", "output", "metrics"):
+        if key in raw and raw[key] is None:
+            del raw[key]
+    solver = raw.get("solver")
+    if isinstance(solver, dict) and "params" in solver and solver["params"] is None:
+        solver["params"] = {}
+    return raw
+
+
+def _dotted(path: Sequence) -> str:
+    return ".".join(str(p) for p in path)
+
+
+def _deep_copy(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _deep_copy(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_deep_copy(v) for v in obj]
+    return obj
+
+
+# ----------------------------------------------------------------------------- resolved form
+
+
+def resolved_config(cfg: PipelineConfig) -> dict:
+    """The pipeline with every default filled in (JSON types only)."""
+    return cfg.model_dump(mode="json")
+
+
+def resolved_yaml(cfg: PipelineConfig) -> str:
+    """:func:`resolved_config` as YAML text (keys in schema order)."""
+    return yaml.safe_dump(resolved_config(cfg), sort_keys=False, default_flow_style=None)
+
+
+def config_hash(cfg: PipelineConfig | dict) -> str:
+    """SHA-256 (hex) of the canonical JSON of the resolved pipeline: equal hashes, equal runs."""
+    data = resolved_config(cfg) if isinstance(cfg, PipelineConfig) else cfg
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
