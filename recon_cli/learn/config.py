@@ -1,0 +1,273 @@
+"""The training YAML schema (pydantic) and its loader with ``FILE:LINE`` errors and ``--set``.
+
+A training config says what to learn (input solver -> target), for which acquisition
+(geometry, grid, noise), from which images, with which network and optimiser. No torch
+here: ``recon validate``-style checks and the data generator need none.
+
+Example (see training/*.yaml)::
+
+    name: postproc_fan60
+    geometry: {type: fanflat, n_angles: 60, detector_count: 512, detector_spacing: 1.2,
+               source_origin: 595, origin_detector: 490}
+    grid: {shape: [256, 256], voxel_size: 1.0}
+    noise: {I0: 1.0e5}
+    data: {sources: [{kind: anatomy}, {kind: coule}], train: 320, val: 32, test: 32, workers: 2}
+    input: {name: fbp, params: {filter: hann}}
+    target: ground_truth              # or {converged: {name: sgp_tv, params: {iterations: 200}}}
+    model: {depth: 3, base_channels: 16}
+    training: {epochs: 20, batch_size: 8, patch: 128, lr: 1.0e-3, loss: {kind: l1}}
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal, Optional, Sequence, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from recon_cli.errors import ConfigError, InputError
+from recon_cli.geometry import FanFlat2D, Geometry, Parallel2D, VolumeGrid
+from recon_cli.phantoms import MU_WATER
+from recon_cli.solvers.registry import SolverRef
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class GeometrySpec(Strict):
+    """A 2D acquisition: equally spaced views over ``arc`` starting at ``start``, or ``from_file``."""
+
+    type: Literal["parallel", "fanflat"] = "fanflat"
+    n_angles: int = Field(60, ge=1)
+    detector_count: int = Field(512, ge=1)
+    detector_spacing: float = Field(1.2, gt=0, description="mm")
+    source_origin: Optional[float] = Field(595.0, gt=0, description="mm (fanflat)")
+    origin_detector: Optional[float] = Field(490.0, gt=0, description="mm (fanflat)")
+    arc: Optional[float] = Field(None, gt=0, description="radians; default 2 pi (fanflat), pi (parallel)")
+    start: float = Field(0.0, description="first angle, radians")
+    from_file: Optional[str] = Field(None, description="take the geometry from this sinogram HDF5 instead")
+
+    def build(self) -> Geometry:
+        if self.from_file:
+            from recon_cli.io.hdf5 import read_sinogram
+
+            return read_sinogram(self.from_file).geometry
+        import numpy as np
+
+        arc = self.arc if self.arc is not None else (2 * math.pi if self.type == "fanflat" else math.pi)
+        angles = self.start + np.linspace(0.0, arc, self.n_angles, endpoint=False)
+        if self.type == "parallel":
+            return Parallel2D(angles=angles, detector_spacing=self.detector_spacing,
+                              detector_count=self.detector_count)
+        return FanFlat2D(angles=angles, detector_spacing=self.detector_spacing, detector_count=self.detector_count,
+                         source_origin=self.source_origin, origin_detector=self.origin_detector)
+
+
+class GridSpec(Strict):
+    shape: tuple[int, int] = (256, 256)
+    voxel_size: float = Field(1.0, gt=0, description="mm")
+
+    @field_validator("shape")
+    @classmethod
+    def _positive(cls, v):
+        if min(v) < 4:
+            raise ValueError(f"grid must be at least 4x4, got {list(v)}")
+        return v
+
+    def build(self) -> VolumeGrid:
+        return VolumeGrid(tuple(self.shape), self.voxel_size)
+
+
+class NoiseSpec(Strict):
+    """Noise added by recon_cli.simulate: Poisson with ``I0`` counts, and/or Gaussian ``gaussian_rel``."""
+
+    I0: Optional[float] = Field(None, gt=0)
+    gaussian_rel: Optional[float] = Field(None, ge=0)
+
+
+class ImageSource(Strict):
+    """Where training images come from. ``hdf5``: every slice of ``paths`` (read_image layout)."""
+
+    kind: Literal["coule", "anatomy", "hdf5"]
+    paths: list[str] = Field(default_factory=list)
+    weight: float = Field(1.0, gt=0, description="relative frequency among procedural sources")
+
+    @model_validator(mode="after")
+    def _paths(self):
+        if self.kind == "hdf5" and not self.paths:
+            raise ValueError("an hdf5 source needs 'paths'")
+        if self.kind != "hdf5" and self.paths:
+            raise ValueError(f"a {self.kind} source takes no 'paths'")
+        return self
+
+
+class DataSpec(Strict):
+    sources: list[ImageSource] = Field(default_factory=lambda: [ImageSource(kind="coule")], min_length=1)
+    train: int = Field(256, ge=1)
+    val: int = Field(32, ge=1)
+    test: int = Field(0, ge=0)
+    seed: int = 0
+    upsample: int = Field(2, ge=1, description="simulation on a grid this many times finer (no inverse crime)")
+    workers: int = Field(1, ge=1, description="processes computing training pairs")
+    cache_dir: Optional[str] = Field(None, description="default: <recon-cli cache>/training")
+
+    @model_validator(mode="after")
+    def _one_kind(self):
+        kinds = {s.kind == "hdf5" for s in self.sources}
+        if len(kinds) > 1:
+            raise ValueError("mix either procedural sources (coule, anatomy) or hdf5 sources, not both")
+        return self
+
+
+class ConvergedTarget(Strict):
+    converged: SolverRef = Field(description="the solver whose (converged) output is the target (RISING)")
+
+
+Target = Union[Literal["ground_truth"], ConvergedTarget]
+
+
+class UNetConfig(Strict):
+    """Architecture hyper-parameters (recon_cli.learn.unet.UNet); stored in the model metadata."""
+
+    depth: int = Field(3, ge=1, le=6, description="number of 2x down-samplings")
+    base_channels: int = Field(16, ge=1, description="channels at full resolution; doubled per level")
+    residual_blocks: bool = Field(False, description="residual blocks (conv-conv + skip) instead of conv-conv")
+    norm: Literal["batch", "group", "none"] = "batch"
+    global_skip: bool = Field(True, description="output = input + net(input)")
+    nonneg: Optional[Literal["relu", "softplus"]] = Field(None, description="non-negative output")
+    softplus_beta: float = Field(20.0, gt=0, description="sharpness of softplus on the normalised scale")
+
+
+class LossConfig(Strict):
+    kind: Literal["mse", "l1", "elastic"] = "mse"
+    alpha: float = Field(0.5, ge=0.0, le=1.0, description="elastic: weight of the image term")
+    norm: Literal["l1", "l2"] = Field("l1", description="elastic: norm of both terms")
+
+
+class TrainingSpec(Strict):
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(8, ge=1)
+    patch: Optional[int] = Field(128, ge=8, description="random square crops of this size; null: whole images")
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    min_lr: float = Field(1e-5, ge=0, description="cosine: final learning rate")
+    step_size: int = Field(10, ge=1, description="step: epochs between decays")
+    gamma: float = Field(0.5, gt=0, le=1, description="step: decay factor")
+    early_stopping: Optional[int] = Field(None, ge=1, description="stop after this many epochs without a "
+                                                                   "better validation loss")
+    max_steps_per_epoch: Optional[int] = Field(None, ge=1, description="cap on batches per epoch")
+    loss: LossConfig = Field(default_factory=LossConfig)
+    seed: int = 0
+    threads: Optional[int] = Field(None, ge=1, description="torch CPU threads; default: all cores")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class TrainConfig(Strict):
+    """One training run; ``name`` names the output files ``<out>/<name>.{pt,onnx,json}``."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    out: str = Field("out/models", description="output folder (--out replaces it)")
+    geometry: GeometrySpec = Field(default_factory=GeometrySpec)
+    grid: GridSpec = Field(default_factory=GridSpec)
+    noise: NoiseSpec = Field(default_factory=NoiseSpec)
+    data: DataSpec = Field(default_factory=DataSpec)
+    input: SolverRef = Field(default_factory=lambda: SolverRef(name="fbp"))
+    target: Target = "ground_truth"
+    input_scale: float = Field(2 * MU_WATER, gt=0, description="1/mm mapped to 1 before the network")
+    model: UNetConfig = Field(default_factory=UNetConfig)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+
+    @model_validator(mode="after")
+    def _sizes(self):
+        m = 2**self.model.depth
+        p = self.training.patch
+        if p is not None:
+            if p % m:
+                raise ValueError(f"training.patch: {p} must be a multiple of 2**model.depth = {m}")
+            if p > min(self.grid.shape):
+                raise ValueError(f"training.patch: {p} is larger than the grid {list(self.grid.shape)}")
+        return self
+
+    def target_spec(self) -> dict:
+        """JSON description of the target: {"kind": "ground_truth"} or {"kind": "converged", "solver": ...}."""
+        if self.target == "ground_truth":
+            return {"kind": "ground_truth"}
+        return {"kind": "converged", "solver": self.target.converged.model_dump(mode="json", exclude_none=True)}
+
+    def resolved(self) -> dict:
+        return self.model_dump(mode="json")
+
+    def hash(self, exclude: Sequence[str] = ("out", "description")) -> str:
+        data = {k: v for k, v in self.resolved().items() if k not in exclude}
+        data["data"] = {k: v for k, v in data["data"].items() if k not in ("workers", "cache_dir")}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_train_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Read a training YAML, apply ``--set KEY.PATH=VALUE`` overrides, validate (ConfigError FILE:LINE)."""
+    from recon_cli.config import _parse_yaml, _set_path, parse_override
+
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("training config not found", file=source) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read training config ({exc})", file=source) from None
+    raw, lines = _parse_yaml(text, source)
+    if not isinstance(raw, dict):
+        raise ConfigError("a training config must be a mapping of keys", file=f"{source}:1")
+    set_paths = []
+    for item in overrides:
+        key_path, value = parse_override(item)
+        _set_path(raw, key_path, value, item)
+        set_paths.append(key_path)
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise _config_error(exc, source, lines, set_paths) from None
+    except InputError as exc:  # e.g. geometry.from_file unreadable
+        raise ConfigError(exc.message, file=exc.file or source, field=exc.field) from None
+
+
+def _config_error(exc: ValidationError, source: str, lines: dict, set_paths: list[tuple]) -> ConfigError:
+    errors = exc.errors(include_url=False)
+    err = errors[0]
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in ("ConvergedTarget",))
+                and not str(p).startswith("literal["))
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = f"unknown key '{loc[-1]}'"
+    elif err["type"] == "missing":
+        msg = "missing required key"
+    elif err["type"] in ("value_error", "assertion_error") and ", " in msg:
+        msg = msg.split(", ", 1)[1]
+        head, sep, rest = msg.partition(": ")
+        if not loc and sep and " " not in head:  # model-level check naming its field "a.b: message"
+            loc, msg = tuple(head.split(".")), rest
+    if len(errors) > 1:
+        msg += f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})"
+    field = ".".join(str(p) for p in loc) or None
+    for sp in sorted(set_paths, key=len, reverse=True):
+        if loc[: len(sp)] == sp:
+            return ConfigError(msg, field=f"--set {field}")
+    node = loc
+    while node and node not in lines:
+        node = node[:-1]
+    return ConfigError(msg, file=f"{source}:{lines.get(node, 1)}", field=field)
+
+
+def config_from_dict(raw: dict[str, Any]) -> TrainConfig:
+    """Validate a mapping (tests, programmatic use); errors as ConfigError."""
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise _config_error(exc, "<dict>", {}, []) from None

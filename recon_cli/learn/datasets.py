@@ -1,0 +1,285 @@
+"""Training pairs (network input, target) simulated in the target acquisition, cached on disk.
+
+For each sample: an image (COULE-like, anatomy-like or a slice of a user HDF5 volume) is
+projected on a finer grid with noise by :func:`recon_cli.simulate.simulate_sinogram` (no
+inverse crime); the *input* is the output of a named solver of the registry on that
+sinogram (FBP, or k iterations of an iterative solver); the *target* is the ground truth on
+the reconstruction grid, or the output of another named solver ("converged", RISING).
+
+Every pair is stored as ``<cache>/<key>.npz`` where the key hashes everything that
+determines it (image source and seed, geometry fingerprint, grid, noise, upsampling, input
+and target solver specs), so retraining or adding samples recomputes nothing already there.
+Splits are fixed by the seed: procedural images of split s, index i come from the seed
+sequence (seed, s, i); HDF5 slices are permuted once by the seed and dealt out as
+val, test, then train, so changing one split's count never moves another's samples.
+
+No torch here: worker processes only need numpy, ASTRA and the solvers.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from recon_cli.errors import InputError
+from recon_cli.geometry import fingerprint
+from recon_cli.learn.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+#: Bumped when the way pairs are computed changes, so old cache entries are not reused.
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SampleSpec:
+    """One training pair to compute: where its image comes from and its cache key."""
+
+    split: str
+    index: int
+    source: dict  # {"kind": "coule"|"anatomy", "seed": [..]} or {"kind": "hdf5", "path", "slice"}
+    noise_seed: int
+    key: str
+
+
+@dataclass
+class SplitArrays:
+    """Pairs of one split: ``inputs``/``targets``/``references`` (N, ny, nx) float32 in 1/mm."""
+
+    inputs: np.ndarray
+    targets: np.ndarray
+    references: np.ndarray
+    sigma: np.ndarray  # per-sample std of one line integral (simulate's estimate)
+
+
+def default_cache_dir() -> Path:
+    from recon_cli.projectors.astra_matrix import cache_dir
+
+    return cache_dir() / "training"
+
+
+def cache_folder(cfg: TrainConfig) -> Path:
+    return Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir()
+
+
+def _common_key_payload(cfg: TrainConfig) -> dict:
+    geometry, grid = cfg.geometry.build(), cfg.grid.build()
+    return {"version": CACHE_VERSION, "geometry": fingerprint(geometry, grid), "grid": cfg.grid.model_dump(mode="json"),
+            "noise": cfg.noise.model_dump(mode="json"), "upsample": cfg.data.upsample,
+            "input": cfg.input.model_dump(mode="json", exclude_none=True), "target": cfg.target_spec()}
+
+
+def _key(payload: dict) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _hdf5_slices(paths: list[str]) -> list[dict]:
+    """Every 2D slice of the given files as {"path", "slice", "stamp"} (stamp: size + mtime)."""
+    from recon_cli.io.hdf5 import read_image
+
+    out = []
+    for p in paths:
+        path = Path(p)
+        if not path.is_file():
+            raise InputError("training image file not found", file=str(p), field="data.sources.paths")
+        image, _ = read_image(path)
+        st = path.stat()
+        stamp = f"{st.st_size}-{st.st_mtime_ns}"
+        n = 1 if image.ndim == 2 else image.shape[0]
+        out += [{"kind": "hdf5", "path": str(path.resolve()), "slice": i, "stamp": stamp} for i in range(n)]
+    return out
+
+
+def plan_samples(cfg: TrainConfig) -> dict[str, list[SampleSpec]]:
+    """The samples of each split (deterministic given the config)."""
+    common = _common_key_payload(cfg)
+    counts = {"train": cfg.data.train, "val": cfg.data.val, "test": cfg.data.test}
+    plan: dict[str, list[SampleSpec]] = {s: [] for s in SPLITS}
+    procedural = [s for s in cfg.data.sources if s.kind != "hdf5"]
+    if procedural:
+        weights = np.array([s.weight for s in procedural], float)
+        weights /= weights.sum()
+        for split_id, split in enumerate(SPLITS):
+            for i in range(counts[split]):
+                seq = [cfg.data.seed, split_id, i]
+                pick = np.random.default_rng(np.random.SeedSequence(seq + [1])).choice(len(procedural), p=weights)
+                source = {"kind": procedural[pick].kind, "seed": seq}
+                noise_seed = int(np.random.SeedSequence(seq + [2]).generate_state(1)[0])
+                payload = {**common, "source": source, "noise_seed": noise_seed}
+                plan[split].append(SampleSpec(split, i, source, noise_seed, _key(payload)))
+        return plan
+    pool = _hdf5_slices([p for s in cfg.data.sources for p in s.paths])
+    order = np.random.default_rng(cfg.data.seed).permutation(len(pool))
+    needed = sum(counts.values())
+    if needed > len(pool):
+        raise InputError(f"{needed} samples requested (train+val+test) but the HDF5 sources hold "
+                         f"{len(pool)} slices", field="data.sources")
+    offsets = {"val": 0, "test": counts["val"], "train": counts["val"] + counts["test"]}
+    for split in SPLITS:
+        for i in range(counts[split]):
+            j = int(order[offsets[split] + i])
+            source = pool[j]
+            noise_seed = int(np.random.SeedSequence([cfg.data.seed, 3, j]).generate_state(1)[0])
+            payload = {**common, "source": source, "noise_seed": noise_seed}
+            plan[split].append(SampleSpec(split, i, source, noise_seed, _key(payload)))
+    return plan
+
+
+# ----------------------------------------------------------------------------- computing one pair
+
+
+def make_image(source: dict, cfg: TrainConfig) -> tuple[np.ndarray, float]:
+    """(image (n, n) float32 in 1/mm, pixel size mm) for a sample's source."""
+    if source["kind"] == "hdf5":
+        from recon_cli.io.hdf5 import read_image
+
+        image, voxel = read_image(source["path"])
+        image = image if image.ndim == 2 else image[source["slice"]]
+        return np.clip(np.asarray(image, np.float32), 0.0, None), voxel
+    n = max(cfg.grid.shape)
+    rng = np.random.default_rng(np.random.SeedSequence(source["seed"]))
+    if source["kind"] == "coule":
+        from recon_cli.phantoms import coule_phantom
+
+        return coule_phantom(n, rng), cfg.grid.voxel_size
+    from recon_cli.learn.anatomy import anatomy_phantom
+
+    return anatomy_phantom(n, rng), cfg.grid.voxel_size
+
+
+_WORKER: dict = {}
+
+
+def _context(cfg_json: str) -> dict:
+    """Per-process objects (config, geometry, grid, projector), built once per worker."""
+    if _WORKER.get("json") != cfg_json:
+        from recon_cli.backend import Device
+        from recon_cli.projectors import make_projector
+
+        cfg = TrainConfig.model_validate_json(cfg_json)
+        geometry, grid = cfg.geometry.build(), cfg.grid.build()
+        _WORKER.clear()
+        _WORKER.update(json=cfg_json, cfg=cfg, geometry=geometry, grid=grid,
+                       op=make_projector(geometry, grid, Device("cpu")))
+    return _WORKER
+
+
+def compute_pair(cfg_json: str, spec: SampleSpec, cache: str) -> str:
+    """Simulate, run the input (and target) solver for one sample; write its .npz; return the key."""
+    from recon_cli.simulate import simulate_sinogram
+    from recon_cli.solvers.registry import run_ref
+
+    ctx = _context(cfg_json)
+    cfg: TrainConfig = ctx["cfg"]
+    image, voxel = make_image(spec.source, cfg)
+    sino = simulate_sinogram(image, voxel, ctx["geometry"], ctx["grid"], upsample=cfg.data.upsample,
+                             I0=cfg.noise.I0, gaussian_rel=cfg.noise.gaussian_rel, seed=spec.noise_seed)
+    x_in = np.asarray(run_ref(cfg.input, ctx["op"], sino).volume, np.float32)
+    if cfg.target == "ground_truth":
+        target = sino.reference
+    else:
+        target = np.asarray(run_ref(cfg.target.converged, ctx["op"], sino).volume, np.float32)
+    path = Path(cache) / f"{spec.key}.npz"
+    fd, tmp = tempfile.mkstemp(dir=cache, suffix=".tmp.npz")
+    os.close(fd)
+    try:
+        np.savez(tmp, input=x_in, target=np.asarray(target, np.float32), reference=sino.reference,
+                 sigma=np.float32(sino.metadata.get("sigma", 0.0)))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return spec.key
+
+
+def _load(path: Path) -> dict | None:
+    try:
+        with np.load(path) as z:
+            return {k: z[k] for k in ("input", "target", "reference", "sigma")}
+    except Exception as exc:  # truncated or foreign file: recompute it
+        log.warning("ignoring unreadable cache entry %s (%s)", path, exc)
+        return None
+
+
+def build_dataset(cfg: TrainConfig, *, progress: Callable[[int, int], None] | None = None) -> tuple[
+        dict[str, SplitArrays], dict]:
+    """All splits' arrays, computing missing pairs (in ``cfg.data.workers`` processes).
+
+    Returns (arrays by split, info: {"computed", "cached", "seconds", "cache_dir"}).
+    ``progress(done, total)`` is called as pairs complete.
+    """
+    cache = cache_folder(cfg)
+    cache.mkdir(parents=True, exist_ok=True)
+    plan = plan_samples(cfg)
+    specs = [s for split in SPLITS for s in plan[split]]
+    missing = list({s.key: s for s in specs if not (cache / f"{s.key}.npz").is_file()}.values())
+    t0 = time.perf_counter()
+    cfg_json = cfg.model_dump_json()
+    total = len(missing)
+    if progress:
+        progress(0, total)
+    if missing:
+        log.info("computing %d training pairs (%d cached) in %d process(es); cache %s", total,
+                 len(specs) - total, cfg.data.workers, cache)
+        if cfg.data.workers == 1 or total == 1:
+            for done, spec in enumerate(missing, 1):
+                compute_pair(cfg_json, spec, str(cache))
+                if progress:
+                    progress(done, total)
+        else:
+            with ProcessPoolExecutor(max_workers=min(cfg.data.workers, total),
+                                     mp_context=get_context("spawn")) as pool:
+                futures = [pool.submit(compute_pair, cfg_json, spec, str(cache)) for spec in missing]
+                try:
+                    for done, fut in enumerate(futures, 1):
+                        fut.result()
+                        if progress:
+                            progress(done, total)
+                except BaseException:  # a failed pair or Ctrl-C: drop the queued ones, keep what is cached
+                    for fut in futures:
+                        fut.cancel()
+                    raise
+    seconds = time.perf_counter() - t0
+    arrays = {}
+    for split in SPLITS:
+        items = []
+        for spec in plan[split]:
+            item = _load(cache / f"{spec.key}.npz")
+            if item is None:
+                compute_pair(cfg_json, spec, str(cache))
+                item = _load(cache / f"{spec.key}.npz")
+            items.append(item)
+        shape = tuple(cfg.grid.shape)
+        arrays[split] = SplitArrays(
+            inputs=np.stack([i["input"] for i in items]) if items else np.zeros((0, *shape), np.float32),
+            targets=np.stack([i["target"] for i in items]) if items else np.zeros((0, *shape), np.float32),
+            references=np.stack([i["reference"] for i in items]) if items else np.zeros((0, *shape), np.float32),
+            sigma=np.array([float(i["sigma"]) for i in items], np.float32))
+    info = {"computed": total, "cached": len(specs) - total, "seconds": round(seconds, 2), "cache_dir": str(cache)}
+    return arrays, info
+
+
+def describe_data(cfg: TrainConfig, arrays: dict[str, SplitArrays]) -> dict:
+    """The training-data record for the model metadata."""
+    sigma = np.concatenate([a.sigma for a in arrays.values()])
+    return {
+        "sources": [s.model_dump(mode="json") for s in cfg.data.sources],
+        "counts": {s: int(arrays[s].inputs.shape[0]) for s in SPLITS},
+        "seed": cfg.data.seed,
+        "seeds": "procedural: SeedSequence([seed, split(0 train, 1 val, 2 test), index]); "
+                 "hdf5: slices permuted by seed, dealt val, test, train",
+        "upsample": cfg.data.upsample,
+        "simulator": "recon_cli.simulate.simulate_sinogram",
+        "sigma_mean": float(sigma.mean()) if sigma.size else 0.0,
+    }

@@ -1,0 +1,75 @@
+"""``unet``: a trained network (ONNX, through recon_cli.networks) applied to an input solver's output.
+
+Used on its own (FBP + U-Net post-processing), as SV-TV's pre-estimate, graphLa's Psi
+and RISING's second step. The model file must fit the data: same geometry fingerprint,
+grid, noise level and input solver as in training (InputError naming the model file and
+the field otherwise; ``allow_mismatch: true`` runs anyway with a warning).
+No torch: inference is ONNX Runtime only.
+"""
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+from pydantic import Field
+
+from recon_cli.networks import load_model
+from recon_cli.sinogram import Reconstruction
+from recon_cli.solvers.registry import SolverParams, SolverRef, get_solver, register, run_ref, unit
+
+
+class UNetParams(SolverParams):
+    model: str = unit("-", "model file (.onnx, or its .pt/.json sibling, or a packaged model's name)")
+    input: Optional[SolverRef] = Field(
+        None, description="solver whose output the network maps; default: the input the model was trained on "
+                          "(from its metadata, e.g. {name: fbp})")
+    allow_mismatch: bool = unit("-", "run even if the model was trained for another geometry, grid, noise "
+                                     "or input (warns instead of failing)", default=False)
+
+
+def _input_ref(params: UNetParams, model) -> SolverRef:
+    return params.input if params.input is not None else SolverRef.model_validate(model.trained_input or {"name": "fbp"})
+
+
+def _slice_independent(params: UNetParams) -> bool:
+    """The network works slice by slice, so a stack splits exactly when its input solver does."""
+    try:
+        ref = _input_ref(params, load_model(params.model))
+    except Exception:  # model missing or unreadable: the solve reports it; do not split
+        return False
+    return get_solver(ref.name).is_slice_independent(ref.parsed())
+
+
+def _scalars(info: dict) -> dict:
+    return {k: v for k, v in info.items() if isinstance(v, (int, float, str, bool))}
+
+
+@register("unet", UNetParams, "trained U-Net (ONNX) applied to the output of an input solver (default: FBP, "
+                              "as in training)", slice_independent=_slice_independent)
+def solve(op, sino, params: UNetParams, callback=None) -> Reconstruction:
+    """Network(input solver(sino)); ``volume`` has ``op.domain_shape`` in 1/mm."""
+    t0 = time.perf_counter()
+    model = load_model(params.model)
+    ref = _input_ref(params, model)
+    expected = ref.model_dump(mode="json", exclude_none=True)
+    mismatches = model.check_fits(sino.geometry, sino.grid, expected_input=expected, noise=sino.metadata,
+                                  override=params.allow_mismatch)
+    first = run_ref(ref, op, sino, callback)
+    t1 = time.perf_counter()
+    volume = model.apply(first.volume)
+    t2 = time.perf_counter()
+    info = {
+        "iterations": int(first.info.get("iterations", 0) or 0),
+        "history": first.info.get("history", {}),
+        "stopped": "network applied",
+        "model": str(model.path),
+        "model_name": model.name,
+        "input_solver": ref.name,
+        "input_info": _scalars(first.info),
+        "mismatches": [f"{f}: {m}" for f, m in mismatches],
+        "providers": ",".join(model.providers),
+        "time_input": t1 - t0,
+        "time_network": t2 - t1,
+        "time_total": t2 - t0,
+    }
+    return Reconstruction(volume=volume, info=info)
