@@ -18,12 +18,13 @@ import json
 import types
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Sequence, Union
+from typing import Annotated, Any, ClassVar, Literal, Optional, Sequence, Union
 
 import re
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, \
+    model_serializer, model_validator
 
 from recon_cli.errors import ConfigError
 from recon_cli.solvers.registry import SolverRef, get_solver
@@ -34,7 +35,7 @@ METRIC_NAMES = ("psnr", "ssim", "rel_err", "rmse", "hu_rmse", "residual", "wall_
 REFERENCE_METRICS = ("psnr", "ssim", "rel_err", "rmse", "hu_rmse")
 MetricName = Literal["psnr", "ssim", "rel_err", "rmse", "hu_rmse", "residual", "wall_time"]
 MetricList = list[MetricName]  # alias: MetricsSpec has a field named 'list'
-OUTPUT_FORMATS = ("hdf5", "png")
+OUTPUT_FORMATS = ("hdf5", "png", "tiff", "nifti")
 
 Path_ = Annotated[str, Field(min_length=1)]
 
@@ -46,8 +47,37 @@ class Strict(BaseModel):
 
 
 class InputSpec(Strict):
-    path: Path_ = Field(description="input file (relative to the current directory)")
-    format: Literal["auto", "hdf5"] = Field("auto", description="file format; auto detects HDF5 by content")
+    path: Path_ = Field(description="input file, or folder for dicom-ctpd (relative to the current directory)")
+    format: Literal["auto", "hdf5", "nxtomo", "dxchange", "dicom-ctpd"] = Field(
+        "auto", description="file format; auto detects it by content (recon_cli.io.formats)")
+    rows: Optional[Union[int, str, list[int]]] = Field(
+        None, description="nxtomo/dxchange: detector rows (slices): an int (one slice), 'start:stop[:step]' "
+                          "or a list; default all")
+    cor_offset: Optional[float] = Field(None, description="nxtomo/dxchange: rotation axis position minus the "
+                                                          "detector centre, pixels")
+    pixel_size: Optional[float] = Field(None, gt=0, description="nxtomo/dxchange: detector pixel size in mm; "
+                                                                "default: from the file")
+    clamp: Optional[float] = Field(None, gt=0, description="nxtomo/dxchange: smallest transmission allowed "
+                                                           "before the log; default: values <= 0 are an error")
+    detector_row: Optional[int] = Field(None, ge=0, description="dicom-ctpd: 0-based detector row to "
+                                                                "reconstruct; default: the central row")
+    grid_shape: Optional[tuple[int, int]] = Field(None, description="nxtomo/dxchange/dicom-ctpd: reconstruction "
+                                                                    "grid [ny, nx]; default from the detector")
+    voxel_size: Optional[float] = Field(None, gt=0, description="nxtomo/dxchange/dicom-ctpd: voxel size in mm; "
+                                                                "default from the detector")
+
+    READER_OPTIONS: ClassVar[tuple[str, ...]] = ("rows", "cor_offset", "pixel_size", "clamp", "detector_row",
+                                                 "grid_shape", "voxel_size")
+
+    def reader_options(self) -> dict[str, Any]:
+        """The format options that are set (for recon_cli.io.formats.read_input)."""
+        return {name: getattr(self, name) for name in self.READER_OPTIONS if getattr(self, name) is not None}
+
+    @model_serializer(mode="wrap")
+    def _drop_unset_options(self, handler):
+        """Reader options left unset are omitted, so the resolved pipeline (and its hash) only shows those used."""
+        data = handler(self)
+        return {k: v for k, v in data.items() if not (k in self.READER_OPTIONS and v is None)}
 
 
 class ProjectorSpec(Strict):
@@ -62,6 +92,8 @@ class LogTransformStep(Strict):
     step: Literal["log_transform"]
     I0: Optional[float] = Field(None, gt=0, description="incident intensity; default: the input's I0 "
                                                           "attribute, else the largest value")
+    clamp: Optional[float] = Field(None, gt=0, description="counts below this are raised to it before the log; "
+                                                             "default: counts <= 0 are an error")
 
 
 #: One preprocessing step, chosen by its ``step`` key (later steps join this union).
@@ -71,7 +103,7 @@ PreprocessStep = Annotated[Union[LogTransformStep], Field(discriminator="step")]
 class OutputSpec(Strict):
     path: Optional[Path_] = Field(None, description="HDF5 output; other formats change its suffix. "
                                                     "Default: out/<name>.h5")
-    formats: list[Literal["hdf5", "png"]] = Field(default_factory=lambda: ["hdf5"], min_length=1)
+    formats: list[Literal["hdf5", "png", "tiff", "nifti"]] = Field(default_factory=lambda: ["hdf5"], min_length=1)
     png_window: Optional[tuple[float, float]] = Field(
         None, description="[center, width] in HU mapped to black..white (e.g. [40, 400]); "
                           "default: the image's min..max")
@@ -96,6 +128,15 @@ class MetricsSpec(Strict):
     mask: Optional[Path_] = Field(None, description="image file; metrics only where it is non-zero")
 
 
+class CheckpointSpec(Strict):
+    """Checkpoints of iterative runs, for ``recon run --resume`` (see recon_cli.checkpoint)."""
+
+    every: Optional[int] = Field(None, ge=0, description="iterations between checkpoints; 0: never; default: "
+                                 "every 50 iterations for iterative solvers that can resume, never otherwise")
+    dir: Optional[Path_] = Field(None, description="folder for checkpoint files; default: .recon-checkpoints "
+                                                   "next to the output (removed when the run finishes)")
+
+
 class PipelineConfig(Strict):
     """One pipeline: input -> preprocess -> projector -> solver -> outputs + metrics."""
 
@@ -107,6 +148,7 @@ class PipelineConfig(Strict):
     solver: SolverRef
     output: OutputSpec = Field(default_factory=OutputSpec)
     metrics: MetricsSpec = Field(default_factory=MetricsSpec)
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
 
     _source: Optional[str] = PrivateAttr(default=None)
     _lines: dict = PrivateAttr(default_factory=dict)
@@ -134,7 +176,7 @@ class PipelineConfig(Strict):
         path = Path(self.output.path)
         known = path.suffix.lower() in (".h5", ".hdf5", ".nxs")
         stem = path.with_suffix("") if known else path
-        suffix = {"hdf5": path.suffix if known else ".h5", "png": ".png"}
+        suffix = {"hdf5": path.suffix if known else ".h5", "png": ".png", "tiff": ".tif", "nifti": ".nii.gz"}
         return {fmt: stem.with_name(stem.name + suffix[fmt]) for fmt in self.output.formats}
 
 
@@ -154,10 +196,83 @@ _Loader.add_implicit_resolver(
     |\.(?:nan|NaN|NAN))$""", re.X),
     list("-+0123456789."))
 
+# YAML 1.1 reads 10:20 as the base-60 integer 620; YAML 1.2 has no such numbers, and a detector row
+# range "10:20" must stay a string. Drop the base-60 resolvers and read integers the YAML 1.2 way.
+for _first, _resolvers in _Loader.yaml_implicit_resolvers.items():
+    _resolvers[:] = [(tag, rx) for tag, rx in _resolvers if not (rx.match("1:30") or rx.match("1:30.5"))]
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:int",
+    re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0o?[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"),
+    list("-+0123456789"))
+
+
+#: Limits of a YAML document (a pipeline holds a few dozen values): nesting depth, and values once
+#: aliases are expanded. They refuse recursive aliases, alias bombs and runaway nesting up front.
+MAX_YAML_DEPTH = 64
+MAX_YAML_VALUES = 100_000
+
+
+def _yaml_refusal(problem: str, where) -> yaml.MarkedYAMLError:
+    """A YAML error at the start of ``where`` (a node or an event)."""
+    return yaml.constructor.ConstructorError(None, None, problem, where.start_mark)
+
+
+def _check_depth(text: str) -> None:
+    """Refuse nesting deeper than MAX_YAML_DEPTH from the parser's events (iterative, before the
+    recursive composer could take seconds to exhaust the stack)."""
+    depth = 0
+    for event in yaml.parse(text, Loader=_Loader):
+        if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                raise _yaml_refusal(f"nested more than {MAX_YAML_DEPTH} levels deep", event)
+        elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+            depth -= 1
+
+
+def _expanded_size(node: yaml.Node, depth: int, on_path: set, sizes: dict) -> int:
+    """Values under ``node`` with aliases expanded; MarkedYAMLError beyond the limits or on a cycle."""
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if key in on_path:
+        raise _yaml_refusal("recursive alias (an anchor used inside itself)", node)
+    if depth > MAX_YAML_DEPTH:
+        raise _yaml_refusal(f"nested more than {MAX_YAML_DEPTH} levels deep", node)
+    on_path.add(key)
+    if isinstance(node, yaml.MappingNode):
+        children = [n for pair in node.value for n in pair]
+    elif isinstance(node, yaml.SequenceNode):
+        children = node.value
+    else:
+        children = []
+    total = 1 + sum(_expanded_size(child, depth + 1, on_path, sizes) for child in children)
+    on_path.discard(key)
+    if total > MAX_YAML_VALUES:
+        raise _yaml_refusal(f"expands to more than {MAX_YAML_VALUES} values (aliases nested in aliases?)", node)
+    sizes[key] = total
+    return total
+
+
+def yaml_compose(text: str) -> yaml.Node | None:
+    """The node graph of YAML text, checked against MAX_YAML_DEPTH / MAX_YAML_VALUES; yaml.YAMLError otherwise."""
+    _check_depth(text)
+    try:
+        node = yaml.compose(text, Loader=_Loader)
+    except RecursionError:
+        raise yaml.YAMLError(f"nested too deeply (more than {MAX_YAML_DEPTH} levels)") from None
+    if node is not None:
+        _expanded_size(node, 0, set(), {})
+    return node
+
 
 def yaml_load(text: str) -> Any:
-    """YAML text -> Python values (safe; 1e-3 is a float)."""
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    """YAML text -> Python values (safe; 1e-3 is a float). Every problem is a yaml.YAMLError."""
+    yaml_compose(text)
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except (ValueError, OverflowError, RecursionError) as exc:  # e.g. a 5000-digit integer, a bad date
+        raise yaml.YAMLError(f"cannot read a value ({' '.join(str(exc).split())[:200]})") from None
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> PipelineConfig:
@@ -224,7 +339,7 @@ def with_overrides(cfg: PipelineConfig, values: dict[str, Any]) -> PipelineConfi
 def _parse_yaml(text: str, source: str) -> tuple[Any, dict]:
     """(data, {key path: line}) of YAML text; syntax errors and duplicate keys -> ConfigError."""
     try:
-        node = yaml.compose(text, Loader=_Loader)
+        node = yaml_compose(text)
         data = yaml_load(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -464,7 +579,7 @@ def _literal_default(model: type[BaseModel], field: str) -> Any:
 
 def _drop_empty_sections(raw: dict) -> dict:
     """``preprocess:`` / ``output:`` / ``solver: {params:}`` left empty in YAML mean 'the defaults'."""
-    for key in ("projector", "preprocess", "output", "metrics"):
+    for key in ("projector", "preprocess", "output", "metrics", "checkpoint"):
         if key in raw and raw[key] is None:
             del raw[key]
     solver = raw.get("solver")

@@ -1,6 +1,6 @@
 """A rich progress bar driven by a solver's per-iteration callback (on stderr).
 
-Shown only when enabled and stderr is a terminal; otherwise the callback does nothing
+Shown only when enabled and both stdout and stderr are terminals; otherwise the callback does nothing
 but never stops the solver.
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ def _fmt(value: float | None) -> str:
 @contextmanager
 def solver_progress(label: str, total: int | None, enabled: bool = True) -> Iterator[Callable]:
     """Yield ``callback(IterationState)`` updating a progress bar (iteration count, objective)."""
-    show = enabled and sys.stderr.isatty()
+    show = enabled and sys.stderr.isatty() and sys.stdout.isatty()  # off in pipes, logs and CI
     if not show:
         yield lambda state: None
         return

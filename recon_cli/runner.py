@@ -41,8 +41,15 @@ class RunResult:
 
 def run_pipeline(cfg: PipelineConfig, *, input_override: str | None = None, output_override: str | None = None,
                  device_override: str | None = None, overwrite: bool = False, command_line: str | None = None,
-                 progress: bool = True) -> RunResult:
-    """Run ``cfg`` (overrides replace input.path, output.path, device) and write its outputs."""
+                 progress: bool = True, max_memory: int | str | None = None, resume: bool | str = False,
+                 jobs: int = 1) -> RunResult:
+    """Run ``cfg`` (overrides replace input.path, output.path, device) and write its outputs.
+
+    ``max_memory``: bytes or '2G' (default: a share of the available memory, divided by ``jobs``);
+    stacks are split into chunks that fit, jobs that cannot fit are refused before running
+    (recon_cli.memory). ``resume``: True continues from this run's checkpoint (refused when it
+    belongs to another pipeline or input), 'auto' uses a matching one if present (recon_cli.checkpoint).
+    """
     cfg = with_overrides(cfg, {"input.path": input_override, "output.path": output_override,
                                "device": device_override})
     outputs = cfg.output_paths()
@@ -58,48 +65,35 @@ def run_pipeline(cfg: PipelineConfig, *, input_override: str | None = None, outp
     metric_names = select_metrics(cfg, reference is not None)
     mask = load_mask(cfg, sino)
 
-    t_setup = time.perf_counter()
-    from recon_cli.projectors import make_projector
+    from recon_cli.io.formats import input_digest
+    from recon_cli.memory import plan_memory
 
-    op = make_projector(sino.geometry, sino.grid, device, cfg.projector.kind,
-                        None if cfg.projector.type == "auto" else cfg.projector.type)
-    projector = {"kind": _PROJECTOR_KINDS.get(type(op).__name__, type(op).__name__),
-                 "type": getattr(op, "projector_type", None)}
-    time_setup = time.perf_counter() - t_setup
-    sino_dev = to_device(sino, device)
+    plan = plan_memory(cfg, sino, device.name, max_memory, jobs=jobs)
+    digest = input_digest(input_path)
+    writer = prepare_checkpoint(cfg, outputs, digest, device, plan, resume)
+    solved = solve_in_chunks(cfg, sino, device, plan, writer, progress=progress,
+                             want_residual="residual" in metric_names)
+    volume, wall_time, projector = solved.volume, solved.wall_time, solved.projector
 
-    from recon_cli.progress import iteration_budget, solver_progress
-    from recon_cli.solvers.registry import run_ref
+    from recon_cli.metrics import compute_metrics
 
-    t0 = time.perf_counter()
-    with solver_progress(cfg.solver.name, iteration_budget(cfg.solver.params), enabled=progress) as callback:
-        rec = run_ref(cfg.solver, op, sino_dev, callback=callback)
-    wall_time = time.perf_counter() - t0
-    if tuple(rec.volume.shape) != tuple(sino.grid.shape):
-        raise RuntimeError(f"solver {cfg.solver.name!r} returned shape {list(rec.volume.shape)}, "
-                           f"expected {list(sino.grid.shape)}")
-
-    from recon_cli.metrics import compute_metrics, data_residual
-
-    residual = data_residual(op, rec.volume, sino_dev.data) if "residual" in metric_names else None
-    volume = np.ascontiguousarray(to_numpy(rec.volume), dtype=np.float32)
-    metrics = compute_metrics(volume, reference, residual=residual, wall_time=wall_time, names=metric_names,
-                              mask=mask, mu_water=cfg.metrics.mu_water)
-
-    info = _scalar_info(rec.info)
+    metrics = compute_metrics(volume, reference, residual=solved.residual, wall_time=wall_time,
+                              names=metric_names, mask=mask, mu_water=cfg.metrics.mu_water)
+    info = solved.info
     info.update(solver=cfg.solver.name, device=device.name, projector_kind=projector["kind"],
-                projector_type=projector["type"], time_setup=time_setup, wall_time=wall_time)
-    history = {k: v for k, v in (rec.info.get("history") or {}).items() if v is not None and len(v) > 0}
+                projector_type=projector["type"], time_setup=solved.time_setup, wall_time=wall_time)
+    history = solved.history
 
-    from recon_cli.provenance import build_provenance, file_sha256
+    from recon_cli.provenance import build_provenance
 
     provenance = build_provenance(
         pipeline_yaml=resolved_yaml(cfg), pipeline_hash=config_hash(cfg), command_line=command_line,
-        device=device.name, projector=projector, input_path=input_path, input_sha256=file_sha256(input_path),
+        device=device.name, projector=projector, input_path=input_path, input_sha256=digest,
         extra={"pipeline_name": cfg.name, "solver": cfg.solver.name,
                "reference": _reference_source(cfg, reference)})
     write_outputs(cfg, outputs, volume, sino.grid.voxel_size, metrics=metrics, provenance=provenance,
                   history=history, info=info, overwrite=overwrite)
+    writer.remove()
     return RunResult(output_paths=outputs, metrics=metrics, info=info, config=cfg, volume=volume)
 
 
@@ -112,7 +106,7 @@ def check_files(cfg: PipelineConfig, from_command_line: dict[str, bool] | None =
     files = ((("input", "path"), cfg.input.path), (("metrics", "reference"), cfg.metrics.reference),
              (("metrics", "mask"), cfg.metrics.mask))
     for key_path, value in files:
-        if value is None or Path(value).is_file():
+        if value is None or Path(value).is_file() or (key_path[0] == "input" and Path(value).is_dir()):
             continue
         what = "not found" if not Path(value).exists() else "is not a file"
         if from_cli.get(key_path[0]):
@@ -132,15 +126,10 @@ def check_outputs(outputs: dict[str, Path], input_path: Path, overwrite: bool) -
 
 
 def read_input(cfg: PipelineConfig) -> Sinogram:
-    """The input sinogram (format auto detects HDF5 by its signature)."""
-    path = Path(cfg.input.path)
-    import h5py
+    """The input sinogram (format and reader options from cfg.input; see recon_cli.io.formats)."""
+    from recon_cli.io.formats import read_input as read_any
 
-    if cfg.input.format in ("auto", "hdf5") and not h5py.is_hdf5(path):
-        raise InputError("not an HDF5 file (supported input formats: hdf5)", file=str(path), field="input.format")
-    from recon_cli.io.hdf5 import read_sinogram
-
-    return read_sinogram(path)
+    return read_any(cfg.input.path, cfg.input.format, **cfg.input.reader_options())
 
 
 def load_reference(cfg: PipelineConfig, sino: Sinogram) -> np.ndarray | None:
@@ -192,22 +181,29 @@ def apply_preprocess(sino: Sinogram, steps: list) -> Sinogram:
     """Apply the pipeline's preprocessing steps in order (host arrays)."""
     for step in steps:
         if isinstance(step, LogTransformStep):
-            sino = log_transform(sino, step.I0)
+            sino = log_transform(sino, step.I0, step.clamp)
         else:  # pragma: no cover - the schema admits only known steps
             raise ConfigError(f"preprocess step {step!r} not implemented", field="preprocess")
     return sino
 
 
-def log_transform(sino: Sinogram, I0: float | None = None) -> Sinogram:
-    """Intensities -> line integrals -log(I / I0); I0 defaults to metadata I0, else the largest value."""
+def log_transform(sino: Sinogram, I0: float | None = None, clamp: float | None = None) -> Sinogram:
+    """Intensities -> line integrals -log(I / I0); I0 defaults to metadata I0, else the largest value.
+
+    Counts <= 0 raise InputError unless ``clamp`` (the smallest count allowed) is given.
+    """
+    from recon_cli.preprocess import log_transform_counts
+
     data = np.asarray(sino.data, dtype=np.float32)
     if I0 is None:
         I0 = float(sino.metadata.get("I0") or data.max())
     if not I0 > 0:
         raise InputError(f"log_transform needs positive intensities (I0 = {I0})", field="preprocess.log_transform")
-    tiny = np.float32(np.finfo(np.float32).tiny)
-    line_integrals = -np.log(np.maximum(data, tiny) / np.float32(I0))
-    return dataclasses.replace(sino, data=line_integrals.astype(np.float32),
+    try:
+        line_integrals = log_transform_counts(data, I0, clamp=clamp)
+    except InputError as exc:
+        raise InputError(exc.message, file=sino.metadata.get("source"), field="preprocess.log_transform") from None
+    return dataclasses.replace(sino, data=line_integrals,
                                metadata={**sino.metadata, "log_transform_I0": float(I0)})
 
 
@@ -255,6 +251,14 @@ def write_outputs(cfg: PipelineConfig, outputs: dict[str, Path], volume: np.ndar
 
                 window = tuple(cfg.output.png_window) if cfg.output.png_window else None
                 write_png(path, volume, window, cfg.metrics.mu_water, overwrite=overwrite)
+            elif fmt == "tiff":
+                from recon_cli.io.tiff_nifti import write_tiff
+
+                write_tiff(path, volume, voxel_size, overwrite=overwrite)
+            elif fmt == "nifti":
+                from recon_cli.io.tiff_nifti import write_nifti
+
+                write_nifti(path, volume, voxel_size, overwrite=overwrite)
             else:  # pragma: no cover - the schema admits only known formats
                 raise ConfigError(f"output format {fmt!r} not implemented", field="output.formats")
             written.append(path)
@@ -263,3 +267,166 @@ def write_outputs(cfg: PipelineConfig, outputs: dict[str, Path], volume: np.ndar
         for path in written:
             path.unlink(missing_ok=True)
         raise
+
+
+# ----------------------------------------------------------------------------- solving: chunks and checkpoints
+
+
+@dataclass
+class Solved:
+    """The solver's result over the whole grid (host float32) and what the outputs record about it."""
+
+    volume: np.ndarray
+    info: dict[str, Any]
+    history: dict[str, Any]
+    residual: float | None
+    wall_time: float
+    time_setup: float
+    projector: dict[str, Any]
+
+
+def prepare_checkpoint(cfg: PipelineConfig, outputs: dict[str, Path], input_sha256: str, device: Device,
+                       plan, resume: bool | str = False):
+    """The CheckpointWriter of this run: a fresh checkpoint, or (``resume``) the one on disk.
+
+    ``resume=True`` refuses a checkpoint of another pipeline, input, solver or device (ConfigError
+    saying which); without a checkpoint it starts from the beginning with a warning.
+    ``resume='auto'`` uses a matching checkpoint and ignores any other. A resumed stack keeps the
+    chunks it was started with (``plan.chunks`` is replaced).
+    """
+    from recon_cli.checkpoint import (Checkpoint, CheckpointWriter, check_key, checkpoint_every, checkpoint_path,
+                                      load_checkpoint, run_key)
+    from recon_cli.solvers.registry import get_solver
+
+    every = checkpoint_every(cfg, get_solver(cfg.solver.name))
+    path = checkpoint_path(cfg, outputs.get("hdf5") or next(iter(outputs.values())))
+    key = run_key(cfg, input_sha256, device.name)
+    if resume and path.is_file():
+        try:
+            ckpt = load_checkpoint(path)
+            check_key(ckpt, key, path)
+        except (ConfigError, InputError) as exc:
+            if resume != "auto":
+                raise
+            log.info("not resuming (%s)", exc.one_line())
+        else:
+            if ckpt.chunks is not None and [tuple(c) for c in ckpt.chunks] != [tuple(c) for c in plan.chunks]:
+                log.info("resume: keeping the checkpoint's %d chunks", len(ckpt.chunks))
+                plan.chunks = [tuple(c) for c in ckpt.chunks]
+            log.info("resuming from %s (chunk %d of %d, iteration %d)", path, ckpt.chunk + 1,
+                     len(plan.chunks), ckpt.iteration)
+            return CheckpointWriter(path, ckpt, every)
+    elif resume is True:
+        log.warning("--resume: no checkpoint at %s; starting from the beginning", path)
+    elif path.is_file():
+        log.info("ignoring the checkpoint of an earlier run at %s (use --resume to continue from it)", path)
+    return CheckpointWriter(path, Checkpoint(key=key, chunks=[tuple(c) for c in plan.chunks]), every)
+
+
+def sub_stack(sino: Sinogram, start: int, stop: int) -> Sinogram:
+    """Slices [start, stop) of a 2D slice stack, as a Sinogram of its own (no copy of the data)."""
+    from recon_cli.geometry import VolumeGrid
+
+    ny, nx = sino.grid.slice_shape
+    grid = VolumeGrid((stop - start, ny, nx), sino.grid.voxel_size)
+    reference = sino.reference[start:stop] if sino.reference is not None else None
+    return dataclasses.replace(sino, data=sino.data[start:stop], grid=grid, reference=reference)
+
+
+def solve_in_chunks(cfg: PipelineConfig, sino: Sinogram, device: Device, plan, writer, *, progress: bool = True,
+                    want_residual: bool = True) -> Solved:
+    """Run the solver over ``plan.chunks`` of slices (one chunk: the whole grid), with checkpoints.
+
+    Chunks are solved one after the other with one projector at a time; a resumed run skips the
+    finished chunks (their slices come from the checkpoint) and continues the chunk in progress from
+    the solver state saved in it. The residual metric ||Ax - y|| / ||y|| is summed over chunks.
+    """
+    from recon_cli.checkpoint import combine
+    from recon_cli.progress import iteration_budget, solver_progress
+    from recon_cli.projectors import make_projector
+    from recon_cli.solvers.registry import run_ref
+
+    chunks = [tuple(c) for c in plan.chunks]
+    split = len(chunks) > 1
+    ckpt = writer.ckpt
+    first = ckpt.chunk  # chunks before it finished before an interruption (0 for a fresh run)
+    volume = np.empty(sino.grid.shape, dtype=np.float32) if split else None
+    if split and first > 0:
+        volume[:chunks[first - 1][1]] = ckpt.done_volume
+    ptype = None if cfg.projector.type == "auto" else cfg.projector.type
+    budget = iteration_budget(cfg.solver.params)
+    writer.final_iteration = budget
+    res_sq = y_sq = 0.0
+    time_setup = wall_time = 0.0
+    infos: list[dict] = [dict(i) for i in ckpt.done_info[:first]]
+    histories: list[dict] = [dict(i.pop("history", None) or {}) for i in infos]
+    op = op_slices = projector = None
+    for index, (start, stop) in enumerate(chunks):
+        part = sub_stack(sino, start, stop) if split else sino
+        if op is None or op_slices != stop - start:
+            op = None  # free the previous projector (and its matrix) first
+            t0 = time.perf_counter()
+            op = make_projector(part.geometry, part.grid, device, plan.projector_kind, ptype)
+            time_setup += time.perf_counter() - t0
+            op_slices = stop - start
+            projector = {"kind": _PROJECTOR_KINDS.get(type(op).__name__, type(op).__name__),
+                         "type": getattr(op, "projector_type", None)}
+        part_dev = to_device(part, device)
+        if index < first:  # finished before the interruption: only its residual is needed
+            if want_residual:
+                x = device.xp.asarray(volume[start:stop])
+                res_sq, y_sq = _add_residual(op, x, part_dev.data, res_sq, y_sq)
+            continue
+        resume_state = ckpt.state if index == ckpt.chunk else None
+        label = cfg.solver.name + (f" [{index + 1}/{len(chunks)}]" if split else "")
+        t0 = time.perf_counter()
+        with solver_progress(label, budget, enabled=progress) as bar:
+            callback = combine(bar, writer.callback if writer.enabled else None)
+            rec = run_ref(cfg.solver, op, part_dev, callback=callback, resume_state=resume_state)
+        wall_time += time.perf_counter() - t0
+        if tuple(rec.volume.shape) != tuple(part.grid.shape):
+            raise RuntimeError(f"solver {cfg.solver.name!r} returned shape {list(rec.volume.shape)}, "
+                               f"expected {list(part.grid.shape)}")
+        if want_residual:
+            res_sq, y_sq = _add_residual(op, rec.volume, part_dev.data, res_sq, y_sq)
+        host = np.ascontiguousarray(to_numpy(rec.volume), dtype=np.float32)
+        history = {k: v for k, v in (rec.info.get("history") or {}).items() if v is not None and len(v) > 0}
+        infos.append(_scalar_info(rec.info))
+        histories.append(history)
+        if split:
+            volume[start:stop] = host
+            if index + 1 < len(chunks):
+                writer.chunk_done(index, volume[:stop], {**infos[-1], "history": history})
+        else:
+            volume = host
+        del rec, part_dev
+    residual = None
+    if want_residual:
+        residual = math.sqrt(res_sq / y_sq) if y_sq > 0 else math.sqrt(res_sq)
+    info, history = _merge_chunk_info(infos, histories, chunks)
+    return Solved(volume=volume, info=info, history=history, residual=residual, wall_time=wall_time,
+                  time_setup=time_setup, projector=projector or {"kind": None, "type": None})
+
+
+def _add_residual(op, x, y, res_sq: float, y_sq: float) -> tuple[float, float]:
+    xp = op.xp
+    r = op.forward(x) - y
+    return res_sq + float(xp.vdot(r.ravel(), r.ravel())), y_sq + float(xp.vdot(y.ravel(), y.ravel()))
+
+
+def _merge_chunk_info(infos: list[dict], histories: list[dict], chunks: list) -> tuple[dict, dict]:
+    """One chunk: its info and history. Several: the first chunk's info with summed times, the
+    largest iteration count, ``chunks`` and ``chunk_slices``; histories as ``<name>_chunk<i>``."""
+    if len(chunks) == 1:
+        return dict(infos[0]), dict(histories[0])
+    info = dict(infos[0])
+    for key in ("time_total", "time_projector"):
+        values = [i.get(key) for i in infos if isinstance(i.get(key), (int, float))]
+        if values:
+            info[key] = float(sum(values))
+    iterations = [i.get("iterations") for i in infos if isinstance(i.get("iterations"), int)]
+    if iterations:
+        info["iterations"] = max(iterations)
+    info.update(chunks=len(chunks), chunk_slices=max(b - a for a, b in chunks))
+    history = {f"{name}_chunk{i}": values for i, h in enumerate(histories) for name, values in h.items()}
+    return info, history

@@ -1,4 +1,4 @@
-"""``recon info FILE``: what an HDF5 file holds (sinogram, reconstruction, or any HDF5)."""
+"""``recon info FILE``: what a file or folder holds, for every supported format (recon_cli.io.formats)."""
 from __future__ import annotations
 
 import json
@@ -58,14 +58,16 @@ def _print_summary(summary: dict, full: bool) -> None:
 
 
 @click.command("info")
-@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("file", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--full", is_flag=True, help="Show long values (stored pipeline, versions) in full.")
-def info(file: str, as_json: bool, full: bool) -> None:
-    """Summarise FILE: geometry, shapes and value ranges, metrics and provenance of a reconstruction."""
-    from recon_cli.io.hdf5 import describe_file
+@click.option("--show-phi", is_flag=True, help="Show patient identifiers (hidden by default).")
+def info(file: str, as_json: bool, full: bool, show_phi: bool) -> None:
+    """Summarise FILE (HDF5, NXtomo, DXchange, DICOM, DICOM-CT-PD folder, TIFF, NIfTI): format, shapes,
+    geometry, dose-relevant tags; for a reconstruction its metrics and provenance."""
+    from recon_cli.io.formats import describe
 
-    summary = describe_file(file)
+    summary = describe(file, show_phi=show_phi)
     if as_json:
         from recon_cli.cli.run import json_text
 

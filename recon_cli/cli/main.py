@@ -27,14 +27,23 @@ COMMANDS = [
 @click.version_option(__version__, prog_name="recon-cli")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging and full tracebacks on errors.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors; no progress bars.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="Log lines as text, or as one JSON object per line (time, level, logger, message).")
+@click.option("--log-file", type=click.Path(dir_okay=False), metavar="PATH",
+              help="Also append the log to PATH (at least INFO level, even with --quiet).")
 @click.pass_context
-def cli(ctx: click.Context, verbose: bool, quiet: bool) -> None:
+def cli(ctx: click.Context, verbose: bool, quiet: bool, log_format: str, log_file: str | None) -> None:
     """recon: CT reconstruction from few-view and low-dose data (SV-TV, RISING, graphLa+Psi)."""
+    from recon_cli.logging_setup import configure_logging, level_for
+    from recon_cli.signals import install_signal_handlers
+
     ctx.ensure_object(dict)
-    ctx.obj["verbose"] = verbose
-    ctx.obj["quiet"] = quiet
-    level = logging.DEBUG if verbose else (logging.WARNING if quiet else logging.INFO)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    ctx.obj.update(verbose=verbose, quiet=quiet, log_format=log_format, log_file=log_file)
+    try:
+        configure_logging(level_for(verbose, quiet), log_format, log_file)
+    except OSError as exc:
+        raise click.BadParameter(f"cannot open the log file ({exc})", param_hint="--log-file") from None
+    install_signal_handlers()  # SIGINT/SIGTERM -> Interrupted: temporary files are removed on the way out
 
 
 def _add_commands() -> None:
@@ -52,7 +61,18 @@ _add_commands()
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point: maps ReconError to its exit code with a one-line message."""
+    """Console-script entry point: maps ReconError to its exit code with a one-line message;
+    SIGINT / SIGTERM exit with 130 / 143 after removing temporary files."""
+    from recon_cli.signals import preserved_signal_handlers
+
+    with preserved_signal_handlers():
+        _main(argv)
+
+
+def _main(argv: list[str] | None) -> None:
+    from recon_cli.logging_setup import redact
+    from recon_cli.signals import Interrupted
+
     verbose = "-v" in (argv or sys.argv[1:]) or "--verbose" in (argv or sys.argv[1:])
     try:
         cli.main(args=argv, prog_name="recon", standalone_mode=False)
@@ -65,7 +85,10 @@ def main(argv: list[str] | None = None) -> None:
     except ReconError as exc:
         if verbose:
             traceback.print_exc()
-        click.echo(f"Error: {exc.one_line()}", err=True)
+        click.echo(f"Error: {redact(exc.one_line())}", err=True)
+        sys.exit(exc.exit_code)
+    except Interrupted as exc:  # SIGINT / SIGTERM: temporary files are gone, finished outputs kept
+        click.echo(f"Interrupted ({exc.signal_name}); no partial output was left.", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
@@ -73,6 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # an unexpected failure while running: exit 1
         if verbose:
             traceback.print_exc()
-        click.echo(f"Error: {type(exc).__name__}: {exc} (run with --verbose for the traceback)", err=True)
+        click.echo(f"Error: {redact(f'{type(exc).__name__}: {exc}')} (run with --verbose for the traceback)",
+                   err=True)
         sys.exit(1)
     sys.exit(0)

@@ -24,6 +24,24 @@ def _remove(path: Path) -> None:
             pass
 
 
+def check_writable(path, overwrite: bool = False) -> None:
+    """Refuse an output path that cannot be written, before anything is computed (creates nothing).
+
+    InputError (naming ``path``) when it exists without ``overwrite``, or when its nearest existing
+    ancestor is a file or a folder that is not writable (so the output cannot be made there).
+    """
+    target = Path(path)
+    if target.exists() and not overwrite:
+        raise InputError("exists; use --overwrite", file=str(target))
+    parent = target.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"cannot create the output folder: {parent} is a file, not a folder", file=str(target))
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write here: folder {parent} is not writable", file=str(target))
+
+
 @contextmanager
 def atomic_path(path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it to ``path`` when the block succeeds.
@@ -34,9 +52,12 @@ def atomic_path(path, overwrite: bool = False) -> Iterator[Path]:
     folders are created.
     """
     target = Path(path)
-    if target.exists() and not overwrite:
-        raise InputError("exists; use --overwrite", file=str(target))
-    target.parent.mkdir(parents=True, exist_ok=True)
+    check_writable(target, overwrite)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the output folder {target.parent} ({exc.strerror or exc})",
+                         file=str(target)) from None
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.tmp")
     try:
         yield tmp

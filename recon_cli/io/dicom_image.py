@@ -51,14 +51,20 @@ def read_ct_slice(path) -> tuple[np.ndarray, float]:
         ds = pydicom.dcmread(file)
     except (InvalidDicomError, OSError, ValueError) as exc:
         raise InputError(f"not a readable DICOM file ({exc})", file=file) from None
+    from recon_cli.logging_setup import register_dicom_phi
+
+    register_dicom_phi(ds)  # patient identifiers never reach the logs
+    from recon_cli.io.dicom_series import check_header_values
+
+    check_header_values(file, ds)
     modality = str(ds.get("Modality", ""))
     if modality != "CT":
         raise InputError(f"expected a CT image, found modality {modality or 'none'!r}", file=file, field="Modality")
     if "PixelData" not in ds:
         raise InputError("no pixel data", file=file, field="PixelData")
-    if int(ds.get("NumberOfFrames", 1) or 1) != 1:
+    if _single_number(ds.get("NumberOfFrames") or 1, file, "NumberOfFrames") != 1:
         raise InputError("multi-frame images are not supported; give one slice", file=file, field="NumberOfFrames")
-    if int(ds.get("SamplesPerPixel", 1)) != 1:
+    if _single_number(ds.get("SamplesPerPixel", 1), file, "SamplesPerPixel") != 1:
         raise InputError("expected a greyscale image", file=file, field="SamplesPerPixel")
     spacing = _required(ds, "PixelSpacing", file)
     try:
@@ -69,8 +75,8 @@ def read_ct_slice(path) -> tuple[np.ndarray, float]:
         raise InputError(f"must be positive, got {[dy, dx]}", file=file, field="PixelSpacing")
     if abs(dx - dy) > 1e-3 * max(dx, dy):
         raise InputError(f"non-square pixels {[dy, dx]} mm are not supported", file=file, field="PixelSpacing")
-    slope = float(_required(ds, "RescaleSlope", file))
-    intercept = float(_required(ds, "RescaleIntercept", file))
+    slope = _single_number(_required(ds, "RescaleSlope", file), file, "RescaleSlope")
+    intercept = _single_number(_required(ds, "RescaleIntercept", file), file, "RescaleIntercept")
     try:
         stored = ds.pixel_array
     except Exception as exc:  # missing decoder, truncated data, ...
@@ -80,8 +86,19 @@ def read_ct_slice(path) -> tuple[np.ndarray, float]:
     hu = stored.astype(np.float32) * np.float32(slope) + np.float32(intercept)
     padding = ds.get("PixelPaddingValue")
     if padding is not None:
-        hu[stored == padding] = HU_AIR
+        hu[stored == _single_number(padding, file, "PixelPaddingValue")] = HU_AIR
     return hu, float(dx)
+
+
+def _single_number(value, file: str, name: str) -> float:
+    """One finite number from a DICOM value (a number or numeric text); InputError naming the tag otherwise."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"expected one number, got {value!r}", file=file, field=name) from None
+    if not np.isfinite(number):
+        raise InputError(f"expected a finite number, got {value!r}", file=file, field=name)
+    return number
 
 
 def read_ct_slice_mu(path, mu_water: float = MU_WATER) -> tuple[np.ndarray, float]:

@@ -152,11 +152,35 @@ def _read(file: Path, headers_only: bool):
     from pydicom.errors import InvalidDicomError
 
     try:
-        return pydicom.dcmread(str(file), stop_before_pixels=headers_only)
+        ds = pydicom.dcmread(str(file), stop_before_pixels=headers_only)
     except InvalidDicomError:
         raise InputError("not a DICOM file (no DICM preamble)", file=str(file)) from None
     except Exception as exc:  # truncated or corrupt files
         raise InputError(f"not a readable DICOM file ({type(exc).__name__}: {exc})", file=str(file)) from None
+    from recon_cli.logging_setup import register_dicom_phi
+
+    register_dicom_phi(ds)  # patient identifiers never reach the logs
+    check_header_values(file, ds)
+    return ds
+
+
+#: Header attributes the CT readers use; each must be decodable (see check_header_values).
+HEADER_TAGS = ("SOPClassUID", "Modality", "SeriesInstanceUID", "SeriesDescription", "NumberOfFrames", "Rows",
+               "Columns", "SamplesPerPixel", "PixelSpacing", "ImagePositionPatient", "ImageOrientationPatient",
+               "RescaleSlope", "RescaleIntercept", "SliceThickness", "PixelPaddingValue", "PixelPaddingRangeLimit",
+               "PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence")
+
+
+def check_header_values(file, ds, names=None) -> None:
+    """Decode the attributes the readers use (``names``, default HEADER_TAGS + IDENTITY_TAGS +
+    ACQUISITION_TAGS) now: pydicom converts values lazily, so a value with the wrong VR or length
+    would otherwise raise a bare ValueError later. InputError naming the file and the tag."""
+    for name in names or (*HEADER_TAGS, *IDENTITY_TAGS, *ACQUISITION_TAGS):
+        try:
+            ds.get(name)
+        except Exception as exc:  # BytesLengthException, ValueError, ...: a malformed element
+            raise InputError(f"cannot decode the value ({type(exc).__name__}: {' '.join(str(exc).split())[:160]})",
+                             file=str(file), field=name) from None
 
 
 def _group_by_series(headers: list[tuple[Path, Any]]) -> dict[str, list[tuple[Path, Any]]]:
@@ -267,8 +291,12 @@ def _group_item(ds, frame: int, sequence: str):
 
 
 def _group_value(ds, frame: int, sequence: str, name: str, count: int, file: Path, required: bool = True):
-    item = _group_item(ds, frame, sequence)
-    value = None if item is None else item.get(name)
+    try:
+        item = _group_item(ds, frame, sequence)
+        value = None if item is None else item.get(name)
+    except Exception as exc:  # a malformed element inside the functional groups (decoded lazily)
+        raise InputError(f"cannot decode the value (frame {frame + 1}: {type(exc).__name__}: "
+                         f"{' '.join(str(exc).split())[:160]})", file=str(file), field=f"{sequence}.{name}") from None
     if value is None or value == "":
         if not required:
             return None
@@ -302,7 +330,7 @@ def _enhanced_slices(file: Path, ds) -> list[_Slice]:
 
 def _slices_of(file: Path, ds, sop: str) -> list[_Slice]:
     if sop == CT_IMAGE_STORAGE:
-        if int(ds.get("NumberOfFrames", 1) or 1) != 1:
+        if int(_numbers(ds.get("NumberOfFrames") or 1, 1, file, "NumberOfFrames")[0]) != 1:
             raise InputError("a CT Image Storage file with several frames", file=str(file), field="NumberOfFrames")
         return [_classic_slice(file, ds)]
     return _enhanced_slices(file, ds)
@@ -382,11 +410,13 @@ def _to_hu(stored: np.ndarray, s: _Slice, ds) -> np.ndarray:
     hu = stored.astype(np.float32) * np.float32(s.slope) + np.float32(s.intercept)
     padding = ds.get("PixelPaddingValue")
     if padding is not None:
+        padding = float(_numbers(padding, 1, Path(s.file), "PixelPaddingValue")[0])
         limit = ds.get("PixelPaddingRangeLimit")
         if limit is None:
             hu[stored == padding] = -1000.0
         else:
-            lo, hi = sorted((int(padding), int(limit)))
+            limit = float(_numbers(limit, 1, Path(s.file), "PixelPaddingRangeLimit")[0])
+            lo, hi = sorted((padding, limit))
             hu[(stored >= lo) & (stored <= hi)] = -1000.0
     return hu
 

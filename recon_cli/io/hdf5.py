@@ -59,18 +59,40 @@ def _open(path: str) -> Iterator[Any]:
         raise InputError("not an HDF5 file", file=path)
     try:
         f = h5py.File(path, "r")
-    except OSError as exc:
+    except _H5PY_ERRORS as exc:
+        if not _raised_by_h5py(exc):
+            raise
         raise InputError(f"cannot open as HDF5, file truncated or corrupt ({_short(exc)})", file=path) from exc
     try:
         yield f
-    except OSError as exc:  # h5py raises OSError for unreadable chunks of a damaged file
+    except _H5PY_ERRORS as exc:  # unreadable chunks, headers or datatypes of a damaged file
+        if not _raised_by_h5py(exc):
+            raise
         raise InputError(f"cannot read HDF5 data, file truncated or corrupt ({_short(exc)})", file=path) from exc
     finally:
-        f.close()
+        try:
+            f.close()
+        except _H5PY_ERRORS:
+            pass
+
+
+#: What h5py raises on damaged files: OSError mostly, but also KeyError (objects whose header cannot
+#: be read), RuntimeError (attribute iteration, datatype queries) and ValueError (datatype conversion).
+_H5PY_ERRORS = (OSError, KeyError, RuntimeError, ValueError)
+
+
+def _raised_by_h5py(exc: BaseException) -> bool:
+    """True when the traceback passes through h5py (so a bug of ours is not reported as a bad file)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if "h5py" in tb.tb_frame.f_code.co_filename:
+            return True
+        tb = tb.tb_next
+    return isinstance(exc, OSError)
 
 
 def _short(exc: Exception) -> str:
-    return " ".join(str(exc).split())[:200]
+    return f"{type(exc).__name__}: " * (not isinstance(exc, OSError)) + " ".join(str(exc).split())[:200]
 
 
 def _decode(value: Any) -> Any:
@@ -141,10 +163,27 @@ def _number(value: Any, field: str, path: str, *, positive: bool = True, integer
     return value_f
 
 
+def check_fits_memory(shape, bytes_per_element: int, path: str, field: str, what: str) -> None:
+    """Refuse (InputError) an array of ``shape`` larger than the memory available, before allocating it.
+
+    Catches absurd sizes declared in a file's header (a 10^6 x 10^6 grid, a sparse dataset of
+    terabytes) at once instead of failing, or swapping, halfway through.
+    """
+    from recon_cli.memory import available_host_memory, format_size
+
+    need = math.prod(int(s) for s in shape) * int(bytes_per_element)
+    have = available_host_memory()
+    if need > have:
+        raise InputError(f"{what} of shape {[int(s) for s in shape]} needs {format_size(need)} of memory, "
+                         f"more than the {format_size(have)} available", file=path, field=field)
+
+
 def _float_array(ds, path: str, what: str) -> np.ndarray:
     """Read a floating-point dataset as float32 C-contiguous, refusing other dtypes and NaN/Inf."""
     if ds.dtype.kind != "f":
         raise InputError(f"must be floating point ({what}), got dtype {ds.dtype}", file=path, field=ds.name)
+    itemsize = 4 if ds.dtype.itemsize == 4 else 4 + ds.dtype.itemsize  # read, then a float32 copy
+    check_fits_memory(ds.shape, itemsize, path, ds.name, what)
     with np.errstate(over="ignore"):  # float64 beyond float32's range becomes Inf, reported below
         data = np.ascontiguousarray(ds[()], dtype=np.float32)
     if not np.all(np.isfinite(data)):
@@ -218,6 +257,7 @@ def _read_geometry(f, path: str) -> Geometry:
     if angles_ds.ndim != 1:
         raise InputError(f"must be 1-D (n_angles,), got shape {list(angles_ds.shape)}", file=path,
                          field="/geometry/angles")
+    check_fits_memory(angles_ds.shape, 8 + angles_ds.dtype.itemsize, path, "/geometry/angles", "the angles")
     angles = np.asarray(angles_ds[()], dtype=np.float64)
     attrs: dict[str, Any] = {}
     for key in group.attrs:
@@ -246,6 +286,7 @@ def _read_grid(f, path: str) -> VolumeGrid:
         raise InputError(f"must be [ny, nx] or [nz, ny, nx], got {_decode(group.attrs['shape'])!r}",
                          file=path, field="/volume@shape")
     shape = tuple(_number(v, "/volume@shape", path, integer=True) for v in raw.tolist())
+    check_fits_memory(shape, 4, path, "/volume@shape", "a float32 reconstruction grid")
     voxel_size = _number(_scalar_attr(group, "voxel_size", path), "/volume@voxel_size", path)
     return VolumeGrid(shape, voxel_size)
 
@@ -462,6 +503,7 @@ def describe_file(path) -> dict[str, Any]:
         is_v1 = str(_decode(f.attrs.get("layout_version", ""))) == LAYOUT_VERSION
         if is_v1 and "reconstruction" in f:
             ds = _dataset(f, "/reconstruction", path, "image in 1/mm")
+            check_fits_memory(ds.shape, 4 + ds.dtype.itemsize, path, "/reconstruction", "the image")
             image = np.asarray(ds[()], dtype=np.float32)
             hist = f.get("history")
             return {

@@ -25,10 +25,15 @@ def _ratio(num, den, xp):
     return xp.where(den > 0, num / xp.where(den > 0, den, 1.0), 0.0).astype(xp.float32, copy=False)
 
 
-@register("cgls", CGLSParams, "conjugate gradient least squares (no regularisation)", iterative=True)
-def solve(op, sino, params: CGLSParams, callback=None) -> Reconstruction:
+@register("cgls", CGLSParams, "conjugate gradient least squares (no regularisation)", iterative=True,
+          state_arrays=(5, 4), slice_independent=True)
+def solve(op, sino, params: CGLSParams, callback=None, *, resume_state: dict | None = None) -> Reconstruction:
     """CGLS; ``info['history']`` holds 'residual' (||A x - y|| / ||y||) and 'normal_residual'
-    (max over slices of ||A^T(y - A x)|| / ||A^T y||) per iteration."""
+    (max over slices of ||A^T(y - A x)|| / ||A^T y||) per iteration.
+
+    Restartable: the callback's ``extra['state']`` is {iteration, x, r, p, gamma, gamma0, history};
+    ``resume_state`` (such a dict) continues after its iteration with the uninterrupted iterates.
+    """
     t_start = time.perf_counter()
     xp = op.xp
     timed = TimedOperator(op)
@@ -41,16 +46,26 @@ def solve(op, sino, params: CGLSParams, callback=None) -> Reconstruction:
         return xp.sum(v * v, axis=axes, keepdims=True, dtype=xp.float32)
 
     y_norm = float(xp.linalg.norm(y.ravel()))
-    x = xp.zeros(op.domain_shape, dtype=xp.float32)
-    r = y.copy()
-    s = timed.adjoint(r)
-    p = s.copy()
-    gamma = sumsq(s, x_axes)
-    gamma0 = gamma.copy()
     history: dict[str, list[float]] = {"residual": [], "normal_residual": []}
+    start = 0
+    if resume_state is None:
+        x = xp.zeros(op.domain_shape, dtype=xp.float32)
+        r = y.copy()
+        s = timed.adjoint(r)
+        p = s.copy()
+        gamma = sumsq(s, x_axes)
+        gamma0 = gamma.copy()
+    else:
+        def restored(key):
+            return xp.array(resume_state[key], dtype=xp.float32)
+
+        x, r, p = restored("x"), restored("r"), restored("p")
+        gamma, gamma0 = restored("gamma"), restored("gamma0")
+        start = int(resume_state["iteration"])
+        history = {k: [float(v) for v in resume_state["history"][k]] for k in history}
     stopped = "iterations"
-    k = 0
-    for k in range(1, params.iterations + 1):
+    k = start
+    for k in range(start + 1, params.iterations + 1):
         q = timed.forward(p)
         alpha = _ratio(gamma, sumsq(q, y_axes), xp)
         x += alpha * p
@@ -64,7 +79,8 @@ def solve(op, sino, params: CGLSParams, callback=None) -> Reconstruction:
         normal = float(xp.sqrt(xp.max(_ratio(gamma, gamma0, xp))))
         history["residual"].append(residual)
         history["normal_residual"].append(normal)
-        if callback is not None and callback(IterationState(k, x, residual=residual)):
+        state = {"iteration": k, "x": x, "r": r, "p": p, "gamma": gamma, "gamma0": gamma0, "history": history}
+        if callback is not None and callback(IterationState(k, x, residual=residual, extra={"state": state})):
             stopped = "callback"
             break
         if params.tol > 0 and normal < params.tol:
@@ -72,4 +88,6 @@ def solve(op, sino, params: CGLSParams, callback=None) -> Reconstruction:
             break
     info = {"iterations": k, "history": history, "stopped": stopped, "tol": params.tol,
             "time_projector": timed.seconds, "time_total": time.perf_counter() - t_start}
+    if start:
+        info["resumed_from"] = start
     return Reconstruction(x, info)

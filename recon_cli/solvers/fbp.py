@@ -185,7 +185,8 @@ def fbp_volume(sino, out_shape, params: FBPParams, xp=np):
     return image.reshape(out_shape)
 
 
-@register("fbp", FBPParams, "filtered backprojection (parallel beam, fan beam with a flat detector)")
+@register("fbp", FBPParams, "filtered backprojection (parallel beam, fan beam with a flat detector)",
+          state_arrays=(8, 8), slice_independent=True)
 def solve(op, sino, params: FBPParams, callback=None) -> Reconstruction:
     """FBP of ``sino`` on ``op.domain_shape``; ``op`` only supplies the shape and array module."""
     t0 = time.perf_counter()

@@ -7,8 +7,9 @@ registered with a pydantic parameter model. Solvers compose by name through
 from __future__ import annotations
 
 import difflib
+import inspect
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -47,23 +48,49 @@ def unit(u: str, description: str, **kwargs) -> Any:
 
 @dataclass(frozen=True)
 class SolverSpec:
+    """A registered solver.
+
+    ``state_arrays``: (image-sized, sinogram-sized) float32 arrays the solver holds at its peak,
+    for the memory estimate (None: recon_cli.memory's default). ``slice_independent``: a 2D slice
+    stack gives exactly the slice-by-slice result, so the runner may split it into chunks (a bool,
+    or a function of the parsed params). ``resumable``: ``solve`` takes ``resume_state`` (set from
+    its signature): it then reports its full state as ``IterationState.extra['state']`` (a dict
+    with ``iteration`` and arrays/JSON values) and continues from such a dict.
+    """
+
     name: str
     params_model: type[SolverParams]
     solve: Callable[..., Reconstruction]
     description: str
     iterative: bool
+    state_arrays: Optional[tuple[int, int]] = None
+    slice_independent: Union[bool, Callable[[Any], bool]] = False
+    resumable: bool = False
+
+    def is_slice_independent(self, params: Any) -> bool:
+        flag = self.slice_independent
+        return bool(flag(params) if callable(flag) else flag)
 
 
 REGISTRY: dict[str, SolverSpec] = {}
 
 
-def register(name: str, params_model: type[SolverParams], description: str, iterative: bool = False):
-    """Decorator registering ``solve(op, sinogram, params, callback=None)`` under ``name``."""
+def register(name: str, params_model: type[SolverParams], description: str, iterative: bool = False, *,
+             state_arrays: tuple[int, int] | None = None,
+             slice_independent: Union[bool, Callable[[Any], bool]] = False):
+    """Decorator registering ``solve(op, sinogram, params, callback=None)`` under ``name``.
+
+    Optional hints (see SolverSpec): ``state_arrays`` (image-, sinogram-sized arrays held),
+    ``slice_independent``. A ``resume_state`` keyword in ``solve`` marks the solver resumable.
+    """
 
     def deco(fn):
         if name in REGISTRY:
             raise RuntimeError(f"solver {name!r} registered twice")
-        REGISTRY[name] = SolverSpec(name, params_model, fn, description, iterative)
+        resumable = "resume_state" in inspect.signature(fn).parameters
+        REGISTRY[name] = SolverSpec(name, params_model, fn, description, iterative,
+                                    tuple(state_arrays) if state_arrays is not None else None,
+                                    slice_independent, resumable)
         return fn
 
     return deco
@@ -123,14 +150,19 @@ class SolverRef(BaseModel):
 
 
 def run_solver(name: str, op: Operator, sinogram: Sinogram, params: dict | SolverParams | None = None,
-               callback: Callback | None = None) -> Reconstruction:
-    """Validate ``params`` for solver ``name`` and run it."""
+               callback: Callback | None = None, *, resume_state: dict | None = None) -> Reconstruction:
+    """Validate ``params`` for solver ``name`` and run it (from ``resume_state`` when given)."""
     spec = get_solver(name)
     if not isinstance(params, SolverParams):
         params = spec.params_model.model_validate(params or {})
-    return spec.solve(op, sinogram, params, callback)
+    if resume_state is None:
+        return spec.solve(op, sinogram, params, callback)
+    if not spec.resumable:
+        raise ConfigError(f"solver {name!r} cannot resume from a checkpoint", field="--resume")
+    return spec.solve(op, sinogram, params, callback, resume_state=resume_state)
 
 
-def run_ref(ref: SolverRef, op: Operator, sinogram: Sinogram, callback: Callback | None = None) -> Reconstruction:
+def run_ref(ref: SolverRef, op: Operator, sinogram: Sinogram, callback: Callback | None = None, *,
+            resume_state: dict | None = None) -> Reconstruction:
     """Run a solver named by a SolverRef (for composed solvers)."""
-    return run_solver(ref.name, op, sinogram, ref.parsed(), callback)
+    return run_solver(ref.name, op, sinogram, ref.parsed(), callback, resume_state=resume_state)

@@ -153,8 +153,14 @@ def _dot(a, b, xp) -> float:
 
 
 def sgp_tv_minimize(op: Operator, y, lam: float, beta: float, params: SGPTVParams, x0=None,
-                    callback=None) -> tuple[Any, dict]:
-    """Run SGP on f (absolute ``lam`` in mm, ``beta`` in 1/mm). Returns (x float32 of op.domain_shape, info)."""
+                    callback=None, resume_state: dict | None = None) -> tuple[Any, dict]:
+    """Run SGP on f (absolute ``lam`` in mm, ``beta`` in 1/mm). Returns (x float32 of op.domain_shape, info).
+
+    Restartable: the callback's ``extra['state']`` holds {iteration, x, r, alpha, tau, bb2_recent,
+    f_recent, f_initial, history, backtracks}; ``resume_state`` (such a dict) continues after its
+    iteration with exactly the uninterrupted iterates (D x, the gradient and the scaling are
+    recomputed from x and r by the same operations as in the loop).
+    """
     xp = op.xp
     t_start = time.perf_counter()
     t_proj = 0.0
@@ -189,6 +195,11 @@ def sgp_tv_minimize(op: Operator, y, lam: float, beta: float, params: SGPTVParam
         kx = project(op.forward, x)
     r = kx - y  # residual K x - y, updated in place
     del kx
+    start = 0
+    if resume_state is not None:
+        x = xp.array(resume_state["x"], dtype=np.float32).reshape(op.domain_shape)
+        r = xp.array(resume_state["r"], dtype=np.float32).reshape(op.range_shape)
+        start = int(resume_state["iteration"])
     y_norm = float(xp.linalg.norm(y)) or 1.0
     kty = project(op.adjoint, y) if params.scaling else None
 
@@ -225,18 +236,24 @@ def sgp_tv_minimize(op: Operator, y, lam: float, beta: float, params: SGPTVParam
     f, dx = objective_at(x, r)
     f_initial = f
     g, g_data, phi = gradient_at(r, dx)
-    scale = scaling_of(x, g_data, phi, 0)
+    scale = scaling_of(x, g_data, phi, start)
     alpha = float(params.alpha_init)
     tau = 0.5  # ABB_min switching threshold, adapted every iteration
     bb2_recent: deque[float] = deque(maxlen=params.bb_memory)
     f_recent: deque[float] = deque([f], maxlen=params.armijo_memory)
     history: dict[str, list[float]] = {"objective": [], "residual": [], "alpha": [], "step": []}
+    n_backtracks = 0
+    if resume_state is not None:
+        alpha, tau, f_initial = (float(resume_state[key]) for key in ("alpha", "tau", "f_initial"))
+        bb2_recent.extend(float(v) for v in resume_state["bb2_recent"])
+        f_recent = deque((float(v) for v in resume_state["f_recent"]), maxlen=params.armijo_memory)
+        history = {key: [float(v) for v in resume_state["history"][key]] for key in history}
+        n_backtracks = int(resume_state["backtracks"])
     beta2 = beta * beta
     stopped = "iterations"
-    n_backtracks = 0
     d = xp.empty_like(x)
-    k = 0
-    for k in range(1, params.iterations + 1):
+    k = start
+    for k in range(start + 1, params.iterations + 1):
         # feasible direction d = P(x - alpha * D * g) - x
         xp.multiply(g, scale, out=d)
         d *= -alpha
@@ -320,7 +337,11 @@ def sgp_tv_minimize(op: Operator, y, lam: float, beta: float, params: SGPTVParam
         history["residual"].append(residual)
         history["alpha"].append(alpha)
         history["step"].append(step)
-        if callback is not None and callback(IterationState(k, x, objective=f, residual=residual)):
+        state = {"iteration": k, "x": x, "r": r, "alpha": alpha, "tau": tau, "bb2_recent": list(bb2_recent),
+                 "f_recent": list(f_recent), "f_initial": f_initial, "history": history,
+                 "backtracks": n_backtracks}
+        if callback is not None and callback(IterationState(k, x, objective=f, residual=residual,
+                                                            extra={"state": state})):
             stopped = "callback"
             break
         if params.tol > 0.0 and float(xp.linalg.norm(d)) <= params.tol * float(xp.linalg.norm(x)):
@@ -334,24 +355,31 @@ def sgp_tv_minimize(op: Operator, y, lam: float, beta: float, params: SGPTVParam
             "backtracks": n_backtracks,
             "time_projector": t_proj, "time_total": time.perf_counter() - t_start,
             "lam_abs": lam, "beta_abs": beta, "operator_norm": knorm}
+    if start:
+        info["resumed_from"] = start
     return x, info
 
 
 @register("sgp_tv", SGPTVParams,
           "Scaled gradient projection (Bonettini et al. 2009) on smoothed TV, x >= 0; "
-          "RISING's iterative solver", iterative=True)
-def solve(op: Operator, sino: Sinogram, params: SGPTVParams, callback=None, x0=None) -> Reconstruction:
-    """min_{x>=0} 1/2||Kx - y||^2 + lam_abs sum sqrt(|Dx|^2 + beta_abs^2); x0 (array) overrides params.x0."""
+          "RISING's iterative solver", iterative=True, state_arrays=(28, 4))
+def solve(op: Operator, sino: Sinogram, params: SGPTVParams, callback=None, x0=None, *,
+          resume_state: dict | None = None) -> Reconstruction:
+    """min_{x>=0} 1/2||Kx - y||^2 + lam_abs sum sqrt(|Dx|^2 + beta_abs^2); x0 (array) overrides params.x0.
+
+    ``resume_state``: continue a run from the state its callback reported (no warm start is run).
+    """
     t0 = time.perf_counter()
     lam_abs, beta_abs = absolute_weights(params, sino.grid.voxel_size)
     info_x0: dict[str, Any] = {}
-    if x0 is None and params.x0 is not None:
+    if x0 is None and params.x0 is not None and resume_state is None:
         warm = run_ref(params.x0, op, sino)
         x0 = warm.volume
         info_x0 = {"x0_solver": params.x0.name}
         if warm.info.get("time_total") is not None:
             info_x0["time_x0"] = float(warm.info["time_total"])
-    x, info = sgp_tv_minimize(op, sino.data, lam_abs, beta_abs, params, x0=x0, callback=callback)
+    x, info = sgp_tv_minimize(op, sino.data, lam_abs, beta_abs, params, x0=x0, callback=callback,
+                              resume_state=resume_state)
     info.update(info_x0, lam=params.lam, beta=params.beta, intensity_scale=params.intensity_scale,
                 scaling=params.scaling, time_total=time.perf_counter() - t0)
     return Reconstruction(x, info)

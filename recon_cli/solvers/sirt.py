@@ -60,9 +60,15 @@ class SIRTParams(SolverParams):
     relaxation: float = unit("-", "relaxation factor (0 < relaxation < 2)", default=1.0, gt=0.0, lt=2.0)
 
 
-@register("sirt", SIRTParams, "simultaneous iterative reconstruction technique", iterative=True)
-def solve(op, sino, params: SIRTParams, callback=None) -> Reconstruction:
-    """SIRT from x = 0; ``info['history']['residual']`` holds ||A x_k - y|| / ||y|| per iteration."""
+@register("sirt", SIRTParams, "simultaneous iterative reconstruction technique", iterative=True,
+          state_arrays=(4, 5), slice_independent=True)
+def solve(op, sino, params: SIRTParams, callback=None, *, resume_state: dict | None = None) -> Reconstruction:
+    """SIRT from x = 0; ``info['history']['residual']`` holds ||A x_k - y|| / ||y|| per iteration.
+
+    Restartable: the callback's ``extra['state']`` is {iteration, x, history}; ``resume_state``
+    (such a dict) continues after its iteration with exactly the uninterrupted iterates (A x
+    is recomputed from x, the same product as in the loop).
+    """
     t_start = time.perf_counter()
     xp = op.xp
     timed = TimedOperator(op)
@@ -71,22 +77,33 @@ def solve(op, sino, params: SIRTParams, callback=None) -> Reconstruction:
     row_w = inverse_or_zero(timed.forward(xp.ones(op.domain_shape, dtype=xp.float32)), xp)
     col_w = inverse_or_zero(timed.adjoint(xp.ones(op.range_shape, dtype=xp.float32)), xp)
     col_w *= float(params.relaxation)
-    x = xp.zeros(op.domain_shape, dtype=xp.float32)
-    ax = xp.zeros(op.range_shape, dtype=xp.float32)
     history: list[float] = []
+    start = 0
+    if resume_state is None:
+        x = xp.zeros(op.domain_shape, dtype=xp.float32)
+        ax = xp.zeros(op.range_shape, dtype=xp.float32)
+    else:
+        x = xp.array(resume_state["x"], dtype=xp.float32).reshape(op.domain_shape)
+        ax = timed.forward(x)
+        start = int(resume_state["iteration"])
+        history = [float(v) for v in resume_state["history"]["residual"]]
     stopped = "iterations"
-    k = 0
-    for k in range(1, params.iterations + 1):
+    k = start
+    for k in range(start + 1, params.iterations + 1):
         x += col_w * timed.adjoint(row_w * (y - ax))
         if params.nonnegative:
             xp.maximum(x, 0.0, out=x)
         ax = timed.forward(x)
         residual = relative_norm(ax - y, y_norm, xp)
         history.append(residual)
-        if callback is not None and callback(IterationState(k, x, residual=residual)):
+        if callback is not None and callback(IterationState(
+                k, x, residual=residual,
+                extra={"state": {"iteration": k, "x": x, "history": {"residual": history}}})):
             stopped = "callback"
             break
     info = {"iterations": k, "history": {"residual": history}, "stopped": stopped,
             "relaxation": params.relaxation, "nonnegative": params.nonnegative,
             "time_projector": timed.seconds, "time_total": time.perf_counter() - t_start}
+    if start:
+        info["resumed_from"] = start
     return Reconstruction(x, info)

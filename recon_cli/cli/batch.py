@@ -1,0 +1,45 @@
+"""``recon batch PIPELINE.yaml INPUTS... -o OUTDIR``: one pipeline over many inputs (see recon_cli.batch)."""
+from __future__ import annotations
+
+import click
+
+
+@click.command("batch")
+@click.argument("pipeline", type=click.Path(dir_okay=False))
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("-o", "--output-dir", "outdir", required=True, metavar="OUTDIR",
+              help="Folder for the outputs (OUTDIR/<input stem>.h5, ...) and batch_summary.csv/.json.")
+@click.option("-j", "--jobs", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Inputs run at once, in separate processes.")
+@click.option("--force", is_flag=True, help="Redo inputs whose outputs exist (replacing them).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
+              help="Override a pipeline value for every input (repeatable).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), help="Replaces the pipeline's device.")
+@click.option("--max-memory", metavar="SIZE",
+              help="Memory limit per input, e.g. 2G (default: 80% of the available memory / jobs).")
+@click.pass_context
+def batch(ctx: click.Context, pipeline: str, inputs: tuple[str, ...], outdir: str, jobs: int, force: bool,
+          overrides: tuple[str, ...], device: str | None, max_memory: str | None) -> None:
+    """Run PIPELINE.yaml on every input (paths, globs such as 'data/*.h5', or manifest CSVs with a
+    'path' column). A failed input does not stop the others; exit code 0 only when all succeed.
+    Re-running skips inputs already done with the same pipeline (--force redoes them)."""
+    from recon_cli.batch import BatchFailed, BatchSettings, run_batch
+    from recon_cli.cli.run import command_line
+    from recon_cli.logging_setup import level_for
+    from recon_cli.memory import parse_size
+
+    obj = ctx.find_root().obj or {}
+    quiet = bool(obj.get("quiet"))
+    settings = BatchSettings(
+        pipeline=pipeline, overrides=tuple(overrides), device=device,
+        max_memory=parse_size(max_memory) if max_memory is not None else None, force=force, jobs=jobs,
+        command_line=command_line(ctx), log_level=level_for(bool(obj.get("verbose")), quiet),
+        log_format=obj.get("log_format") or "text", log_file=obj.get("log_file"))
+    summary = run_batch(settings, list(inputs), outdir, progress=not quiet)
+    counts = summary.counts
+    text = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    if not quiet:
+        click.echo(f"{len(summary.results)} inputs: {text}; summary: {summary.summary_paths['csv']}")
+    if summary.exit_code != 0:
+        failed = counts["failed"] + counts["interrupted"]
+        raise BatchFailed(f"{failed} of {len(summary.results)} inputs failed (see {summary.summary_paths['csv']})")
