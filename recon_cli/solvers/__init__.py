@@ -1,7 +1,7 @@
 """Solvers. Importing this package registers every solver module listed here."""
 import importlib
 
-_MODULES = ["fbp", "sirt", "cgls", "sgp_tv", "unet", "tv", "svtv", "tpv"]
+_MODULES = ["fbp", "sirt", "cgls", "sgp_tv", "unet", "tv", "svtv", "tpv", "graphla", "tikhonov", "rising"]
 
 for _m in _MODULES:
     try:

@@ -1,0 +1,162 @@
+"""Total variation by Chambolle-Pock: min_{x>=0} 1/2||Kx - y||^2 + lam_abs * sum_i w_i |Dx|_i.
+
+``tv`` is the unweighted case (w = 1); :func:`solve_weighted` is the shared driver also used by
+``svtv`` (fixed weights from a pre-estimate) and ``tpv`` (reweighted), and by benchmarks that
+supply their own weights.
+
+Convention for ``lam`` (the same as ``sgp_tv``): lam is given for the image divided by
+``intensity_scale`` s (1/mm) on a grid of unit pixels, as in the papers (images in [0, 1]); with
+voxel size h (mm) the solver uses lam_abs = lam * s * h^2 (mm), which makes the problem exactly the
+normalised one scaled by s^2 h^2. D is the forward-difference gradient in pixel units (slice-wise
+for stacks, or 3D with the slice difference times ``slice_weight``).
+``lam: auto`` picks lam by the discrepancy principle (see regularisation_parameter.py).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Annotated, Literal, Union
+
+from pydantic import Field
+
+import numpy as np
+
+from recon_cli.ops.finite_differences import Gradient
+from recon_cli.ops.operator import Operator
+from recon_cli.sinogram import Reconstruction, Sinogram
+from recon_cli.solvers.pdhg import pdhg
+from recon_cli.solvers.regularisation_parameter import discrepancy_search, noise_norm
+from recon_cli.solvers.registry import SolverParams, register, unit
+
+log = logging.getLogger(__name__)
+
+MU_WATER = 0.0192  # 1/mm
+
+
+class TVParams(SolverParams):
+    """Parameters of ``tv`` (lam in the normalised convention of the module docstring)."""
+
+    lam: Union[Annotated[float, Field(ge=0.0, allow_inf_nan=False)], Literal["auto"]] = unit(
+        "1 (image / intensity_scale, unit pixels)",
+        "TV weight for the normalised image; the solver uses lam * intensity_scale * voxel_size^2 (mm). "
+        "'auto': discrepancy principle on the noise level (metadata sigma or I0, else estimated)",
+        default="auto")
+    intensity_scale: float = unit("1/mm", "attenuation that maps to 1 in the normalised image "
+                                  "(default 2 x water, about bone)", default=2 * MU_WATER, gt=0.0)
+    iterations: int = unit("1", "maximum number of PDHG iterations", default=300, ge=1)
+    tol: float = unit("1", "stop when ||x_k+1 - x_k|| / ||x_k+1|| < tol (0: off)", default=0.0, ge=0.0)
+    tol_gap: float = unit("1", "stop when primal-dual gap / objective < tol_gap (0: off)", default=0.0, ge=0.0)
+    gap_every: int = unit("1", "compute the primal-dual gap every this many iterations", default=10, ge=1)
+    isotropic: bool = unit("-", "isotropic TV (gradient magnitude); false: anisotropic (sum of |d/dy| + |d/dx|)",
+                           default=True)
+    nonnegative: bool = unit("-", "constrain x >= 0", default=True)
+    mode: Literal["slicewise", "3d"] = unit("-", "gradient of a slice stack: per slice or 3D", default="slicewise")
+    slice_weight: float = unit("1", "weight of the slice-direction difference in mode 3d", default=1.0, ge=0.0)
+    discrepancy_tau: float = unit("1", "lam auto: target residual = discrepancy_tau * noise norm",
+                                  default=1.02, ge=0.5, le=3.0)
+    search_iterations: int = unit("1", "lam auto: PDHG iterations per trial lam (warm-started)",
+                                  default=100, ge=5)
+    search_start: float = unit("1 (normalised)", "lam auto: first trial lam", default=1.0, gt=0.0)
+    search_rtol: float = unit("1", "lam auto: accept |residual / target - 1| <= search_rtol",
+                              default=0.02, gt=0.0, lt=1.0)
+
+
+def make_gradient(op: Operator, params) -> Gradient:
+    """The gradient operator D for the op's image shape, on its array module."""
+    return Gradient(tuple(op.domain_shape), mode=params.mode, slice_weight=params.slice_weight, xp=op.xp)
+
+
+def lam_scale(sino: Sinogram, params) -> float:
+    """mm per unit of normalised lam: intensity_scale * voxel_size^2."""
+    return float(params.intensity_scale) * float(sino.grid.voxel_size) ** 2
+
+
+def choose_lam(op: Operator, y, B: Operator, weights, params, metadata: dict, scale: float,
+               x0=None, dual0=None, factor: float = 10.0) -> dict:
+    """The discrepancy-principle search for lam (normalised), with the warm state for the final run.
+
+    Returns {lam, lam_abs, x0, dual0, info: {...scalars for Reconstruction.info}}.
+    """
+    e_norm, source = noise_norm(y, metadata)
+    target = float(params.discrepancy_tau) * e_norm
+    t0 = time.perf_counter()
+    total_iters, total_proj = [0], [0.0]
+
+    def evaluate(lam: float, warm):
+        if warm is None:
+            xw, dw, lam_w = x0, dual0, None
+        else:
+            xw, dw, lam_w = warm
+            if lam_w and dw is not None:  # the dual s scales about with lam
+                dw = (dw[0], dw[1] * np.float32(lam / lam_w))
+        # a cold start needs a full run; warm starts from a neighbouring lam need far fewer
+        n_iter = params.search_iterations if (warm is not None or x0 is not None) else \
+            max(params.search_iterations, params.iterations)
+        x, info, dual = pdhg(op, y, B, lam * scale, weights, isotropic=params.isotropic,
+                             nonnegative=params.nonnegative, x0=xw, dual0=dw, max_iter=n_iter,
+                             gap_every=n_iter, record_every=n_iter, return_dual=True)
+        total_iters[0] += info["iterations"]
+        total_proj[0] += info["time_projector"]
+        r = float(info["residual"]) * float(op.xp.linalg.norm(y.ravel()))
+        return r, (x, dual, lam)
+
+    result = discrepancy_search(evaluate, target, float(params.search_start), rtol=float(params.search_rtol),
+                                factor=factor)
+    if not result.converged:
+        log.warning("lam auto: residual %.4g vs target %.4g after %d trials; using lam=%.4g",
+                    result.residual_norm, target, result.evaluations, result.lam)
+    x_w, dual_w, _ = result.state
+    info = {"lam_auto": True, "noise_norm": e_norm, "noise_source": source,
+            "discrepancy_target": target, "discrepancy_tau": float(params.discrepancy_tau),
+            "lam_search_evaluations": result.evaluations, "lam_search_iterations": total_iters[0],
+            "lam_search_converged": bool(result.converged), "time_lam_search": time.perf_counter() - t0,
+            "time_projector_lam_search": total_proj[0]}
+    return {"lam": result.lam, "lam_abs": result.lam * scale, "x0": x_w, "dual0": dual_w, "info": info}
+
+
+def solve_weighted(op: Operator, sino: Sinogram, params, weights=None, callback=None, *, x0=None,
+                   dual0=None, B: Operator | None = None, return_dual: bool = False,
+                   search_factor: float = 10.0):
+    """TV with fixed pixel weights ``weights`` (shape of the image; None = 1) by PDHG.
+
+    ``params``: a TVParams (or any model with its fields). ``x0``/``dual0``: warm start.
+    ``search_factor``: lam auto's bracketing step (x10 from a guess; smaller from a good start).
+    Returns a Reconstruction (``info``: iterations, history, stopped, gap, rel_gap, lam, lam_abs,
+    time_projector, time_total (both including the lam search), and the lam-search record when lam is
+    auto: noise_norm, noise_source, discrepancy_target, discrepancy_ratio = ||Kx - y|| / ||e||,
+    lam_search_evaluations / _iterations / _converged, time_lam_search), and with
+    ``return_dual`` also the final dual pair (q, s).
+    """
+    t0 = time.perf_counter()
+    y = sino.data
+    B = B if B is not None else make_gradient(op, params)
+    scale = lam_scale(sino, params)
+    extra: dict = {}
+    if params.lam == "auto":
+        chosen = choose_lam(op, y, B, weights, params, sino.metadata, scale, x0=x0, dual0=dual0,
+                            factor=search_factor)
+        lam, x0, dual0, extra = chosen["lam"], chosen["x0"], chosen["dual0"], chosen["info"]
+    else:
+        lam = float(params.lam)
+    x, info, dual = pdhg(op, y, B, lam * scale, weights, isotropic=params.isotropic,
+                         nonnegative=params.nonnegative, x0=x0, dual0=dual0, max_iter=params.iterations,
+                         tol_rel_change=params.tol, tol_gap=params.tol_gap, gap_every=params.gap_every,
+                         callback=callback, return_dual=True)
+    out = {k: info[k] for k in ("iterations", "history", "stopped", "time_projector", "objective", "gap",
+                                "rel_gap", "residual", "tau", "sigma", "sigma_B", "step_ratio", "norm_K",
+                                "norm_B")}
+    out.update(lam=lam, lam_abs=lam * scale, lam_units="normalised (x / intensity_scale, unit pixels)",
+               **extra)
+    if extra:
+        out["time_projector"] += extra["time_projector_lam_search"]
+        out["discrepancy_ratio"] = info["residual"] * float(op.xp.linalg.norm(y.ravel())) / extra["noise_norm"]
+    out["time_total"] = time.perf_counter() - t0
+    rec = Reconstruction(volume=x, info=out)
+    return (rec, dual) if return_dual else rec
+
+
+@register("tv", TVParams, "Total variation, Chambolle-Pock (PDHG) with x >= 0; lam fixed or by the "
+          "discrepancy principle", iterative=True)
+def solve(op: Operator, sino: Sinogram, params: TVParams, callback=None) -> Reconstruction:
+    """Isotropic (or anisotropic) TV reconstruction of ``sino`` on ``op``'s grid (1/mm)."""
+    return solve_weighted(op, sino, params, None, callback)
