@@ -38,6 +38,8 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(RECON) run pipelines/fbp.yaml --overwrite
 	$(RECON) run pipelines/svtv.yaml --overwrite
+	$(RECON) run pipelines/dicom.yaml --overwrite
+	@echo "Outputs are in out/ (HDF5 with /reconstruction, /metrics, /provenance; PNG previews; DICOM series in out/*_dicom/)."
 
 test: $(STAMP) sysdeps
 	$(PY) -m pytest -q -p no:cacheprovider
