@@ -42,9 +42,6 @@ log = logging.getLogger(__name__)
 DEFAULT_FRACTION = 0.8
 #: (image-sized, sinogram-sized) arrays of a solver that registered no hint.
 DEFAULT_STATE_ARRAYS = (4, 2)
-#: Hints for solvers registered without one (counted from their code; move into their
-#: ``register(..., state_arrays=...)`` calls).
-FALLBACK_STATE_ARRAYS = {"tv": (15, 5), "svtv": (16, 5), "tpv": (16, 5)}
 #: Projector workspace per slice: one image- and one sinogram-sized array.
 WORKSPACE_ARRAYS = (1, 1)
 FLOAT32 = 4
@@ -181,11 +178,11 @@ class MemoryEstimate:
 
 
 def solver_state_arrays(spec) -> tuple[int, int]:
-    """(image-sized, sinogram-sized) arrays a solver holds: its registry hint, else a fallback."""
+    """(image-sized, sinogram-sized) arrays a solver holds: its registry hint, else DEFAULT_STATE_ARRAYS."""
     hint = getattr(spec, "state_arrays", None)
     if hint is not None:
         return (int(hint[0]), int(hint[1]))
-    return FALLBACK_STATE_ARRAYS.get(spec.name, DEFAULT_STATE_ARRAYS)
+    return DEFAULT_STATE_ARRAYS
 
 
 def _matrix_bytes(geometry, grid, projector_type: str | None = None, building: bool | None = False) -> int:

@@ -136,9 +136,12 @@ class _Reg:
         return self.lam * float(xp.sum(mag, dtype=np.float64))
 
 
-def step_sizes(K: Operator, B: Operator, step_ratio: float = STEP_RATIO) -> dict:
-    """tau, sigma (data dual) and sigma_B (regulariser dual) as plain floats, with the norms used."""
-    norm_k, norm_b = float(K.norm()), float(B.norm())
+def step_sizes(K: Operator, B: Operator, step_ratio: float = STEP_RATIO, *, norms=None) -> dict:
+    """tau, sigma (data dual) and sigma_B (regulariser dual) as plain floats, with the norms used.
+
+    ``norms``: (||K||, ||B||) already known (a resumed run), else ``Operator.norm()``.
+    """
+    norm_k, norm_b = (float(K.norm()), float(B.norm())) if norms is None else (float(norms[0]), float(norms[1]))
     if not (norm_k > 0 and norm_b > 0):
         raise ValueError(f"operator norms must be positive (||K|| = {norm_k}, ||B|| = {norm_b})")
     c = norm_k / norm_b
@@ -152,7 +155,7 @@ def step_sizes(K: Operator, B: Operator, step_ratio: float = STEP_RATIO) -> dict
 def pdhg(K: Operator, y, B: Operator, lam: float, weights=None, *, isotropic: bool = True,
          nonnegative: bool = True, x0=None, max_iter: int = 500, tol_rel_change: float = 0.0,
          tol_gap: float = 0.0, callback=None, record_every: int = 1, gap_every: int = 10,
-         dual0=None, return_dual: bool = False, step_ratio="auto"):
+         dual0=None, return_dual: bool = False, step_ratio="auto", resume_state: dict | None = None):
     """Solve min_x 1/2||Kx-y||^2 + lam sum_i w_i |(Bx)_i| (+ x >= 0) by Chambolle-Pock.
 
     Shapes: x ``K.domain_shape`` (= ``B.domain_shape``), y ``K.range_shape``; float32 on K.xp.
@@ -161,6 +164,14 @@ def pdhg(K: Operator, y, B: Operator, lam: float, weights=None, *, isotropic: bo
     filled on recorded iterations, ``gap`` on gap iterations); a truthy return stops.
     Stops after ``max_iter`` iterations, when ||x_{k+1} - x_k|| / ||x_{k+1}|| < ``tol_rel_change``,
     when gap / |P| < ``tol_gap`` (checked every ``gap_every`` iterations), or on the callback.
+
+    Restartable: the callback's ``extra['state']`` is the full state after the iteration
+    {iteration, x, q, s, kxbar, bxbar (the extrapolations K xbar, B xbar for the next iteration),
+    tau, sigma, sigma_B, norm_K, norm_B, history, objective, residual, rel_change, rel_gap,
+    last_recorded, pending_stop (a stopping test met at that iteration)} (live arrays, not copies).
+    ``resume_state`` (such a dict; ``x0``/``dual0`` are then ignored) continues after its
+    iteration with exactly the uninterrupted iterates: K x and B x are recomputed from x, the same
+    products as in the loop, and the step-ratio resets keep their iteration numbers.
 
     Returns ``(x, info)`` (``(x, info, (q, s))`` with ``return_dual``). ``info``: iterations,
     stopped, history {objective, residual (||Kx-y||/||y||), rel_change, gap, gap_iteration},
@@ -180,16 +191,28 @@ def pdhg(K: Operator, y, B: Operator, lam: float, weights=None, *, isotropic: bo
     max_iter, record_every, gap_every = int(max_iter), max(1, int(record_every)), max(1, int(gap_every))
 
     auto_ratio = step_ratio == "auto"
-    steps = step_sizes(K, B, STEP_RATIO if auto_ratio else step_ratio)
+    rs = resume_state
+    steps = step_sizes(K, B, STEP_RATIO if auto_ratio else step_ratio,
+                       norms=None if rs is None else (rs["norm_K"], rs["norm_B"]))
     base, c2 = 0.99 / (math.sqrt(2.0) * steps["norm_K"]), steps["block_scale"] ** 2
-    tau, sigma, sigma_b = steps["tau"], steps["sigma"], steps["sigma_B"]
+    if rs is None:
+        tau, sigma, sigma_b = steps["tau"], steps["sigma"], steps["sigma_B"]
+    else:
+        tau, sigma, sigma_b = float(rs["tau"]), float(rs["sigma"]), float(rs["sigma_B"])
     inv_1ps = 1.0 / (1.0 + sigma)
     reg = _Reg(B, lam, weights, isotropic, xp)
     y_norm = _norm(xp, y) or 1.0
 
     t_proj = 0.0
     # primal state
-    if x0 is None:
+    if rs is not None:
+        x = xp.array(rs["x"], dtype=np.float32, copy=True).reshape(K.domain_shape)
+        _sync(xp)
+        t0 = time.perf_counter()
+        kx = K.forward(x)
+        _sync(xp)
+        t_proj += time.perf_counter() - t0
+    elif x0 is None:
         x = xp.zeros(K.domain_shape, dtype=np.float32)
         kx = xp.zeros(K.range_shape, dtype=np.float32)
     else:
@@ -202,11 +225,18 @@ def pdhg(K: Operator, y, B: Operator, lam: float, weights=None, *, isotropic: bo
         _sync(xp)
         t_proj += time.perf_counter() - t0
     bx = B.forward(x)
-    kxbar = kx.copy()
-    bxbar = bx.copy()
+    if rs is None:
+        kxbar = kx.copy()
+        bxbar = bx.copy()
+    else:
+        kxbar = xp.array(rs["kxbar"], dtype=np.float32, copy=True).reshape(K.range_shape)
+        bxbar = xp.array(rs["bxbar"], dtype=np.float32, copy=True).reshape(B.range_shape)
     x_prev = xp.empty_like(x)
     # dual state
-    if dual0 is None:
+    if rs is not None:
+        q = xp.array(rs["q"], dtype=np.float32, copy=True).reshape(K.range_shape)
+        s = xp.array(rs["s"], dtype=np.float32, copy=True).reshape(B.range_shape)
+    elif dual0 is None:
         q = xp.zeros(K.range_shape, dtype=np.float32)
         s = xp.zeros(B.range_shape, dtype=np.float32)
     else:
@@ -217,8 +247,16 @@ def pdhg(K: Operator, y, B: Operator, lam: float, weights=None, *, isotropic: bo
     hist = {"objective": [], "residual": [], "rel_change": [], "gap": [], "gap_iteration": [], "step_ratio": []}
     stopped = "max_iter"
     objective = residual = gap = rel_gap = rel_change = None
-    it = last_recorded = 0
-    for it in range(1, max_iter + 1):
+    it = last_recorded = start = 0
+    if rs is not None:
+        start = it = int(rs["iteration"])
+        hist = {name: list(rs["history"][name]) for name in hist}
+        objective, residual, rel_change, rel_gap = (rs[k] for k in ("objective", "residual", "rel_change",
+                                                                    "rel_gap"))
+        last_recorded = int(rs["last_recorded"])
+        if rs.get("pending_stop"):  # the uninterrupted run stopped at this very iteration
+            stopped, max_iter = str(rs["pending_stop"]), start
+    for it in range(start + 1, max_iter + 1):
         want_gap = (it % gap_every == 0) or it == max_iter
         if auto_ratio and it in REBALANCE_AT:
             xn = _norm(xp, x)
@@ -293,17 +331,23 @@ def pdhg(K: Operator, y, B: Operator, lam: float, weights=None, *, isotropic: bo
             rel_gap = gap / abs(objective) if objective else abs(gap)
             hist["gap"].append(gap)
             hist["gap_iteration"].append(it)
+        pending = None
+        if tol_rel_change > 0 and rel_change < tol_rel_change:
+            pending = "rel_change"
+        elif tol_gap > 0 and gap is not None and rel_gap < tol_gap:
+            pending = "gap"
         if callback is not None:
+            full = {"iteration": it, "x": x, "q": q, "s": s, "kxbar": kxbar, "bxbar": bxbar, "tau": tau,
+                    "sigma": sigma, "sigma_B": sigma_b, "norm_K": steps["norm_K"], "norm_B": steps["norm_B"],
+                    "history": hist, "objective": objective, "residual": residual, "rel_change": rel_change,
+                    "rel_gap": rel_gap, "last_recorded": last_recorded, "pending_stop": pending}
             state = IterationState(it, x, objective if want_record else None,
-                                   residual if want_record else None, gap)
+                                   residual if want_record else None, gap, extra={"state": full})
             if callback(state):
                 stopped = "callback"
                 break
-        if tol_rel_change > 0 and rel_change < tol_rel_change:
-            stopped = "rel_change"
-            break
-        if tol_gap > 0 and gap is not None and rel_gap < tol_gap:
-            stopped = "gap"
+        if pending is not None:
+            stopped = pending
             break
     if last_recorded != it:  # stopped on an unrecorded iteration: objective of the returned x
         res_norm = _norm(xp, kx - y)
@@ -318,6 +362,8 @@ def pdhg(K: Operator, y, B: Operator, lam: float, weights=None, *, isotropic: bo
         "norm_K": steps["norm_K"], "norm_B": steps["norm_B"],
         "time_projector": t_proj, "time_total": time.perf_counter() - t_start,
     }
+    if rs is not None:
+        info["resumed_from"] = start
     if return_dual:
         return x, info, (q, s)
     return x, info
