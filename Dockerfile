@@ -44,7 +44,7 @@ RUN --mount=type=bind,source=docker/wheels,target=/tmp/wheels \
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY recon_cli ./recon_cli
-RUN python3 -m pip install ".[train]" \
+RUN python3 -m pip install ".[train,dask]" \
  && rm -rf /app/recon_cli /app/build /app/*.egg-info \
  && recon --version \
  && python3 -c "import astra, h5py, onnxruntime, pydicom, recon_cli.solvers; print('astra', astra.__version__)"

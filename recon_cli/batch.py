@@ -18,6 +18,11 @@ checkpoint when the pipeline and input are unchanged.
 interrupted), one-line error, metrics and seconds. Exit code 0 only when every input is ok
 or skipped. SIGINT / SIGTERM stop the batch: running inputs remove their temporary files,
 finished outputs stay, the summary is written, exit code 130 / 143.
+
+``--executor dask --scheduler tcp://HOST:PORT`` or ``--executor dask-local --workers N`` run the
+inputs as units on a Dask cluster instead (recon_cli.executors): each unit reads its input and writes
+its outputs atomically itself, only the small result comes back. ``--retries N`` runs a failed input
+again up to N times (Dask: also after its worker died) before it is reported as failed.
 """
 from __future__ import annotations
 
@@ -86,6 +91,10 @@ class BatchSettings:
     log_format: str = "text"
     log_file: str | None = None
     threads: int | None = None
+    executor: str = "local"
+    scheduler: str | None = None
+    workers: int | None = None
+    retries: int | None = None
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -309,6 +318,9 @@ def _worker_init(settings: BatchSettings) -> None:
     from recon_cli.signals import Interrupted
 
     configure_logging(settings.log_level, settings.log_format, settings.log_file)
+    from recon_cli import worker_cache
+
+    worker_cache.enable()  # one projector kept between inputs of the same geometry
 
     def on_term(signum, frame):
         _stopping["value"] = True
@@ -375,7 +387,9 @@ def run_batch(settings: BatchSettings, inputs: Sequence[str], outdir: str | Path
             bar.advance(res)
 
         try:
-            if jobs == 1:
+            if settings.executor != "local":
+                _run_on_executor(settings, items, record)
+            elif jobs == 1:
                 for i, item in enumerate(items):
                     record(i, run_item(settings, item, cfg))
                     if results[i].status == "interrupted":
@@ -383,6 +397,8 @@ def run_batch(settings: BatchSettings, inputs: Sequence[str], outdir: str | Path
                         break
             else:
                 stop_signal = _run_parallel(settings, items, jobs, record)
+            if settings.executor == "local" and stop_signal is None:
+                _retry_failed(settings, items, results, record, cfg)
         except Interrupted as exc:
             stop_signal = exc.signum
     for i, item in enumerate(items):
@@ -442,6 +458,63 @@ def _run_parallel(settings: BatchSettings, items: list[BatchItem], jobs: int,
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return stop
+
+
+def _retry_failed(settings: BatchSettings, items: list[BatchItem], results: list, record, cfg) -> None:
+    """Local executor: run failed inputs again, one at a time, up to ``settings.retries`` times."""
+    for attempt in range(int(settings.retries or 0)):
+        again = [i for i, r in enumerate(results) if r is not None and r.status == "failed" and not items[i].error]
+        if not again:
+            return
+        log.info("retry %d: %d failed inputs", attempt + 1, len(again))
+        for i in again:
+            record(i, run_item(settings, items[i], cfg))
+
+
+_unit_ready = {"done": False}
+
+
+def batch_unit(task: tuple[BatchSettings, BatchItem]) -> ItemResult:
+    """One input on an executor's worker; a failed input raises UnitFailed so that it is retried."""
+    from recon_cli.executors import UnitFailed
+
+    settings, item = task
+    if not _unit_ready["done"]:
+        from recon_cli.logging_setup import configure_logging
+
+        configure_logging(settings.log_level, settings.log_format, settings.log_file)
+        _unit_ready["done"] = True
+    res = run_item(settings, item)
+    if res.status == "failed":
+        raise UnitFailed(res.error, payload=res)
+    return res
+
+
+def _run_on_executor(settings: BatchSettings, items: list[BatchItem],
+                     record: Callable[[int, ItemResult], None]) -> None:
+    """Run the inputs as units on settings.executor (recon_cli.executors); each is recorded as it ends."""
+    import dataclasses
+
+    from recon_cli.executors import ExecutorSpec, run_units
+
+    spec = ExecutorSpec(settings.executor, settings.scheduler, settings.workers, settings.retries)
+    if spec.kind == "dask-local":  # the memory limit of each input: a share of this machine
+        settings = dataclasses.replace(settings, jobs=spec.n_workers,
+                                       threads=settings.threads or spec.worker_threads())
+
+    def on_done(outcome) -> None:
+        item = items[outcome.index]
+        if outcome.ok:
+            res = outcome.value
+        elif isinstance(outcome.value, ItemResult):
+            res = outcome.value
+        else:
+            res = ItemResult(item.input, item.output, "failed", outcome.error)
+        if not outcome.ok and outcome.attempts > 1:
+            res.error = f"{res.error} ({outcome.attempts} attempts)"
+        record(outcome.index, res)
+
+    run_units(spec, batch_unit, [(settings, item) for item in items], on_done)
 
 
 def _log_result(i: int, n: int, res: ItemResult) -> None:
@@ -518,7 +591,9 @@ def write_summary(outdir: Path, summary: BatchSummary, settings: BatchSettings, 
                                  *[_fmt_metric(r.metrics.get(m)) for m in metric_names]])
     data = {
         "pipeline": settings.pipeline, "overrides": list(settings.overrides), "device": settings.device,
-        "jobs": settings.jobs, "force": settings.force, "command_line": settings.command_line,
+        "jobs": settings.jobs, "executor": settings.executor, "scheduler": settings.scheduler,
+        "workers": settings.workers, "retries": settings.retries, "force": settings.force,
+        "command_line": settings.command_line,
         "started_utc": started, "finished_utc": _utc_now(), "counts": summary.counts,
         "exit_code": summary.exit_code,
         "items": [{**{k: v for k, v in asdict(r).items() if k != "signal"},

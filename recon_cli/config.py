@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
     model_serializer, model_validator
 
 from recon_cli.errors import ConfigError
+from recon_cli.io.dicom_input import simulation_defaults
 from recon_cli.solvers.registry import SolverRef, get_solver
 
 #: Metric names a pipeline may ask for (see recon_cli.metrics.compute_metrics).
@@ -35,7 +36,7 @@ METRIC_NAMES = ("psnr", "ssim", "rel_err", "rmse", "hu_rmse", "residual", "wall_
 REFERENCE_METRICS = ("psnr", "ssim", "rel_err", "rmse", "hu_rmse")
 MetricName = Literal["psnr", "ssim", "rel_err", "rmse", "hu_rmse", "residual", "wall_time"]
 MetricList = list[MetricName]  # alias: MetricsSpec has a field named 'list'
-OUTPUT_FORMATS = ("hdf5", "png", "tiff", "nifti")
+OUTPUT_FORMATS = ("hdf5", "png", "tiff", "nifti", "dicom")
 
 Path_ = Annotated[str, Field(min_length=1)]
 
@@ -46,9 +47,30 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+_SIMULATE = simulation_defaults()  # the reference geometry (recon_cli.geometry.reference_geometry)
+
+
+class SimulateSpec(Strict):
+    """The acquisition simulated from an image input (input.format dicom); defaults: the reference geometry."""
+
+    geometry: Literal["fanflat", "parallel"] = Field(
+        "fanflat", description="fanflat: flat-detector fan beam, views over 2*pi; parallel: views over pi")
+    angles: int = Field(_SIMULATE["angles"], ge=1, description="number of equally spaced views")
+    detector_count: int = Field(_SIMULATE["detector_count"], ge=1, description="detector elements")
+    detector_spacing: float = Field(_SIMULATE["detector_spacing"], gt=0, description="detector pitch, mm")
+    source_origin: float = Field(_SIMULATE["source_origin"], gt=0,
+                                 description="fanflat: source to rotation axis, mm")
+    origin_detector: float = Field(_SIMULATE["origin_detector"], gt=0,
+                                   description="fanflat: rotation axis to detector, mm")
+    I0: Optional[float] = Field(None, gt=0, description="Poisson noise: incident photons per detector element; "
+                                                          "default: no noise")
+    seed: int = Field(0, ge=0, description="seed of the noise")
+
+
 class InputSpec(Strict):
-    path: Path_ = Field(description="input file, or folder for dicom-ctpd (relative to the current directory)")
-    format: Literal["auto", "hdf5", "nxtomo", "dxchange", "dicom-ctpd"] = Field(
+    path: Path_ = Field(description="input file, or folder for dicom and dicom-ctpd (relative to the current "
+                                    "directory)")
+    format: Literal["auto", "hdf5", "nxtomo", "dxchange", "dicom-ctpd", "dicom"] = Field(
         "auto", description="file format; auto detects it by content (recon_cli.io.formats)")
     rows: Optional[Union[int, str, list[int]]] = Field(
         None, description="nxtomo/dxchange: detector rows (slices): an int (one slice), 'start:stop[:step]' "
@@ -65,13 +87,18 @@ class InputSpec(Strict):
                                                                     "grid [ny, nx]; default from the detector")
     voxel_size: Optional[float] = Field(None, gt=0, description="nxtomo/dxchange/dicom-ctpd: voxel size in mm; "
                                                                 "default from the detector")
+    series_uid: Optional[str] = Field(None, min_length=1, description="dicom: the SeriesInstanceUID to read when "
+                                                                      "the folder holds several series")
+    simulate: Optional[SimulateSpec] = Field(None, description="dicom: the acquisition simulated from the image "
+                                                               "series; default: the reference geometry, no noise")
 
     READER_OPTIONS: ClassVar[tuple[str, ...]] = ("rows", "cor_offset", "pixel_size", "clamp", "detector_row",
-                                                 "grid_shape", "voxel_size")
+                                                 "grid_shape", "voxel_size", "series_uid", "simulate")
 
     def reader_options(self) -> dict[str, Any]:
-        """The format options that are set (for recon_cli.io.formats.read_input)."""
-        return {name: getattr(self, name) for name in self.READER_OPTIONS if getattr(self, name) is not None}
+        """The format options that are set (for recon_cli.io.formats.read_input; sections as dicts)."""
+        options = {name: getattr(self, name) for name in self.READER_OPTIONS if getattr(self, name) is not None}
+        return {k: v.model_dump() if isinstance(v, BaseModel) else v for k, v in options.items()}
 
     @model_serializer(mode="wrap")
     def _drop_unset_options(self, handler):
@@ -100,18 +127,47 @@ class LogTransformStep(Strict):
 PreprocessStep = Annotated[Union[LogTransformStep], Field(discriminator="step")]
 
 
+class PacsSpec(Strict):
+    """Send the DICOM output to a PACS with C-STORE (recon_cli.io.pacs.send_series)."""
+
+    host: str = Field(min_length=1, description="PACS host name or address")
+    port: int = Field(ge=1, le=65535, description="PACS DICOM port")
+    ae_title: str = Field(min_length=1, max_length=16, description="the PACS's AE title (called AE)")
+    calling_ae_title: str = Field("RECON_CLI", min_length=1, max_length=16, description="our AE title")
+    retries: int = Field(3, ge=0, le=20, description="further associations tried after a failure")
+    timeout: float = Field(30.0, gt=0, description="seconds to wait for the connection and each response")
+
+
 class OutputSpec(Strict):
     path: Optional[Path_] = Field(None, description="HDF5 output; other formats change its suffix. "
                                                     "Default: out/<name>.h5")
-    formats: list[Literal["hdf5", "png", "tiff", "nifti"]] = Field(default_factory=lambda: ["hdf5"], min_length=1)
+    formats: list[Literal["hdf5", "png", "tiff", "nifti", "dicom"]] = Field(
+        default_factory=lambda: ["hdf5"], min_length=1,
+        description="hdf5 (.h5), png (.png), tiff (.tif), nifti (.nii.gz), dicom (a folder <stem>_dicom/)")
     png_window: Optional[tuple[float, float]] = Field(
         None, description="[center, width] in HU mapped to black..white (e.g. [40, 400]); "
                           "default: the image's min..max")
+    pacs: Optional[PacsSpec] = Field(None, description="send the DICOM output to a PACS; the record of what was "
+                                                       "stored goes to <stem>.pacs.json")
 
     @field_validator("formats")
     @classmethod
     def _unique(cls, v: list[str]) -> list[str]:
         return list(dict.fromkeys(v))
+
+    @model_validator(mode="after")
+    def _pacs_needs_dicom(self):
+        if self.pacs is not None and "dicom" not in self.formats:
+            raise ValueError("pacs sends the DICOM output: add dicom to output.formats")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _drop_unset_pacs(self, handler):
+        """``pacs`` left unset is omitted, so pipelines without it keep their resolved form (and hash)."""
+        data = handler(self)
+        if data.get("pacs") is None:
+            data.pop("pacs", None)
+        return data
 
     @field_validator("png_window")
     @classmethod
@@ -176,8 +232,17 @@ class PipelineConfig(Strict):
         path = Path(self.output.path)
         known = path.suffix.lower() in (".h5", ".hdf5", ".nxs")
         stem = path.with_suffix("") if known else path
-        suffix = {"hdf5": path.suffix if known else ".h5", "png": ".png", "tiff": ".tif", "nifti": ".nii.gz"}
+        suffix = {"hdf5": path.suffix if known else ".h5", "png": ".png", "tiff": ".tif", "nifti": ".nii.gz",
+                  "dicom": "_dicom"}  # dicom: a folder of one file per slice
         return {fmt: stem.with_name(stem.name + suffix[fmt]) for fmt in self.output.formats}
+
+    def pacs_record_path(self) -> Path | None:
+        """Where the record of what was sent to the PACS goes (``<stem>.pacs.json``); None without output.pacs."""
+        if self.output.pacs is None:
+            return None
+        path = Path(self.output.path)
+        stem = path.with_suffix("") if path.suffix.lower() in (".h5", ".hdf5", ".nxs") else path
+        return stem.with_name(stem.name + ".pacs.json")
 
 
 # ----------------------------------------------------------------------------- loading

@@ -2,13 +2,16 @@
 
 Every output path is checked before any computing, so a run that would overwrite a
 file refuses at once and leaves nothing behind; outputs are written atomically, and
-if a later output fails the earlier ones of the same run are removed.
+if a later output fails the earlier ones of the same run are removed. With
+``output.pacs`` the DICOM output is then sent to the PACS and the record of what was
+stored is written next to the outputs (``<stem>.pacs.json``, also when sending fails).
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,20 +45,23 @@ class RunResult:
 def run_pipeline(cfg: PipelineConfig, *, input_override: str | None = None, output_override: str | None = None,
                  device_override: str | None = None, overwrite: bool = False, command_line: str | None = None,
                  progress: bool = True, max_memory: int | str | None = None, resume: bool | str = False,
-                 jobs: int = 1) -> RunResult:
+                 jobs: int = 1, executor=None) -> RunResult:
     """Run ``cfg`` (overrides replace input.path, output.path, device) and write its outputs.
 
     ``max_memory``: bytes or '2G' (default: a share of the available memory, divided by ``jobs``);
     stacks are split into chunks that fit, jobs that cannot fit are refused before running
     (recon_cli.memory). ``resume``: True continues from this run's checkpoint (refused when it
     belongs to another pipeline or input), 'auto' uses a matching one if present (recon_cli.checkpoint).
+    ``executor``: a recon_cli.executors.ExecutorSpec to solve a slice stack in units on it
+    (recon_cli.stack_units; no checkpoints); None solves here.
     """
     cfg = with_overrides(cfg, {"input.path": input_override, "output.path": output_override,
                                "device": device_override})
     outputs = cfg.output_paths()
     input_path = Path(cfg.input.path)
     check_files(cfg, from_command_line={"input": input_override is not None})
-    check_outputs(outputs, input_path, overwrite)
+    pacs_record = cfg.pacs_record_path()
+    check_outputs({**outputs, **({"pacs": pacs_record} if pacs_record else {})}, input_path, overwrite)
     device = select_device(cfg.device)
     log.info("device: %s", device.name)
 
@@ -71,8 +77,14 @@ def run_pipeline(cfg: PipelineConfig, *, input_override: str | None = None, outp
     plan = plan_memory(cfg, sino, device.name, max_memory, jobs=jobs)
     digest = input_digest(input_path)
     writer = prepare_checkpoint(cfg, outputs, digest, device, plan, resume)
-    solved = solve_in_chunks(cfg, sino, device, plan, writer, progress=progress,
-                             want_residual="residual" in metric_names)
+    if executor is not None:
+        from recon_cli.stack_units import solve_on_executor
+
+        solved = solve_on_executor(cfg, sino, device, plan, executor, next(iter(outputs.values())),
+                                   want_residual="residual" in metric_names)
+    else:
+        solved = solve_in_chunks(cfg, sino, device, plan, writer, progress=progress,
+                                 want_residual="residual" in metric_names)
     volume, wall_time, projector = solved.volume, solved.wall_time, solved.projector
 
     from recon_cli.metrics import compute_metrics
@@ -92,8 +104,12 @@ def run_pipeline(cfg: PipelineConfig, *, input_override: str | None = None, outp
         extra={"pipeline_name": cfg.name, "solver": cfg.solver.name,
                "reference": _reference_source(cfg, reference)})
     write_outputs(cfg, outputs, volume, sino.grid.voxel_size, metrics=metrics, provenance=provenance,
-                  history=history, info=info, overwrite=overwrite)
+                  history=history, info=info, overwrite=overwrite,
+                  dicom_source=sino.metadata.get("dicom"), recon_facts=recon_facts(cfg, sino))
     writer.remove()
+    if pacs_record is not None:
+        send_to_pacs(cfg, outputs["dicom"], pacs_record, overwrite)
+        outputs = {**outputs, "pacs_record": pacs_record}
     return RunResult(output_paths=outputs, metrics=metrics, info=info, config=cfg, volume=volume)
 
 
@@ -115,21 +131,34 @@ def check_files(cfg: PipelineConfig, from_command_line: dict[str, bool] | None =
 
 
 def check_outputs(outputs: dict[str, Path], input_path: Path, overwrite: bool) -> None:
-    """Refuse before computing anything: an existing output without ``overwrite``, or an output on the input."""
-    for path in outputs.values():
+    """Refuse before computing anything: an existing output without ``overwrite``, or an output on the input.
+
+    The ``dicom`` output is a folder: with ``overwrite`` only a folder of .dcm files is replaced.
+    """
+    for fmt, path in outputs.items():
         if path.exists() and input_path.exists() and path.resolve() == input_path.resolve():
             raise InputError("output would replace the input file; choose another output path", file=str(path))
-        if path.is_dir():
+        if fmt == "dicom" and input_path.exists() and path.resolve() in input_path.resolve().parents:
+            raise InputError("the DICOM output folder would hold the input; choose another output path",
+                             file=str(path))
+        if path.is_dir() and fmt != "dicom":
             raise InputError("exists and is a folder", file=str(path))
         if path.exists() and not overwrite:
             raise InputError("exists; use --overwrite", file=str(path))
+        if fmt == "dicom" and path.exists():
+            from recon_cli.io.dicom_writer import _safe_to_replace
+
+            _safe_to_replace(path)
 
 
 def read_input(cfg: PipelineConfig) -> Sinogram:
-    """The input sinogram (format and reader options from cfg.input; see recon_cli.io.formats)."""
+    """The input sinogram (format and reader options from cfg.input; see recon_cli.io.formats).
+
+    A DICOM image series (HU, converted with metrics.mu_water) gives the sinogram simulated from it.
+    """
     from recon_cli.io.formats import read_input as read_any
 
-    return read_any(cfg.input.path, cfg.input.format, **cfg.input.reader_options())
+    return read_any(cfg.input.path, cfg.input.format, mu_water=cfg.metrics.mu_water, **cfg.input.reader_options())
 
 
 def load_reference(cfg: PipelineConfig, sino: Sinogram) -> np.ndarray | None:
@@ -235,9 +264,62 @@ def _reference_source(cfg: PipelineConfig, reference) -> str | None:
     return cfg.metrics.reference or f"{cfg.input.path}:/reference"
 
 
+def recon_facts(cfg: PipelineConfig, sino: Sinogram) -> dict[str, Any]:
+    """Reconstruction parameters for the DICOM output (ConvolutionKernel, distances, ImageComments)."""
+    params = cfg.solver.params
+    return {"pipeline": cfg.name, "solver": cfg.solver.name,
+            "params": params.model_dump(mode="json") if hasattr(params, "model_dump") else dict(params or {}),
+            "geometry": sino.geometry.attrs(), "n_angles": int(sino.geometry.n_angles)}
+
+
+def write_dicom_output(cfg: PipelineConfig, path: Path, volume: np.ndarray, voxel_size: float, *,
+                       dicom_source: dict | None, recon: dict, overwrite: bool) -> None:
+    """The reconstruction as a CT series folder. A DICOM input lends its patient/study identity, slice
+    spacing and (axial series) position, so the series lies on its source; otherwise anonymous."""
+    from recon_cli.io.dicom_writer import write_series
+
+    source = dicom_source or {}
+    spacing = source.get("spacing")
+    if spacing is None or not math.isclose(spacing[-1], voxel_size, rel_tol=1e-6):
+        spacing, origin = voxel_size, None
+    else:
+        origin = source.get("origin")
+    window = tuple(cfg.output.png_window) if cfg.output.png_window else (40.0, 400.0)
+    write_series(path, volume, spacing, mu_water=cfg.metrics.mu_water, series_description=cfg.name,
+                 identity=source.get("identity"), recon=recon, origin=origin, window=window,
+                 source_series_uid=source.get("series_uid"), overwrite=overwrite)
+
+
+def send_to_pacs(cfg: PipelineConfig, dicom_dir: Path, record_path: Path, overwrite: bool) -> dict:
+    """C-STORE the DICOM output to output.pacs and write the record to ``record_path``.
+
+    On failure the partial record is written too and PacsError (exit 1) says so; the outputs stay
+    (send them again with ``recon send``).
+    """
+    from recon_cli.io.pacs import PacsError, save_record, send_series
+
+    pacs = cfg.output.pacs
+    try:
+        record = send_series(sorted(dicom_dir.glob("*.dcm")), pacs.host, pacs.port, pacs.ae_title,
+                             calling_ae_title=pacs.calling_ae_title, retries=pacs.retries, timeout=pacs.timeout)
+    except PacsError as exc:
+        if exc.record is not None:
+            save_record(exc.record, record_path, overwrite=overwrite)
+        raise PacsError(f"{exc.message}; outputs kept, record in {record_path}", record=exc.record,
+                        file=exc.file, field=exc.field or "output.pacs") from None
+    save_record(record, record_path, overwrite=overwrite)
+    log.info("sent %d instances to %s@%s:%d; record %s", record["stored"], pacs.ae_title, pacs.host, pacs.port,
+             record_path)
+    return record
+
+
 def write_outputs(cfg: PipelineConfig, outputs: dict[str, Path], volume: np.ndarray, voxel_size: float, *,
-                  metrics: dict, provenance: dict, history: dict, info: dict, overwrite: bool) -> None:
-    """Write every requested format; on failure remove the files this call already wrote."""
+                  metrics: dict, provenance: dict, history: dict, info: dict, overwrite: bool,
+                  dicom_source: dict | None = None, recon_facts: dict | None = None) -> None:
+    """Write every requested format; on failure remove the files (and folders) this call already wrote.
+
+    ``dicom_source``: Sinogram.metadata["dicom"] of a DICOM input; ``recon_facts``: see :func:`recon_facts`.
+    """
     written: list[Path] = []
     try:
         for fmt, path in outputs.items():
@@ -259,13 +341,19 @@ def write_outputs(cfg: PipelineConfig, outputs: dict[str, Path], volume: np.ndar
                 from recon_cli.io.tiff_nifti import write_nifti
 
                 write_nifti(path, volume, voxel_size, overwrite=overwrite)
+            elif fmt == "dicom":
+                write_dicom_output(cfg, path, volume, voxel_size, dicom_source=dicom_source,
+                                   recon=recon_facts or {}, overwrite=overwrite)
             else:  # pragma: no cover - the schema admits only known formats
                 raise ConfigError(f"output format {fmt!r} not implemented", field="output.formats")
             written.append(path)
             log.info("wrote %s", path)
     except BaseException:
         for path in written:
-            path.unlink(missing_ok=True)
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
         raise
 
 
@@ -343,8 +431,8 @@ def solve_in_chunks(cfg: PipelineConfig, sino: Sinogram, device: Device, plan, w
     """
     from recon_cli.checkpoint import combine
     from recon_cli.progress import iteration_budget, solver_progress
-    from recon_cli.projectors import make_projector
     from recon_cli.solvers.registry import run_ref
+    from recon_cli.worker_cache import make_projector  # cached in worker processes only
 
     chunks = [tuple(c) for c in plan.chunks]
     split = len(chunks) > 1

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import click
 
+from recon_cli.cli.executor_options import executor_options, executor_spec
+
 
 @click.command("batch")
 @click.argument("pipeline", type=click.Path(dir_okay=False))
@@ -17,12 +19,15 @@ import click
 @click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), help="Replaces the pipeline's device.")
 @click.option("--max-memory", metavar="SIZE",
               help="Memory limit per input, e.g. 2G (default: 80% of the available memory / jobs).")
+@executor_options
 @click.pass_context
 def batch(ctx: click.Context, pipeline: str, inputs: tuple[str, ...], outdir: str, jobs: int, force: bool,
-          overrides: tuple[str, ...], device: str | None, max_memory: str | None) -> None:
+          overrides: tuple[str, ...], device: str | None, max_memory: str | None, executor: str,
+          scheduler: str | None, workers: int | None, retries: int | None) -> None:
     """Run PIPELINE.yaml on every input (paths, globs such as 'data/*.h5', or manifest CSVs with a
     'path' column). A failed input does not stop the others; exit code 0 only when all succeed.
-    Re-running skips inputs already done with the same pipeline (--force redoes them)."""
+    Re-running skips inputs already done with the same pipeline (--force redoes them).
+    With --executor dask / dask-local the inputs run on a Dask cluster (see docs/scaling.md)."""
     from recon_cli.batch import BatchFailed, BatchSettings, run_batch
     from recon_cli.cli.run import command_line
     from recon_cli.logging_setup import level_for
@@ -30,11 +35,15 @@ def batch(ctx: click.Context, pipeline: str, inputs: tuple[str, ...], outdir: st
 
     obj = ctx.find_root().obj or {}
     quiet = bool(obj.get("quiet"))
+    spec = executor_spec(executor, scheduler, workers, retries)
+    if spec.kind == "local" and workers is not None:
+        jobs = workers  # --workers N is --jobs N for local processes
     settings = BatchSettings(
         pipeline=pipeline, overrides=tuple(overrides), device=device,
         max_memory=parse_size(max_memory) if max_memory is not None else None, force=force, jobs=jobs,
         command_line=command_line(ctx), log_level=level_for(bool(obj.get("verbose")), quiet),
-        log_format=obj.get("log_format") or "text", log_file=obj.get("log_file"))
+        log_format=obj.get("log_format") or "text", log_file=obj.get("log_file"),
+        executor=spec.kind, scheduler=spec.scheduler, workers=spec.workers, retries=spec.retries)
     summary = run_batch(settings, list(inputs), outdir, progress=not quiet)
     counts = summary.counts
     text = ", ".join(f"{n} {s}" for s, n in counts.items() if n)

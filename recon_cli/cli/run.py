@@ -9,6 +9,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from recon_cli.cli.executor_options import executor_options, executor_spec
 from recon_cli.config import load_config
 
 
@@ -95,23 +96,36 @@ def with_png_window(cfg, window: str):
                    "stacks are split into chunks that fit, jobs that cannot fit are refused.")
 @click.option("--resume", is_flag=True,
               help="Continue from the last checkpoint of this run (refused if the pipeline or input changed).")
+@executor_options
 @click.pass_context
 def run(ctx: click.Context, pipeline: str, input_path: str | None, output_path: str | None,
         overrides: tuple[str, ...], device: str | None, overwrite: bool, window: str | None, as_json: bool,
-        max_memory: str | None, resume: bool) -> None:
-    """Run PIPELINE.yaml: reconstruct, compute metrics, write outputs (relative paths: current folder)."""
+        max_memory: str | None, resume: bool, executor: str, scheduler: str | None, workers: int | None,
+        retries: int | None) -> None:
+    """Run PIPELINE.yaml: reconstruct, compute metrics, write outputs (relative paths: current folder).
+
+    A 2D slice stack can be solved in units of slices on worker processes or a Dask cluster
+    (--executor, --workers, --scheduler; see docs/scaling.md)."""
     from recon_cli.runner import run_pipeline
 
     from recon_cli.memory import parse_size
 
     max_memory = parse_size(max_memory) if max_memory is not None else None
+    spec = executor_spec(executor, scheduler, workers, retries)
+    if spec.kind == "local" and spec.n_workers == 1:
+        spec = None  # solved here, in chunks, with checkpoints (the default)
+    elif resume:
+        from recon_cli.errors import ConfigError
+
+        raise ConfigError("--resume is for runs solved here (no --workers / Dask executor)", field="--resume")
     cfg = load_config(pipeline, overrides)
     if window is not None:
         cfg = with_png_window(cfg, window)
     quiet = bool((ctx.obj or {}).get("quiet"))
     result = run_pipeline(cfg, input_override=input_path, output_override=output_path, device_override=device,
                           overwrite=overwrite, command_line=command_line(ctx), progress=not (quiet or as_json),
-                          max_memory=max_memory, resume=resume)
+                          max_memory=max_memory, resume=resume, executor=spec,
+                          jobs=spec.n_workers if spec is not None else 1)
     outputs = {fmt: str(path) for fmt, path in result.output_paths.items()}
     if as_json:
         click.echo(json_text({"name": result.config.name, "solver": result.config.solver.name,

@@ -6,12 +6,13 @@ Detection (:func:`detect_format`), by content, never by file name:
   ((7029,1010), (7031,1001)), else ``dicom`` when it holds DICOM files (an image series);
 - an HDF5 file: ``hdf5`` with the root attribute ``layout_version`` (layout v1), ``nxtomo`` with an
   NXtomo entry, ``dxchange`` with ``/exchange/data``, else ``hdf5`` (the layout v1 reader explains);
-- a DICOM file (``DICM`` at byte 128): ``dicom-ctpd`` (one view: ``recon info`` only) or ``dicom``; a TIFF: ``tiff``; NIfTI-1 (``.nii``/``.nii.gz``
-  header): ``nifti``.
+- a DICOM file (``DICM`` at byte 128): ``dicom-ctpd`` (one view: ``recon info`` only) or ``dicom``
+  (a one-slice series); a TIFF: ``tiff``; NIfTI-1 (``.nii``/``.nii.gz`` header): ``nifti``.
 
-:func:`read_input` returns a :class:`~recon_cli.sinogram.Sinogram` for the projection formats
-in :data:`READERS`; options that a format does not take are refused (InputError). New formats
-add an entry to :data:`READERS` / :data:`DESCRIBERS` here, not to the runner.
+:func:`read_input` returns a :class:`~recon_cli.sinogram.Sinogram` for the formats in
+:data:`READERS`: the projection formats, and ``dicom`` (an image series: its acquisition is
+simulated, recon_cli.io.dicom_input); options that a format does not take are refused
+(InputError). New formats add an entry to :data:`READERS` / :data:`DESCRIBERS` here, not to the runner.
 """
 from __future__ import annotations
 
@@ -52,9 +53,10 @@ def _read_ctpd(path: str, **options: Any) -> Sinogram:
     return read_ctpd(path, **options)
 
 
-def _refuse_image_series(path: str, **_: Any) -> Sinogram:
-    raise InputError("a DICOM image series holds images, not projections: use it as metrics.reference, "
-                     "with `recon simulate`, or for `recon train`", file=path, field="input.format")
+def _read_dicom_images(path: str, **options: Any) -> Sinogram:
+    from recon_cli.io.dicom_input import read_dicom_image_input
+
+    return read_dicom_image_input(path, **options)
 
 
 #: format -> (reader(path, **options) -> Sinogram, options it accepts).
@@ -63,8 +65,10 @@ READERS: dict[str, tuple[Callable[..., Sinogram], tuple[str, ...]]] = {
     "nxtomo": (_read_nxtomo, _SYNCHROTRON),
     "dxchange": (_read_dxchange, _SYNCHROTRON),
     "dicom-ctpd": (_read_ctpd, ("detector_row", *_GRID)),
-    "dicom": (_refuse_image_series, ()),
+    "dicom": (_read_dicom_images, ("series_uid", "simulate")),
 }
+#: Formats stored in HU: their reader converts with the pipeline's ``mu_water`` (1/mm).
+HU_FORMATS = ("dicom",)
 
 
 # ----------------------------------------------------------------------------- detection
@@ -155,11 +159,13 @@ def _hdf5_kind(path: Path) -> str:
 # ----------------------------------------------------------------------------- reading
 
 
-def read_input(path, format: str = "auto", **options: Any) -> Sinogram:
-    """Read projections at ``path`` as a Sinogram; ``format`` 'auto' detects it by content.
+def read_input(path, format: str = "auto", *, mu_water: float | None = None, **options: Any) -> Sinogram:
+    """Read the input at ``path`` as a Sinogram; ``format`` 'auto' detects it by content.
 
     ``options`` (None values ignored): rows, cor_offset, pixel_size, clamp, grid_shape,
-    voxel_size (nxtomo, dxchange); detector_row, grid_shape, voxel_size (dicom-ctpd).
+    voxel_size (nxtomo, dxchange); detector_row, grid_shape, voxel_size (dicom-ctpd);
+    series_uid, simulate (dicom: a dict of recon_cli.io.dicom_input.simulation_defaults keys).
+    ``mu_water`` (1/mm): HU -> 1/mm for the formats in :data:`HU_FORMATS` (default 0.0192).
     """
     path = str(path)
     fmt = detect_format(path) if format in (None, "auto") else format
@@ -176,6 +182,8 @@ def read_input(path, format: str = "auto", **options: Any) -> Sinogram:
         raise InputError(f"option(s) {', '.join(extra)} do not apply to {fmt} input"
                          + (f" (it takes {', '.join(accepted)})" if accepted else ""),
                          file=path, field=f"input.{extra[0]}")
+    if fmt in HU_FORMATS and mu_water is not None:
+        given["mu_water"] = float(mu_water)
     return reader(path, **given)
 
 
