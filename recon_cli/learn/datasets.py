@@ -9,6 +9,9 @@ the reconstruction grid, or the output of another named solver ("converged", RIS
 Every pair is stored as ``<cache>/<key>.npz`` where the key hashes everything that
 determines it (image source and seed, geometry fingerprint, grid, noise, upsampling, input
 and target solver specs), so retraining or adding samples recomputes nothing already there.
+A "converged" target (the expensive part) is also stored on its own as
+``<cache>/target_<target_key>.npz``, keyed without the input solver, so that another input
+(e.g. RISING with another k) reuses the converged solutions.
 Splits are fixed by the seed: procedural images of split s, index i come from the seed
 sequence (seed, s, i); HDF5 slices are permuted once by the seed and dealt out as
 val, test, then train, so changing one split's count never moves another's samples.
@@ -51,6 +54,7 @@ class SampleSpec:
     source: dict  # {"kind": "coule"|"anatomy", "seed": [..]} or {"kind": "hdf5", "path", "slice"}
     noise_seed: int
     key: str
+    target_key: str | None = None  # converged targets only: the key without the input solver
 
 
 @dataclass
@@ -82,6 +86,13 @@ def _common_key_payload(cfg: TrainConfig) -> dict:
 
 def _key(payload: dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _target_key(cfg: TrainConfig, payload: dict) -> str | None:
+    """Key of a converged target alone (the payload without the input solver), None for the ground truth."""
+    if cfg.target == "ground_truth":
+        return None
+    return _key({k: v for k, v in payload.items() if k != "input"})
 
 
 def _hdf5_slices(paths: list[str]) -> list[dict]:
@@ -117,7 +128,8 @@ def plan_samples(cfg: TrainConfig) -> dict[str, list[SampleSpec]]:
                 source = {"kind": procedural[pick].kind, "seed": seq}
                 noise_seed = int(np.random.SeedSequence(seq + [2]).generate_state(1)[0])
                 payload = {**common, "source": source, "noise_seed": noise_seed}
-                plan[split].append(SampleSpec(split, i, source, noise_seed, _key(payload)))
+                plan[split].append(SampleSpec(split, i, source, noise_seed, _key(payload),
+                                              _target_key(cfg, payload)))
         return plan
     pool = _hdf5_slices([p for s in cfg.data.sources for p in s.paths])
     order = np.random.default_rng(cfg.data.seed).permutation(len(pool))
@@ -132,7 +144,7 @@ def plan_samples(cfg: TrainConfig) -> dict[str, list[SampleSpec]]:
             source = pool[j]
             noise_seed = int(np.random.SeedSequence([cfg.data.seed, 3, j]).generate_state(1)[0])
             payload = {**common, "source": source, "noise_seed": noise_seed}
-            plan[split].append(SampleSpec(split, i, source, noise_seed, _key(payload)))
+            plan[split].append(SampleSpec(split, i, source, noise_seed, _key(payload), _target_key(cfg, payload)))
     return plan
 
 
@@ -189,18 +201,37 @@ def compute_pair(cfg_json: str, spec: SampleSpec, cache: str) -> str:
     if cfg.target == "ground_truth":
         target = sino.reference
     else:
-        target = np.asarray(run_ref(cfg.target.converged, ctx["op"], sino).volume, np.float32)
-    path = Path(cache) / f"{spec.key}.npz"
-    fd, tmp = tempfile.mkstemp(dir=cache, suffix=".tmp.npz")
+        target_path = Path(cache) / f"target_{spec.target_key}.npz"
+        target = _load_target(target_path)
+        if target is None:
+            target = np.asarray(run_ref(cfg.target.converged, ctx["op"], sino).volume, np.float32)
+            save_npz(target_path, target=target)
+    save_npz(Path(cache) / f"{spec.key}.npz", input=x_in, target=np.asarray(target, np.float32),
+             reference=sino.reference, sigma=np.float32(sino.metadata.get("sigma", 0.0)))
+    return spec.key
+
+
+def save_npz(path: Path, **arrays) -> None:
+    """Write ``arrays`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
     os.close(fd)
     try:
-        np.savez(tmp, input=x_in, target=np.asarray(target, np.float32), reference=sino.reference,
-                 sigma=np.float32(sino.metadata.get("sigma", 0.0)))
+        np.savez(tmp, **arrays)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return spec.key
+
+
+def _load_target(path: Path) -> np.ndarray | None:
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as z:
+            return np.asarray(z["target"], np.float32)
+    except Exception as exc:  # truncated or foreign file: recompute it
+        log.warning("ignoring unreadable cache entry %s (%s)", path, exc)
+        return None
 
 
 def _load(path: Path) -> dict | None:

@@ -1,0 +1,263 @@
+"""``rising``: RISING (Evangelista et al. 2023; METHODS.md section 2) - a few iterations, then a network.
+
+Step one (RIS): ``k`` iterations of a registered iterative solver (``sgp_tv`` by default; ``tv`` and
+``svtv`` work too), started from zero, give an early iterate x_k. Step two (ING): a trained U-Net
+(ONNX, through recon_cli.networks) maps x_k to the *converged* solution of the same solver with the
+same parameters (not to the ground truth), so the result stays tied to the variational model.
+
+The network only fits the conditions it was trained for, so the model's metadata must match the
+iterative solver's name and parameters (all but the iteration count), ``k``, the geometry, the grid
+and the noise level; otherwise InputError naming the model file and the first mismatching field
+(``iterative.name``, ``iterative.params.<name>``, ``k``, ``geometry``, ``grid``, ``noise``,
+``target``). ``allow_mismatch: true`` runs anyway with warnings.
+
+A stack of 2D slices is processed slice by slice (step one on each slice with a one-slice
+projector of the same kind), as in training: solvers such as ``sgp_tv`` share step sizes over a
+stack, so k joint iterations would not give the per-slice early iterates the network learned from.
+A solver with a lam search (``tv``/``svtv`` with ``lam: auto``) runs its search before its k
+iterations, so step one is then not cheap: train and run RISING with a fixed lam.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import logging
+import math
+import time
+
+import numpy as np
+from pydantic import Field, field_validator
+
+from recon_cli.errors import InputError
+from recon_cli.networks import _norm_json, load_model
+from recon_cli.ops.operator import Operator
+from recon_cli.sinogram import Reconstruction, Sinogram
+from recon_cli.solvers.registry import IterationState, SolverParams, SolverRef, get_solver, register, run_ref, unit
+
+log = logging.getLogger(__name__)
+
+#: Parameter name of the iteration budget in the registry's iterative solvers (sgp_tv, tv, svtv, ...).
+ITERATIONS_KEY = "iterations"
+#: The model shipped with the package for the reference geometry (sgp_tv, k = 5).
+DEFAULT_MODEL = "rising_sgp_tv_fan60"
+#: Composed or learned solvers that cannot serve as RISING's first step.
+NOT_ITERATIVE = ("rising", "unet")
+
+
+class RisingParams(SolverParams):
+    iterative: SolverRef = Field(default_factory=lambda: SolverRef(name="sgp_tv"),
+                                 description="the iterative solver of step one, with its parameters (its "
+                                             "iteration count is replaced by k); must be those of training")
+    k: int = unit("1", "iterations of the iterative solver from x = 0 (the network's input)", default=5, ge=1)
+    model: str = unit("-", "model file (.onnx, or its .pt/.json sibling) or a shipped model's name",
+                      default=DEFAULT_MODEL)
+    allow_mismatch: bool = unit("-", "run even if the model was trained for another solver, parameters, k, "
+                                     "geometry, grid or noise (warns instead of failing)", default=False)
+
+    @field_validator("iterative")
+    @classmethod
+    def _iterative(cls, ref: SolverRef) -> SolverRef:
+        spec = get_solver(ref.name)
+        if ref.name in NOT_ITERATIVE or not spec.iterative:
+            raise ValueError(f"solver {ref.name!r} is not an iterative solver; RISING's first step needs one "
+                             "(e.g. sgp_tv, tv, svtv)")
+        return ref
+
+
+# ----------------------------------------------------------------------------- step one
+
+
+def early_ref(ref: SolverRef, k: int) -> SolverRef:
+    """``ref`` with its iteration budget set to k (unchanged if the solver has no ``iterations``)."""
+    fields = get_solver(ref.name).params_model.model_fields
+    if ITERATIONS_KEY not in fields:
+        return ref
+    return SolverRef(name=ref.name, params={**ref.params, ITERATIONS_KEY: int(k)})
+
+
+def _stop_after(k: int, callback):
+    """A callback that stops the solver after k iterations (for solvers without ``iterations``)."""
+
+    def cb(state: IterationState):
+        stop = callback(state) if callback is not None else None
+        return bool(stop) or state.iteration >= k
+
+    return cb
+
+
+def run_early(ref: SolverRef, k: int, op: Operator, sino: Sinogram, callback=None) -> Reconstruction:
+    """k iterations of ``ref`` from zero on ``sino`` (one 2D slice, or a stack solved as the op does)."""
+    ref_k = early_ref(ref, k)
+    if ITERATIONS_KEY in get_solver(ref.name).params_model.model_fields:
+        return run_ref(ref_k, op, sino, callback)
+    return run_ref(ref_k, op, sino, _stop_after(k, callback))
+
+
+def slice_operator(op: Operator, sino: Sinogram) -> Operator | None:
+    """A projector of the same kind as ``op`` for one slice of ``sino``'s stack, or None if unknown."""
+    cls = type(op)
+    if getattr(op, "geometry", None) is None or getattr(op, "grid", None) is None:
+        return None
+    grid = sino.grid.slice_grid()
+    try:
+        takes_type = "projector_type" in inspect.signature(cls.__init__).parameters
+        if takes_type and getattr(op, "projector_type", None) is not None:
+            return cls(sino.geometry, grid, op.projector_type)
+        return cls(sino.geometry, grid)
+    except (TypeError, ValueError):  # an operator this module does not know how to rebuild
+        return None
+
+
+def _slice(sino: Sinogram, i: int) -> Sinogram:
+    ref = sino.reference[i] if sino.reference is not None else None
+    return dataclasses.replace(sino, data=sino.data[i], grid=sino.grid.slice_grid(), reference=ref)
+
+
+def step_one(ref: SolverRef, k: int, op: Operator, sino: Sinogram, callback=None) -> tuple[object, dict, list]:
+    """(x_k with op.domain_shape, history, per-slice infos): slice by slice for a stack."""
+    n = sino.grid.n_slices
+    if n is None or n == 1:
+        rec = run_early(ref, k, op, sino, callback)
+        return rec.volume, dict(rec.info.get("history") or {}), [rec.info]
+    one = slice_operator(op, sino)
+    if one is None:
+        log.warning("rising: cannot build a one-slice projector like %s; running the %d slices jointly",
+                    type(op).__name__, n)
+        rec = run_early(ref, k, op, sino, callback)
+        return rec.volume, dict(rec.info.get("history") or {}), [rec.info]
+    xp = op.xp
+    volume = xp.empty(tuple(op.domain_shape), dtype=np.float32)
+    history: dict = {}
+    infos = []
+    for i in range(n):
+        rec = run_early(ref, k, one, _slice(sino, i), callback)
+        volume[i] = rec.volume
+        infos.append(rec.info)
+        for name, values in (rec.info.get("history") or {}).items():
+            history[f"{name}_slice{i}"] = values
+    return volume, history, infos
+
+
+# ----------------------------------------------------------------------------- the model's fit
+
+
+def _params_without_iterations(params: dict | None) -> dict:
+    return {k: v for k, v in (params or {}).items() if k != ITERATIONS_KEY and v is not None}
+
+
+def _param_differences(want: dict, have: dict) -> list[str]:
+    """Names of parameters (iteration count excluded) whose values differ."""
+    want, have = _params_without_iterations(want), _params_without_iterations(have)
+    return sorted(k for k in set(want) | set(have) if _norm_json(want.get(k)) != _norm_json(have.get(k)))
+
+
+def rising_mismatches(meta: dict, ref: SolverRef, k: int) -> list[tuple[str, str]]:
+    """(field, explanation) for each way solver, parameters and k differ from the model's training."""
+    found: list[tuple[str, str]] = []
+    target = meta.get("target") or {}
+    trained_in = meta.get("input") or {}
+    if target.get("kind") != "converged":
+        found.append(("target", f"the model maps to {target.get('kind', 'an unknown target')!r}, not to a converged "
+                                "solver's solution: it is not a RISING model"))
+        return found
+    have = ref.model_dump(mode="json", exclude_none=True)
+    if trained_in.get("name") != have["name"]:
+        found.append(("iterative.name", f"trained on {trained_in.get('name')!r} iterates, got {have['name']!r}"))
+        return found
+    trained_params = trained_in.get("params") or {}
+    trained_k = trained_params.get(ITERATIONS_KEY)
+    if trained_k is not None and int(trained_k) != int(k):
+        found.append(("k", f"trained on {trained_k} iterations, got k={k}"))
+    for name in _param_differences(trained_params, have.get("params") or {}):
+        found.append((f"iterative.params.{name}", f"{have['name']} {name}={have['params'].get(name)!r} "
+                                                  f"(trained {trained_params.get(name)!r})"))
+    conv = target.get("solver") or {}
+    if conv.get("name") != trained_in.get("name") or _param_differences(trained_params, conv.get("params")):
+        found.append(("target", f"the model's target solver {conv.get('name')!r} is not its input solver "
+                                f"{trained_in.get('name')!r} with the same parameters"))
+    return found
+
+
+def check_model(model, ref: SolverRef, k: int, sino: Sinogram, override: bool) -> list[tuple[str, str]]:
+    """Raise InputError (file = model, field = first mismatch) unless the model fits or ``override``."""
+    found = rising_mismatches(model.meta, ref, k)
+    found += model.mismatches(sino.geometry, sino.grid, noise=sino.metadata)
+    if found and not override:
+        text = "; ".join(f"{f}: {m}" for f, m in found)
+        raise InputError(f"RISING model does not fit this run ({text}); set allow_mismatch: true to run anyway",
+                         file=str(model.path), field=found[0][0])
+    for f, m in found:
+        log.warning("model %s used outside its training conditions: %s: %s", model.path, f, m)
+    return found
+
+
+# ----------------------------------------------------------------------------- the solver
+
+
+def _scalars(info: dict) -> dict:
+    return {k: v for k, v in info.items() if isinstance(v, (int, float, str, bool))}
+
+
+def _slice_independent(params: RisingParams) -> bool:
+    """Slices are processed one by one (step one per slice, network per slice)."""
+    return True
+
+
+@register("rising", RisingParams, "RISING: k iterations of an iterative solver (default sgp_tv) from zero, "
+                                  "then a U-Net trained to map them to that solver's converged solution",
+          iterative=True, state_arrays=(32, 5), slice_independent=_slice_independent)
+def solve(op: Operator, sino: Sinogram, params: RisingParams, callback=None) -> Reconstruction:
+    """Network(x_k); ``volume`` has ``op.domain_shape`` in 1/mm (numpy or cupy as ``op.xp``).
+
+    ``info``: ``k``, ``time_iterative`` / ``time_network`` / ``time_total`` (s), ``history`` (the
+    iterate's per-iteration history, per slice for a stack), ``objective_iterate`` /
+    ``residual_iterate`` (its last values), ``network_change`` (||x - x_k|| / ||x_k||), the model,
+    its target's iteration count and any tolerated mismatches. The final image's data residual is
+    the runner's ``residual`` metric.
+    """
+    t0 = time.perf_counter()
+    model = load_model(params.model)
+    ref = params.iterative
+    mismatches = check_model(model, ref, params.k, sino, params.allow_mismatch)
+    t1 = time.perf_counter()
+    x_k, history, infos = step_one(ref, params.k, op, sino, callback)
+    t2 = time.perf_counter()
+    volume = model.apply(x_k)
+    t3 = time.perf_counter()
+    xp = op.xp
+    norm_k = float(xp.linalg.norm(x_k.ravel()))
+    change = float(xp.linalg.norm((volume - x_k).ravel())) / norm_k if norm_k > 0 else math.inf
+    conv = (model.meta.get("target") or {}).get("solver") or {}
+    info = {
+        "iterations": int(max(int(i.get("iterations", params.k) or 0) for i in infos)),
+        "history": history,
+        "stopped": f"{params.k} {ref.name} iterations, then the network",
+        "k": int(params.k),
+        "iterative_solver": ref.name,
+        "iterative_info": _scalars(infos[0]),
+        "model": str(model.path),
+        "model_name": model.name,
+        "converged_iterations": (conv.get("params") or {}).get(ITERATIONS_KEY),
+        "mismatches": [f"{f}: {m}" for f, m in mismatches],
+        "providers": ",".join(model.providers),
+        "network_change": change,
+        "time_load": t1 - t0,
+        "time_iterative": t2 - t1,
+        "time_network": t3 - t2,
+        "time_total": t3 - t0,
+    }
+    if info["converged_iterations"] is None:
+        info.pop("converged_iterations")
+    for name in ("objective", "residual"):  # the iterate's last values, when the solver records them
+        last = [float(i["history"][name][-1]) for i in infos if (i.get("history") or {}).get(name)]
+        if last:
+            info[f"{name}_iterate"] = float(np.mean(last)) if len(last) > 1 else last[0]
+    return Reconstruction(volume=volume, info=info)
+
+
+def early_iterate(op: Operator, sino: Sinogram, params: RisingParams | dict, callback=None):
+    """Step one alone: x_k as RISING computes it (for benchmarks and tests)."""
+    if not isinstance(params, RisingParams):
+        params = RisingParams.model_validate(params)
+    return step_one(params.iterative, params.k, op, sino, callback)[0]
+
