@@ -135,6 +135,8 @@ def check_outputs(outputs: dict[str, Path], input_path: Path, overwrite: bool) -
 
     The ``dicom`` output is a folder: with ``overwrite`` only a folder of .dcm files is replaced.
     """
+    from recon_cli.io.atomic import check_writable
+
     for fmt, path in outputs.items():
         if path.exists() and input_path.exists() and path.resolve() == input_path.resolve():
             raise InputError("output would replace the input file; choose another output path", file=str(path))
@@ -145,6 +147,7 @@ def check_outputs(outputs: dict[str, Path], input_path: Path, overwrite: bool) -
             raise InputError("exists and is a folder", file=str(path))
         if path.exists() and not overwrite:
             raise InputError("exists; use --overwrite", file=str(path))
+        check_writable(path, overwrite)  # an unwritable folder is refused before the solve, not after
         if fmt == "dicom" and path.exists():
             from recon_cli.io.dicom_writer import _safe_to_replace
 
