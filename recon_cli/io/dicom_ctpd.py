@@ -343,12 +343,9 @@ def list_ctpd_files(folder) -> list[Path]:
 
 
 def _has_dicm(path: Path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            head = f.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:132] == b"DICM"
+    from recon_cli.io.dicom_series import is_dicom_file
+
+    return is_dicom_file(path)
 
 
 def is_ctpd_folder(path) -> bool:

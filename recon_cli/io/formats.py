@@ -75,12 +75,9 @@ HU_FORMATS = ("dicom",)
 
 
 def _is_dicom_file(path: Path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            head = f.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:132] == b"DICM"
+    from recon_cli.io.dicom_series import is_dicom_file
+
+    return is_dicom_file(path)
 
 
 def _is_ctpd_file(path: Path) -> bool:
