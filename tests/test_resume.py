@@ -7,11 +7,6 @@ full state bit for bit (float32 arrays, float64 histories), and what a resumed s
 """
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import h5py
@@ -19,6 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
+from interrupt import leftovers, sigterm_after_first_checkpoint
 from recon_cli.checkpoint import Checkpoint, CheckpointWriter, load_checkpoint, save_checkpoint
 from recon_cli.cli.main import main
 from recon_cli.config import config_from_dict
@@ -55,14 +51,6 @@ def pipeline(tmp_path: Path, data: Path, solver: str = "sirt", iterations: int =
     return path
 
 
-def leftovers(folder: Path) -> list[Path]:
-    return [p for p in folder.rglob("*") if p.name.endswith(".tmp") or ".tmp" in p.name]
-
-
-def recon_cli(*args: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "recon_cli", "-q", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
 
 
 # ----------------------------------------------------------------------------- the whole story, end to end
@@ -72,15 +60,8 @@ def test_sigterm_then_resume_equals_uninterrupted(tmp_path, tiny, capsys):
     pipe = pipeline(tmp_path, tiny)
     out = tmp_path / "out" / "x.h5"
     ckpt = tmp_path / "out" / ".recon-checkpoints" / "x.h5.ckpt.npz"
-    proc = recon_cli("run", str(pipe))
-    deadline = time.monotonic() + 120
-    while not ckpt.exists():
-        assert proc.poll() is None, f"run ended before its first checkpoint: {proc.communicate()}"
-        assert time.monotonic() < deadline, "no checkpoint after 120 s"
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 143, err
+    returncode, err = sigterm_after_first_checkpoint(pipe, ckpt)
+    assert returncode == 143, err
     assert "Interrupted (SIGTERM)" in err
     assert not out.exists() and not out.with_suffix(".png").exists()
     assert leftovers(tmp_path) == []

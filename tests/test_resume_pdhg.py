@@ -9,11 +9,6 @@ and 80 so that the resumed part crosses them.
 """
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 import tracemalloc
 from pathlib import Path
 
@@ -22,6 +17,7 @@ import numpy as np
 import pytest
 import yaml
 
+from interrupt import leftovers, sigterm_after_first_checkpoint
 from recon_cli.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from recon_cli.cli.main import main
 from recon_cli.config import config_from_dict
@@ -37,14 +33,6 @@ from recon_cli.solvers.registry import get_solver, run_solver
 
 
 
-def leftovers(folder: Path) -> list[Path]:
-    return [p for p in folder.rglob("*") if ".tmp" in p.name]
-
-
-def recon_cli(*args: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "recon_cli", "-q", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -202,15 +190,8 @@ def test_sigterm_then_resume_tv_pipeline(tmp_path, capsys):
         "checkpoint": {"every": EVERY}}))
     out = tmp_path / "out" / "x.h5"
     ckpt = tmp_path / "out" / ".recon-checkpoints" / "x.h5.ckpt.npz"
-    proc = recon_cli("run", str(pipe))
-    deadline = time.monotonic() + 120
-    while not ckpt.exists():
-        assert proc.poll() is None, f"run ended before its first checkpoint: {proc.communicate()}"
-        assert time.monotonic() < deadline, "no checkpoint after 120 s"
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 143, err
+    returncode, err = sigterm_after_first_checkpoint(pipe, ckpt)
+    assert returncode == 143, err
     assert not out.exists() and leftovers(tmp_path) == []
     saved = load_checkpoint(ckpt)
     assert 0 < saved.iteration < ITERATIONS and saved.iteration % EVERY == 0

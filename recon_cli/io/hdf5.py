@@ -108,27 +108,27 @@ def _decode(value: Any) -> Any:
     return value
 
 
-def _dataset(f, name: str, path: str, what: str):
-    """The dataset ``name`` (e.g. '/sinogram'); missing or a group raises InputError."""
+def _member(f, name: str, path: str, what: str, dataset: bool):
+    """The dataset (``dataset=True``) or group ``name`` of ``f``; missing or the other kind raises InputError."""
     import h5py
 
+    kind, other, cls = ("dataset", "group", h5py.Dataset) if dataset else ("group", "dataset", h5py.Group)
     if name not in f:
-        raise InputError(f"missing dataset ({what})", file=path, field=name)
+        raise InputError(f"missing {kind} ({what})", file=path, field=name)
     obj = f[name]
-    if not isinstance(obj, h5py.Dataset):
-        raise InputError(f"must be a dataset ({what}), found a group", file=path, field=name)
+    if not isinstance(obj, cls):
+        raise InputError(f"must be a {kind} ({what}), found a {other}", file=path, field=name)
     return obj
+
+
+def _dataset(f, name: str, path: str, what: str):
+    """The dataset ``name`` (e.g. '/sinogram'); missing or a group raises InputError."""
+    return _member(f, name, path, what, dataset=True)
 
 
 def _group(f, name: str, path: str, what: str):
-    import h5py
-
-    if name not in f:
-        raise InputError(f"missing group ({what})", file=path, field=name)
-    obj = f[name]
-    if not isinstance(obj, h5py.Group):
-        raise InputError(f"must be a group ({what}), found a dataset", file=path, field=name)
-    return obj
+    """The group ``name`` (e.g. '/geometry'); missing or a dataset raises InputError."""
+    return _member(f, name, path, what, dataset=False)
 
 
 def _scalar_attr(obj, key: str, path: str, *, required: bool = True) -> Any:

@@ -131,6 +131,17 @@ def _angles_rad(ds, path: str) -> np.ndarray:
     return np.deg2rad(values)
 
 
+def _dxchange_pixel_mm(f, path: str) -> float | None:
+    """The detector pixel size (mm) from the first of the DXchange locations that holds a length, or None."""
+    for name in _DXCHANGE_PIXEL:
+        ds = f.get(name)
+        if ds is not None and not _is_group(ds):
+            pixel = _length_mm(ds, path)
+            if pixel is not None:
+                return pixel
+    return None
+
+
 def _length_mm(ds, path: str) -> float | None:
     """A scalar length dataset in mm, or None (with a warning) when its units are missing or unknown."""
     value = np.asarray(ds[()], dtype=np.float64).reshape(-1)
@@ -304,13 +315,7 @@ def read_dxchange_frames(path, rows: RowSpec = None) -> RawFrames:
         projections = _read_rows(data, row_idx)
         flat = average_frames(_read_rows(white, row_idx))
         dark = average_frames(_read_rows(dark_ds, row_idx)) if dark_ds is not None else None
-        pixel = None
-        for name in _DXCHANGE_PIXEL:
-            ds = f.get(name)
-            if ds is not None and not _is_group(ds):
-                pixel = _length_mm(ds, path)
-                if pixel is not None:
-                    break
+        pixel = _dxchange_pixel_mm(f, path)
         info = {"format": "dxchange", "n_flats": int(white.shape[0]),
                 "n_darks": 0 if dark_ds is None else int(dark_ds.shape[0])}
     if dark is None:
@@ -415,13 +420,7 @@ def describe_nexus(path) -> dict[str, Any]:
         white = f.get("/exchange/data_white")
         dark = f.get("/exchange/data_dark")
         theta = f.get("/exchange/theta")
-        pixel = None
-        for name in _DXCHANGE_PIXEL:
-            ds = f.get(name)
-            if ds is not None and not _is_group(ds):
-                pixel = _length_mm(ds, path)
-                if pixel is not None:
-                    break
+        pixel = _dxchange_pixel_mm(f, path)
         return {"file": path, "format": "dxchange",
                 "detector": {"projections": int(data.shape[0]), "rows": int(data.shape[1]) if data.ndim == 3 else None,
                              "columns": int(data.shape[-1]), "dtype": str(data.dtype),
