@@ -60,9 +60,9 @@ SAMPLE_FILES = ("head_fan60.h5", "shepp_logan_fan60.h5")
 METRICS = ("psnr", "ssim", "rel_err")
 CELL = {"psnr": "{:.2f}", "ssim": "{:.4f}", "rel_err": "{:.4f}", "wall": "{:.1f}"}
 TV_PARAMS = {"lam": 8.0, "iterations": 300}          # pipelines/tv.yaml
-SVTV_PARAMS = {"iterations": 300}                    # svtv defaults otherwise (p 0.5, eta 2e-3, lam auto)
+SVTV_PARAMS = {"iterations": 300}                    # svtv defaults otherwise (p 0.5, eta 0.05, blur 1 px, lam auto)
 TUNE_SEEDS = {"coule": (30_000, 30_001), "anatomy": (30_000, 30_001)}  # tuning images, not benchmarked
-TUNE_GRID = {"lam": (4.0, 8.0, 16.0, 32.0), "eta": (2e-3, 1e-2, 3e-2, 1e-1)}  # p = 0.5 (svtv's default)
+TUNE_GRID = {"lam": (4.0, 8.0, 16.0, 32.0), "eta": (2e-3, 1e-2, 3e-2, 1e-1)}  # p = 0.5 (svtv's default), no blur
 
 
 @dataclass
@@ -139,12 +139,12 @@ def methods(st: Settings, tuned: dict) -> list[tuple[str, str, dict]]:
         if pre == "tv":
             continue
         rows.append((f"svtv tuned ({tuned_text(best)}), {pre} pre-estimate", "svtv",
-                     {**svtv, **best, "pre_estimate": pre_estimate_ref(st, pre)}))
+                     {**svtv, **best, "smoothing": 0.0, "pre_estimate": pre_estimate_ref(st, pre)}))
     rows += [("U-Net alone: svtv_prior", "unet", {"model": st.prior}),
              ("U-Net alone: postproc", "unet", {"model": st.postproc})]
     if "learned" in tuned:
         rows.append((f"svtv tuned ({tuned_text(tuned['learned'])}), true-image weights (ceiling)", "ceiling",
-                     {**svtv, **tuned["learned"]}))
+                     {**svtv, **tuned["learned"], "smoothing": 0.0}))
     return rows
 
 
@@ -181,7 +181,7 @@ def tune(st: Settings, op) -> tuple[dict, list[list]]:
             u = run_solver(ref["name"], op, case.sino, params).volume
             for lam in st.tune_grid["lam"]:
                 for eta in st.tune_grid["eta"]:
-                    params = SVTVParams(lam=lam, eta=eta, iterations=st.iterations)
+                    params = SVTVParams(lam=lam, eta=eta, smoothing=0.0, iterations=st.iterations)
                     score((pre, lam, eta), solve_with_pre_estimate(op, case.sino, params, u).volume, case)
         log(f"  tuning on {case.name}: done")
     best, rows = {}, []

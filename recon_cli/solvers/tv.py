@@ -25,7 +25,7 @@ from recon_cli.ops.finite_differences import Gradient
 from recon_cli.ops.operator import Operator
 from recon_cli.sinogram import Reconstruction, Sinogram
 from recon_cli.solvers.pdhg import pdhg
-from recon_cli.solvers.regularisation_parameter import discrepancy_search, noise_norm
+from recon_cli.solvers.regularisation_parameter import data_misfit_norm, discrepancy_search
 from recon_cli.solvers.registry import SolverParams, register, unit
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,8 @@ class TVParams(SolverParams):
     lam: Union[Annotated[float, Field(ge=0.0, allow_inf_nan=False)], Literal["auto"]] = unit(
         "1 (image / intensity_scale, unit pixels)",
         "TV weight for the normalised image; the solver uses lam * intensity_scale * voxel_size^2 (mm). "
-        "'auto': discrepancy principle on the noise level (metadata sigma or I0, else estimated)",
+        "'auto': discrepancy principle on the noise level (metadata sigma or I0, else estimated), "
+        "raised by the model error",
         default="auto")
     intensity_scale: float = unit("1/mm", "attenuation that maps to 1 in the normalised image "
                                   "(default 2 x water, about bone)", default=2 * MU_WATER, gt=0.0)
@@ -52,13 +53,16 @@ class TVParams(SolverParams):
     nonnegative: bool = unit("-", "constrain x >= 0", default=True)
     mode: Literal["slicewise", "3d"] = unit("-", "gradient of a slice stack: per slice or 3D", default="slicewise")
     slice_weight: float = unit("1", "weight of the slice-direction difference in mode 3d", default=1.0, ge=0.0)
-    discrepancy_tau: float = unit("1", "lam auto: target residual = discrepancy_tau * noise norm",
-                                  default=1.02, ge=0.5, le=3.0)
+    discrepancy_tau: float = unit("1", "lam auto: target residual = discrepancy_tau * misfit norm "
+                                  "(noise, raised by the model error; regularisation_parameter.py)",
+                                  default=0.97, ge=0.5, le=3.0)
+    model_error: bool = unit("-", "lam auto: raise the noise norm by the energy the sinogram has above the "
+                             "grid's resolution (model error); false: noise alone", default=True)
     search_iterations: int = unit("1", "lam auto: PDHG iterations per trial lam (warm-started)",
                                   default=100, ge=5)
     search_start: float = unit("1 (normalised)", "lam auto: first trial lam", default=1.0, gt=0.0)
     search_rtol: float = unit("1", "lam auto: accept |residual / target - 1| <= search_rtol",
-                              default=0.02, gt=0.0, lt=1.0)
+                              default=0.005, gt=0.0, lt=1.0)
 
 
 def make_gradient(op: Operator, params) -> Gradient:
@@ -72,13 +76,14 @@ def lam_scale(sino: Sinogram, params) -> float:
 
 
 def choose_lam(op: Operator, y, B: Operator, weights, params, metadata: dict, scale: float,
-               x0=None, dual0=None, factor: float = 10.0) -> dict:
+               x0=None, dual0=None, factor: float = 10.0, geometry=None, voxel_size: float | None = None) -> dict:
     """The discrepancy-principle search for lam (normalised), with the warm state for the final run.
 
     Returns {lam, lam_abs, x0, dual0, info: {...scalars for Reconstruction.info}}.
     """
-    e_norm, source = noise_norm(y, metadata)
-    target = float(params.discrepancy_tau) * e_norm
+    misfit, misfit_info = data_misfit_norm(y, metadata, geometry, voxel_size,
+                                           model_error=bool(getattr(params, "model_error", False)))
+    target = float(params.discrepancy_tau) * misfit
     t0 = time.perf_counter()
     total_iters, total_proj = [0], [0.0]
 
@@ -106,8 +111,8 @@ def choose_lam(op: Operator, y, B: Operator, weights, params, metadata: dict, sc
         log.warning("lam auto: residual %.4g vs target %.4g after %d trials; using lam=%.4g",
                     result.residual_norm, target, result.evaluations, result.lam)
     x_w, dual_w, _ = result.state
-    info = {"lam_auto": True, "noise_norm": e_norm, "noise_source": source,
-            "discrepancy_target": target, "discrepancy_tau": float(params.discrepancy_tau),
+    info = {"lam_auto": True, **misfit_info, "discrepancy_target": target,
+            "discrepancy_tau": float(params.discrepancy_tau),
             "lam_search_evaluations": result.evaluations, "lam_search_iterations": total_iters[0],
             "lam_search_converged": bool(result.converged), "time_lam_search": time.perf_counter() - t0,
             "time_projector_lam_search": total_proj[0]}
@@ -123,7 +128,8 @@ def solve_weighted(op: Operator, sino: Sinogram, params, weights=None, callback=
     ``search_factor``: lam auto's bracketing step (x10 from a guess; smaller from a good start).
     Returns a Reconstruction (``info``: iterations, history, stopped, gap, rel_gap, lam, lam_abs,
     time_projector, time_total (both including the lam search), and the lam-search record when lam is
-    auto: noise_norm, noise_source, discrepancy_target, discrepancy_ratio = ||Kx - y|| / ||e||,
+    auto: noise_norm, noise_source, unresolved_energy_ratio, misfit_norm, discrepancy_target,
+    discrepancy_ratio = ||Kx - y|| / misfit_norm,
     lam_search_evaluations / _iterations / _converged, time_lam_search), and with
     ``return_dual`` also the final dual pair (q, s).
 
@@ -141,7 +147,7 @@ def solve_weighted(op: Operator, sino: Sinogram, params, weights=None, callback=
         x0 = dual0 = None
     elif params.lam == "auto":
         chosen = choose_lam(op, y, B, weights, params, sino.metadata, scale, x0=x0, dual0=dual0,
-                            factor=search_factor)
+                            factor=search_factor, geometry=sino.geometry, voxel_size=sino.grid.voxel_size)
         lam, x0, dual0, extra = chosen["lam"], chosen["x0"], chosen["dual0"], chosen["info"]
     else:
         lam = float(params.lam)
@@ -164,7 +170,7 @@ def solve_weighted(op: Operator, sino: Sinogram, params, weights=None, callback=
         out["resumed_from"] = info["resumed_from"]
     if extra:
         out["time_projector"] += extra["time_projector_lam_search"]
-        out["discrepancy_ratio"] = info["residual"] * float(op.xp.linalg.norm(y.ravel())) / extra["noise_norm"]
+        out["discrepancy_ratio"] = info["residual"] * float(op.xp.linalg.norm(y.ravel())) / extra["misfit_norm"]
     out["time_total"] = time.perf_counter() - t0
     rec = Reconstruction(volume=x, info=out)
     return (rec, dual) if return_dual else rec
