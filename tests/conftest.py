@@ -3,10 +3,13 @@ and every test session uses its own projection-matrix cache, never the user's.""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
 from recon_cli.backend import gpu_status
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _gpu_forced() -> bool:
@@ -52,3 +55,23 @@ def cache_dir(tmp_path, monkeypatch):
     path = tmp_path / "cache"
     monkeypatch.setenv("RECON_CACHE_DIR", str(path))
     return path
+
+
+@pytest.fixture
+def run_sample_pipeline(tmp_path, monkeypatch):
+    """A function ``run(pipeline) -> output path``: ``recon -q run <pipeline> -o <tmp>/<stem>.h5 --json`` from
+    the repository root, for pipelines that read the Shepp-Logan sample (the test is skipped when
+    sample_data is not generated); asserts exit status 0."""
+    from recon_cli.cli.main import main
+
+    def run(pipeline: str) -> Path:
+        if not (REPO / "sample_data" / "shepp_logan_fan60.h5").is_file():
+            pytest.skip("sample_data not generated")
+        monkeypatch.chdir(REPO)
+        out = tmp_path / f"{Path(pipeline).stem}.h5"
+        with pytest.raises(SystemExit) as exc:
+            main(["-q", "run", pipeline, "-o", str(out), "--json"])
+        assert exc.value.code == 0
+        return out
+
+    return run

@@ -2,8 +2,6 @@
 principle, graphLa+FBP against FBP, the registry and the pipeline through `recon run`."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import h5py
 import numpy as np
 import pytest
@@ -21,7 +19,6 @@ from recon_cli.solvers.pdhg import pdhg
 from recon_cli.solvers.registry import SolverRef, get_solver, run_solver
 from recon_cli.solvers.regularisation_parameter import noise_norm
 
-REPO = Path(__file__).resolve().parents[1]
 N = 24
 
 
@@ -164,17 +161,9 @@ def test_graphla_params_and_psi_reference():
 
 
 # ----------------------------------------------------------------------------- the pipeline
-def test_pipeline_runs_through_recon_run(tmp_path, monkeypatch):
+def test_pipeline_runs_through_recon_run(run_sample_pipeline):
     """pipelines/graphla.yaml (graphLa+TV, MM-GKS) on the Shepp-Logan sample. Measured 37.97 dB."""
-    from recon_cli.cli.main import main
-
-    if not (REPO / "sample_data" / "shepp_logan_fan60.h5").is_file():
-        pytest.skip("sample_data not generated")
-    monkeypatch.chdir(REPO)
-    out = tmp_path / "gl.h5"
-    with pytest.raises(SystemExit) as exc:
-        main(["-q", "run", "pipelines/graphla.yaml", "-o", str(out), "--json"])
-    assert exc.value.code == 0
+    out = run_sample_pipeline("pipelines/graphla.yaml")
     with h5py.File(out) as h:
         assert float(h["metrics"].attrs["psnr"]) > 35.0
         info = dict(h["info"].attrs)

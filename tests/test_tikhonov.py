@@ -2,8 +2,6 @@
 principle against the best lam in hindsight, the pipeline through `recon run`."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import h5py
 import numpy as np
 import pytest
@@ -19,7 +17,6 @@ from recon_cli.solvers.registry import run_solver
 from recon_cli.solvers.regularisation_parameter import noise_norm
 from recon_cli.solvers.tikhonov import TikhonovParams, cgls_stacked, projected_gcv
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _gradient_matrix(shape):
@@ -126,18 +123,10 @@ def test_nonnegative_and_bad_params():
         TikhonovParams(gcv_omega=0.0)
 
 
-def test_pipeline_runs_through_recon_run(tmp_path, monkeypatch):
+def test_pipeline_runs_through_recon_run(run_sample_pipeline):
     """pipelines/tikhonov.yaml on the Shepp-Logan sample. Measured 25.12 dB (GCV lam 2.2; the best lam
     of a sweep gave 25.59 dB)."""
-    from recon_cli.cli.main import main
-
-    if not (REPO / "sample_data" / "shepp_logan_fan60.h5").is_file():
-        pytest.skip("sample_data not generated")
-    monkeypatch.chdir(REPO)
-    out = tmp_path / "tik.h5"
-    with pytest.raises(SystemExit) as exc:
-        main(["-q", "run", "pipelines/tikhonov.yaml", "-o", str(out), "--json"])
-    assert exc.value.code == 0
+    out = run_sample_pipeline("pipelines/tikhonov.yaml")
     with h5py.File(out) as h:
         assert float(h["metrics"].attrs["psnr"]) > 24.0
         assert h["info"].attrs["lam_method"].startswith("gcv")
