@@ -28,7 +28,6 @@ import time
 import numpy as np
 from pydantic import Field, field_validator
 
-from recon_cli.errors import InputError
 from recon_cli.networks import _norm_json, load_model
 from recon_cli.ops.operator import Operator
 from recon_cli.sinogram import Reconstruction, Sinogram
@@ -38,7 +37,7 @@ log = logging.getLogger(__name__)
 
 #: Parameter name of the iteration budget in the registry's iterative solvers (sgp_tv, tv, svtv, ...).
 ITERATIONS_KEY = "iterations"
-#: The model shipped with the package for the reference geometry (sgp_tv, k = 5).
+#: The model shipped with the package for the reference geometry (sgp_tv, k = 30).
 DEFAULT_MODEL = "rising_sgp_tv_fan60"
 #: Composed or learned solvers that cannot serve as RISING's first step.
 NOT_ITERATIVE = ("rising", "unet")
@@ -182,13 +181,7 @@ def check_model(model, ref: SolverRef, k: int, sino: Sinogram, override: bool) -
     """Raise InputError (file = model, field = first mismatch) unless the model fits or ``override``."""
     found = rising_mismatches(model.meta, ref, k)
     found += model.mismatches(sino.geometry, sino.grid, noise=sino.metadata)
-    if found and not override:
-        text = "; ".join(f"{f}: {m}" for f, m in found)
-        raise InputError(f"RISING model does not fit this run ({text}); set allow_mismatch: true to run anyway",
-                         file=str(model.path), field=found[0][0])
-    for f, m in found:
-        log.warning("model %s used outside its training conditions: %s: %s", model.path, f, m)
-    return found
+    return model.enforce_fit(found, override, "RISING model does not fit this run")
 
 
 # ----------------------------------------------------------------------------- the solver
