@@ -168,3 +168,15 @@ def contact_sheet(images: list[tuple[str, np.ndarray]], path: Path, *, vmin: flo
     sheet.save(path)
     return path
 
+
+FINDINGS_START, FINDINGS_END = "<!-- findings: hand-written, kept on rerun -->", "<!-- end of findings -->"
+
+
+def kept_findings(path: Path) -> str | None:
+    """The hand-written findings block of an earlier report at ``path`` (None if there is none)."""
+    if not path.is_file():
+        return None
+    text = path.read_text()
+    if FINDINGS_START not in text or FINDINGS_END not in text:
+        return None
+    return text.split(FINDINGS_START, 1)[1].split(FINDINGS_END, 1)[0].strip("\n")

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, fmt, log, machine_info, md_kv, md_table  # noqa: E402
+from common import FINDINGS_END, FINDINGS_START, REPO, fmt, kept_findings, log, machine_info, md_kv, md_table  # noqa: E402
 
 from recon_cli.backend import Device  # noqa: E402
 from recon_cli.geometry import fingerprint, reference_geometry  # noqa: E402
@@ -262,19 +262,6 @@ def model_summary(path: str) -> dict:
             "epochs": f"{tr.get('epochs_run')} (best {tr.get('best_epoch')})",
             "validation (training's own split)": f"PSNR {val.get('psnr')} dB (FBP {val_in.get('psnr')}), "
                                                  f"SSIM {val.get('ssim')} (FBP {val_in.get('ssim')})"}
-
-
-FINDINGS_START, FINDINGS_END = "<!-- findings: hand-written, kept on rerun -->", "<!-- end of findings -->"
-
-
-def kept_findings(path: Path) -> str | None:
-    """The hand-written findings block of an earlier report at ``path`` (None if there is none)."""
-    if not path.is_file():
-        return None
-    text = path.read_text()
-    if FINDINGS_START not in text or FINDINGS_END not in text:
-        return None
-    return text.split(FINDINGS_START, 1)[1].split(FINDINGS_END, 1)[0].strip("\n")
 
 
 def write_report(st: Settings, cases: list[Case], results: list[Result], command: str, wall: float,

@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, contact_sheet, fmt, log, machine_info, md_kv, md_table  # noqa: E402
+from common import (FINDINGS_END, FINDINGS_START, REPO, contact_sheet, fmt, kept_findings, log,  # noqa: E402
+                    machine_info, md_kv, md_table)
 
 from recon_cli.backend import Device  # noqa: E402
 from recon_cli.geometry import FanFlat2D, VolumeGrid, fan_beam_geometry, reference_geometry  # noqa: E402
@@ -479,6 +480,10 @@ def write_report(st: Settings, cases: list[dict], timings: list[dict], odl: dict
              "search) counts as a candidate too, so the gap is >= 0.")
     L.append("- `svtv true-image`: SV-TV weights from the reference image itself (`svtv.solve_with_pre_estimate`, "
              "lam auto): the ceiling for any pre-estimate, learned or not.")
+    L.append("")
+    L.append(FINDINGS_START)
+    L.append(kept_findings(out) or "(findings: write them here; kept when the script reruns)")
+    L.append(FINDINGS_END)
     L.append("")
     # summary matrix
     L.append("## Summary: PSNR (dB) per case")
