@@ -30,7 +30,7 @@ A slice stack is one problem with one lam (the graph per slice by default, or 3D
 
 Measured (benchmarks/results/graphla.md: 3 held-out COULE images and the head sample, reference
 geometry, I0 = 1e5; mean PSNR, mmgks / pdhg): FBP 21.6 -> 32.2 / 31.5 dB; Tikhonov (GCV) 30.1 -> 36.9 /
-36.2; TV (lam auto) 40.1 -> 39.2 / 38.6; SV-TV 38.3 -> 37.5 / 37.0; Net (postproc_fan60) 39.8 -> 39.5 /
+36.2; TV (lam auto) 40.2 -> 39.2 / 38.6; SV-TV 40.1 -> 39.0 / 38.3; Net (postproc_fan60) 39.8 -> 39.5 /
 38.5. MM-GKS took 2-10 s after Psi, pdhg with its lam search 10-55 s.
 graphLa helps a noisy or blurred Psi; it does not improve a strong edge-preserving one (TV, SV-TV, the
 Net). Measured on tuning images (COULE seeds 6000-6003, anatomy phantoms 6100-6101): TV's error lies at
