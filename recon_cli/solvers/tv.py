@@ -181,9 +181,9 @@ def solve_weighted(op: Operator, sino: Sinogram, params, weights=None, callback=
 #: projection's 2 work arrays, B x_{k+1} (2) and the B^T s / K^T q temporaries; q, K x, K xbar,
 #: K x_{k+1} and the CSR product's temporary (tracemalloc on 128^2, 60 and 360 views: 15.0 and 4.1).
 #: ``lam: auto`` (the default) keeps every trial's warm state (x, q, s: 3 + 1) until the search
-#: ends, plus a rescaled s (2): allowed for up to 5 trials (4-5 with the default parameters on the
+#: ends, plus a rescaled s (2): allowed for up to 6 trials (4-6 with the default parameters on the
 #: sample data; each further trial adds (3, 1)). A fixed lam needs about half of this.
-TV_STATE_ARRAYS = (29, 9)
+TV_STATE_ARRAYS = (32, 10)
 
 
 @register("tv", TVParams, "Total variation, Chambolle-Pock (PDHG) with x >= 0; lam fixed or by the "
