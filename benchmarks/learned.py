@@ -18,7 +18,7 @@ Held-out images, reference geometry (``reference_geometry()``: 60-view fan beam,
   ``sample_data/shepp_logan_fan60.h5``: neither kind of image was in the training data.
 
 Rows: FBP (Hann, the networks' input); TV as pipelines/tv.yaml (lam 8, 300 iterations); SV-TV
-with svtv's defaults (p = 0.5, eta = 2e-3, lam auto by the discrepancy principle, 300 iterations)
+with svtv's defaults (p = 0.5, eta = 0.05, 1 px blur, lam auto by the discrepancy principle, 300 iterations)
 and three pre-estimates: svtv's default ``{name: fbp}`` (Ram-Lak), FBP (Hann) and the learned one
 ``{name: unet, model: svtv_prior_fan60}``; TV's lam and SV-TV's lam and eta (p = 0.5) tuned on
 separate tuning images (seeds 30_000+, never benchmarked), SV-TV for the FBP (Hann) and the
