@@ -10,7 +10,9 @@ import importlib.metadata
 import os
 import platform
 import subprocess
+import sys
 import time
+import traceback
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -130,6 +132,21 @@ def best_time(fn, repeats: int = 5) -> float:
         fn()
         best = min(best, time.perf_counter() - t0)
     return best
+
+
+def timed_call(fn, label: str):
+    """(fn(), wall s, None), or (None, wall s, "Type: message") when ``fn`` raises: the failure is logged
+    with its traceback, so that one broken row does not stop a benchmark."""
+    t0 = time.perf_counter()
+    try:
+        out = fn()
+    except Exception as exc:  # report and continue
+        wall = time.perf_counter() - t0
+        error = f"{type(exc).__name__}: {exc}"
+        log(f"  !! {label} failed: {error}")
+        traceback.print_exc(file=sys.stdout)
+        return None, wall, error
+    return out, time.perf_counter() - t0, None
 
 
 def log(msg: str) -> None:

@@ -32,14 +32,14 @@ import argparse
 import json
 import sys
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import FINDINGS_END, FINDINGS_START, REPO, fmt, kept_findings, log, machine_info, md_kv, md_table  # noqa: E402
+from common import (FINDINGS_END, FINDINGS_START, REPO, fmt, kept_findings, log, machine_info, md_kv,  # noqa: E402
+                    md_table, timed_call)
 
 from recon_cli.backend import Device  # noqa: E402
 from recon_cli.geometry import fingerprint, reference_geometry  # noqa: E402
@@ -211,23 +211,19 @@ class Result:
 def run_method(case: Case, op, label: str, solver: str, params: dict) -> Result:
     """One row: run, time the whole call, score against the case's reference; errors become rows."""
     res = Result(case.name, label)
-    t0 = time.perf_counter()
-    try:
+
+    def call():
         if solver == "ceiling":
             from recon_cli.solvers.svtv import SVTVParams, solve_with_pre_estimate
 
-            rec = solve_with_pre_estimate(op, case.sino, SVTVParams.model_validate(params), case.sino.reference)
-        else:
-            rec = run_solver(solver, op, case.sino, params)
-        res.wall = time.perf_counter() - t0
-        res.lam = rec.info.get("lam")
-        res.metrics = compute_metrics(np.asarray(rec.volume, np.float32), case.sino.reference, names=list(METRICS))
-    except Exception as exc:  # a broken row must not stop the benchmark
-        res.wall = time.perf_counter() - t0
-        res.error = f"{type(exc).__name__}: {exc}"
-        log(f"  !! {label} failed: {res.error}")
-        traceback.print_exc(file=sys.stdout)
+            return solve_with_pre_estimate(op, case.sino, SVTVParams.model_validate(params), case.sino.reference)
+        return run_solver(solver, op, case.sino, params)
+
+    rec, res.wall, res.error = timed_call(call, label)
+    if res.error is not None:
         return res
+    res.lam = rec.info.get("lam")
+    res.metrics = compute_metrics(np.asarray(rec.volume, np.float32), case.sino.reference, names=list(METRICS))
     log(f"  {label:<36s} PSNR {res.metrics['psnr']:6.2f} dB  SSIM {res.metrics['ssim']:.4f}  "
         f"rel {res.metrics['rel_err']:.4f}  {res.wall:6.1f} s  lam {fmt(res.lam)}")
     return res

@@ -40,6 +40,8 @@ import time
 
 import numpy as np
 
+from common import best_time  # benchmarks/common.py (this script runs from benchmarks/)
+
 
 def _arr(element) -> np.ndarray:
     return np.asarray(element.asarray() if hasattr(element, "asarray") else element.data)
@@ -111,16 +113,8 @@ def main(argv: list[str]) -> int:
     time_total = time.perf_counter() - t0
     objective = float(g(L(x)) + f(x))
 
-    def best(fn, k=5):
-        out = float("inf")
-        for _ in range(k):
-            t = time.perf_counter()
-            fn()
-            out = min(out, time.perf_counter() - t)
-        return out
-
-    time_forward = best(lambda: ray(x))
-    time_adjoint = best(lambda: ray.adjoint(y))
+    time_forward = best_time(lambda: ray(x))
+    time_adjoint = best_time(lambda: ray.adjoint(y))
     np.savez(argv[1], x=_arr(x).astype(np.float32), time_total=time_total, time_forward=time_forward,
              time_adjoint=time_adjoint, objective_odl=objective, check_rel_diff=check_rel_diff,
              iterations=niter, odl_version=str(odl.__version__))

@@ -33,7 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (FINDINGS_END, FINDINGS_START, REPO, contact_sheet, fmt, kept_findings, log,  # noqa: E402
-                    machine_info, md_kv, md_table)
+                    machine_info, md_kv, md_table, timed_call)
 
 from recon_cli.backend import Device  # noqa: E402
 from recon_cli.geometry import FanFlat2D, VolumeGrid, fan_beam_geometry, reference_geometry  # noqa: E402
@@ -174,49 +174,35 @@ def _short(params: dict) -> str:
     return ", ".join(items)
 
 
+def _scored(res: Result, rec, wall: float, error: str | None, reference) -> Result:
+    """Fill ``res`` from a timed solver call (see common.timed_call) and log its line."""
+    res.wall, res.error = wall, error
+    if error is not None:
+        return res
+    res.volume = np.asarray(rec.volume, np.float32)
+    res.info = dict(rec.info)
+    res.metrics = compute_metrics(res.volume, reference, names=["psnr", "ssim", "rel_err"])
+    log(f"  {res.label:<24s} PSNR {res.metrics['psnr']:6.2f} dB  SSIM {res.metrics['ssim']:.3f}  "
+        f"it {res.info.get('iterations', '-')}  {res.wall:6.1f} s  lam {fmt(res.info.get('lam'))}")
+    return res
+
+
 def run_one(case: Case, label: str, solver: str, params: dict, show: dict | None = None) -> Result:
     """Run ``solver`` on ``case``, timing the whole call; failures become rows with the error."""
     res = Result(label, solver, _short(show if show is not None else params))
-    t0 = time.perf_counter()
-    try:
-        rec = run_solver(solver, case.op, case.sino, params)
-        res.wall = time.perf_counter() - t0
-        res.volume = np.asarray(rec.volume, np.float32)
-        res.info = dict(rec.info)
-        res.metrics = compute_metrics(res.volume, case.sino.reference, names=["psnr", "ssim", "rel_err"])
-    except Exception as exc:  # report and continue: a broken solver must not stop the benchmark
-        res.wall = time.perf_counter() - t0
-        res.error = f"{type(exc).__name__}: {exc}"
-        log(f"  !! {label} failed: {res.error}")
-        traceback.print_exc(file=sys.stdout)
-        return res
-    log(f"  {label:<24s} PSNR {res.metrics['psnr']:6.2f} dB  SSIM {res.metrics['ssim']:.3f}  "
-        f"it {res.info.get('iterations', '-')}  {res.wall:6.1f} s  lam {fmt(res.info.get('lam'))}")
-    return res
+    return _scored(res, *timed_call(lambda: run_solver(solver, case.op, case.sino, params), label),
+                   case.sino.reference)
 
 
 def run_ceiling(case: Case, st: Settings, p: float) -> Result:
     """SV-TV with weights from the true image (lam auto, as svtv): the best a pre-estimate could give."""
     from recon_cli.solvers.svtv import SVTVParams, solve_with_pre_estimate
 
-    params = params_for(st, "tv", p=p)
+    params = SVTVParams.model_validate(params_for(st, "tv", p=p))
     label = f"svtv true-image p={p:g}"
     res = Result(label, "svtv (weights from the reference)", _short({"p": p, "lam": "auto"}))
-    t0 = time.perf_counter()
-    try:
-        rec = solve_with_pre_estimate(case.op, case.sino, SVTVParams.model_validate(params), case.sino.reference)
-        res.wall = time.perf_counter() - t0
-        res.volume = np.asarray(rec.volume, np.float32)
-        res.info = dict(rec.info)
-        res.metrics = compute_metrics(res.volume, case.sino.reference, names=["psnr", "ssim", "rel_err"])
-        log(f"  {label:<24s} PSNR {res.metrics['psnr']:6.2f} dB  SSIM {res.metrics['ssim']:.3f}  "
-            f"it {res.info.get('iterations', '-')}  {res.wall:6.1f} s  lam {fmt(res.info.get('lam'))}")
-    except Exception as exc:
-        res.wall = time.perf_counter() - t0
-        res.error = f"{type(exc).__name__}: {exc}"
-        log(f"  !! {label} failed: {res.error}")
-        traceback.print_exc(file=sys.stdout)
-    return res
+    call = timed_call(lambda: solve_with_pre_estimate(case.op, case.sino, params, case.sino.reference), label)
+    return _scored(res, *call, case.sino.reference)
 
 
 def lam_sweep(case: Case, st: Settings, lam_auto: float) -> tuple[list[Result], Result | None]:

@@ -156,7 +156,8 @@ def solve_with_psi(op: Operator, sino: Sinogram, params: GraphLaParams, u, callb
         if auto:
             search = SimpleNamespace(isotropic=False, nonnegative=params.nonnegative,
                                      search_iterations=params.search_iterations, discrepancy_tau=params.tau,
-                                     search_start=params.search_start, search_rtol=params.search_rtol)
+                                     search_start=params.search_start, search_rtol=params.search_rtol,
+                                     model_error=False)  # the paper's target: the noise alone
             meta = dict(sino.metadata)
             if params.noise_sigma is not None:
                 meta = {"sigma": float(params.noise_sigma)}

@@ -225,30 +225,24 @@ def discrepancy_search(evaluate: Callable[[float, Any], tuple[float, Any]], targ
     def done(r: float) -> bool:
         return abs(r / target - 1.0) <= rtol
 
-    lam = float(lam0)
-    r = run(lam)
     lo = hi = None  # (log lam, mismatch) with mismatch < 0 / > 0
-    if done(r):
-        return _result(trace, target, True)
-    if r < target:
-        lo = (math.log(lam), mismatch(r))
-    else:
-        hi = (math.log(lam), mismatch(r))
-    # bracket; give up when a step of ``factor`` no longer moves the residual (a floor or a ceiling
-    # the target lies beyond, e.g. the model error of the data, or too few iterations per trial)
+    lam, r = float(lam0), None
+    # evaluate lam0, then bracket; give up when a step of ``factor`` no longer moves the residual (a
+    # floor or a ceiling the target lies beyond, e.g. the model error of the data, or too few
+    # iterations per trial)
     while (lo is None or hi is None) and len(trace) < max_evaluations:
-        lam = lam * factor if hi is None else lam / factor
-        if not (lam_min <= lam <= lam_max):
-            break
-        r_prev = r
-        r = run(lam)
+        if trace:
+            lam = lam * factor if hi is None else lam / factor
+            if not (lam_min <= lam <= lam_max):
+                break
+        r_prev, r = r, run(lam)
         if done(r):
             return _result(trace, target, True)
         if r < target:
             lo = (math.log(lam), mismatch(r))
         else:
             hi = (math.log(lam), mismatch(r))
-        if (lo is None or hi is None) and abs(r / r_prev - 1.0) < 0.2 * rtol:
+        if r_prev is not None and (lo is None or hi is None) and abs(r / r_prev - 1.0) < 0.2 * rtol:
             break
     if lo is None or hi is None:
         log.warning("discrepancy principle: could not bracket the target residual %.4g "

@@ -82,7 +82,7 @@ def choose_lam(op: Operator, y, B: Operator, weights, params, metadata: dict, sc
     Returns {lam, lam_abs, x0, dual0, info: {...scalars for Reconstruction.info}}.
     """
     misfit, misfit_info = data_misfit_norm(y, metadata, geometry, voxel_size,
-                                           model_error=bool(getattr(params, "model_error", False)))
+                                           model_error=bool(params.model_error))
     target = float(params.discrepancy_tau) * misfit
     t0 = time.perf_counter()
     total_iters, total_proj = [0], [0.0]
