@@ -102,9 +102,12 @@ def test_restart_with_lam_auto_keeps_the_chosen_lam(tmp_path, problem, monkeypat
     params = {"lam": "auto", "iterations": 50, "search_iterations": 25}
     if name == "tpv":
         params.update(iterations=20, outer_iterations=2)
-    stop_at = 23 if name != "tpv" else 31  # tpv: in the second step, after its own lam search
     full = run_solver(name, op, sino, params)
     assert full.info["lam_search_evaluations"] >= 2
+    # interrupt halfway through the final run at the chosen lam (tpv: in its second step, after that
+    # step's own lam search)
+    first = full.info["history"]["outer_start"][1] - 1 if name == "tpv" else 0
+    stop_at = first + (full.info["iterations"] - first) // 2
     state = interrupted_state(tmp_path, op, sino, name, params, stop_at)
     if name != "tpv":  # the search of the interrupted step is not run again
         monkeypatch.setattr(tv, "choose_lam", lambda *a, **k: pytest.fail("lam searched again"))

@@ -154,7 +154,7 @@ def solve_with_psi(op: Operator, sino: Sinogram, params: GraphLaParams, u, callb
     else:
         x0, dual0 = u, None
         if auto:
-            search = SimpleNamespace(isotropic=False, nonnegative=params.nonnegative,
+            search = SimpleNamespace(isotropic=False, nonnegative=params.nonnegative, iterations=params.iterations,
                                      search_iterations=params.search_iterations, discrepancy_tau=params.tau,
                                      search_start=params.search_start, search_rtol=params.search_rtol,
                                      model_error=False)  # the paper's target: the noise alone
