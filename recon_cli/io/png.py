@@ -44,3 +44,32 @@ def write_png(path, image2d, window: tuple[float, float] | None = None, mu_water
     gray = to_uint8(img, window, mu_water)
     with atomic_path(path, overwrite=overwrite) as tmp:
         Image.fromarray(gray).save(tmp, format="PNG")
+
+
+def write_contact_sheet(path, tiles, *, column_labels, row_labels, tile_size: int = 160) -> None:
+    """A grid of images as one 8-bit PNG: ``tiles[row][col]`` (ny, nx) arrays in 1/mm or None (left blank),
+    each scaled to ``tile_size`` pixels, one grey scale (min..max) per row so values compare along it,
+    captioned with ``column_labels[col]`` and ``row_labels[row]``. Written atomically (replaced)."""
+    from PIL import Image, ImageDraw
+
+    caption = 14
+    n_rows, n_cols = len(tiles), max(len(r) for r in tiles)
+    sheet = Image.new("L", (n_cols * (tile_size + 4) + 4, n_rows * (tile_size + caption + 4) + 4), 32)
+    draw = ImageDraw.Draw(sheet)
+    for i, row in enumerate(tiles):
+        present = [np.asarray(to_numpy(t), np.float64) for t in row if t is not None]
+        finite = np.concatenate([t[np.isfinite(t)].ravel() for t in present]) if present else np.zeros(0)
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        for j, tile in enumerate(row):
+            x, y = 4 + j * (tile_size + 4), 4 + i * (tile_size + caption + 4)
+            text = f"{row_labels[i]} {column_labels[j]}" if j < len(column_labels) else row_labels[i]
+            draw.text((x + 1, y), text[: tile_size // 6], fill=255)
+            if tile is None:
+                continue
+            img = np.asarray(to_numpy(tile), np.float64)
+            scaled = (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
+            gray = np.rint(np.clip(np.nan_to_num(scaled), 0.0, 1.0) * 255.0).astype(np.uint8)
+            picture = Image.fromarray(gray).resize((tile_size, tile_size), Image.Resampling.BILINEAR)
+            sheet.paste(picture, (x, y + caption))
+    with atomic_path(path, overwrite=True) as tmp:
+        sheet.save(tmp, format="PNG")
