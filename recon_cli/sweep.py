@@ -71,25 +71,13 @@ def parse_sweep(spec: str) -> SweepAxis:
         count = int((stop - start) / step) + 1
         if count > MAX_VALUES:
             raise ConfigError(f"{count} values; at most {MAX_VALUES}", field=f"--sweep {spec}")
-        values = [str((start + k * step).normalize()) for k in range(count)]
-        values = ["0" if v in ("-0", "0E+1") else v for v in values]
+        values = [format((start + k * step).normalize(), "f") for k in range(count)]
+        values = ["0" if v == "-0" else v for v in values]
     else:
         values = [v.strip() for v in rhs.split(",")]
         if any(not v for v in values):
             raise ConfigError("an empty value in the list", field=f"--sweep {spec}")
-    values = list(dict.fromkeys(_plain(v) for v in values))
-    return SweepAxis(key, values)
-
-
-def _plain(text: str) -> str:
-    """Numbers written without exponent noise (Decimal's 1E+1 -> 10); other texts as given."""
-    try:
-        value = Decimal(text)
-    except InvalidOperation:
-        return text
-    if not value.is_finite() or "E" not in str(value).upper() or "e" in text.lower():
-        return text
-    return format(value, "f")
+    return SweepAxis(key, list(dict.fromkeys(values)))
 
 
 def combinations(axes: Sequence[SweepAxis]) -> list[tuple[str, tuple[str, ...]]]:

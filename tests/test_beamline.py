@@ -163,6 +163,8 @@ def test_sweep_values_and_ranges_parse():
     assert parse_sweep("solver.params.lam=4,8,16").values == ["4", "8", "16"]
     assert parse_sweep("input.cor_offset=-2:2:1").values == ["-2", "-1", "0", "1", "2"]
     assert parse_sweep("input.cor_offset=3:3.5:0.25").values == ["3", "3.25", "3.5"]
+    assert parse_sweep("solver.params.lam=0:20:10").values == ["0", "10", "20"]
+    assert parse_sweep("input.cor_offset=1:-1:-0.5").values == ["1", "0.5", "0", "-0.5", "-1"]
     assert parse_sweep("solver.params.lam=1e-3,2e-3").values == ["1e-3", "2e-3"]
     labels = [label for label, _ in combinations([parse_sweep("a.lam=1,2"), parse_sweep("input.cor_offset=0,1")])]
     assert labels == ["lam=1,cor_offset=0", "lam=1,cor_offset=1", "lam=2,cor_offset=0", "lam=2,cor_offset=1"]
