@@ -36,7 +36,9 @@ METRIC_NAMES = ("psnr", "ssim", "rel_err", "rmse", "hu_rmse", "residual", "wall_
 REFERENCE_METRICS = ("psnr", "ssim", "rel_err", "rmse", "hu_rmse")
 MetricName = Literal["psnr", "ssim", "rel_err", "rmse", "hu_rmse", "residual", "wall_time"]
 MetricList = list[MetricName]  # alias: MetricsSpec has a field named 'list'
-OUTPUT_FORMATS = ("hdf5", "png", "tiff", "nifti", "dicom")
+OUTPUT_FORMATS = ("hdf5", "png", "tiff", "nifti", "dicom", "tiff_slices")
+#: Output formats written as a folder of files (one per slice).
+FOLDER_FORMATS = ("dicom", "tiff_slices")
 
 Path_ = Annotated[str, Field(min_length=1)]
 
@@ -75,8 +77,9 @@ class InputSpec(Strict):
     rows: Optional[Union[int, str, list[int]]] = Field(
         None, description="nxtomo/dxchange: detector rows (slices): an int (one slice), 'start:stop[:step]' "
                           "or a list; default all")
-    cor_offset: Optional[float] = Field(None, description="nxtomo/dxchange: rotation axis position minus the "
-                                                          "detector centre, pixels")
+    cor_offset: Optional[Union[float, Literal["auto"]]] = Field(
+        None, description="nxtomo/dxchange: rotation axis position minus the detector centre, pixels; auto: "
+                          "estimated from views 180 degrees apart (recon_cli.centre_of_rotation)")
     pixel_size: Optional[float] = Field(None, gt=0, description="nxtomo/dxchange: detector pixel size in mm; "
                                                                 "default: from the file")
     clamp: Optional[float] = Field(None, gt=0, description="nxtomo/dxchange: smallest transmission allowed "
@@ -123,8 +126,18 @@ class LogTransformStep(Strict):
                                                              "default: counts <= 0 are an error")
 
 
+class RemoveStripesStep(Strict):
+    """Stripes in the sinogram (rings in the image) removed from line integrals (recon_cli.stripes)."""
+
+    step: Literal["remove_stripes"]
+    method: Literal["sorting"] = Field("sorting", description="sorting: each detector column sorted along the "
+                                                              "angles, median-filtered across columns, unsorted")
+    size: int = Field(11, ge=3, le=201, description="median filter width across detector columns (odd numbers "
+                                                    "are usual); wider removes wider stripes")
+
+
 #: One preprocessing step, chosen by its ``step`` key (later steps join this union).
-PreprocessStep = Annotated[Union[LogTransformStep], Field(discriminator="step")]
+PreprocessStep = Annotated[Union[LogTransformStep, RemoveStripesStep], Field(discriminator="step")]
 
 
 class PacsSpec(Strict):
@@ -141,9 +154,10 @@ class PacsSpec(Strict):
 class OutputSpec(Strict):
     path: Optional[Path_] = Field(None, description="HDF5 output; other formats change its suffix. "
                                                     "Default: out/<name>.h5")
-    formats: list[Literal["hdf5", "png", "tiff", "nifti", "dicom"]] = Field(
+    formats: list[Literal["hdf5", "png", "tiff", "nifti", "dicom", "tiff_slices"]] = Field(
         default_factory=lambda: ["hdf5"], min_length=1,
-        description="hdf5 (.h5), png (.png), tiff (.tif), nifti (.nii.gz), dicom (a folder <stem>_dicom/)")
+        description="hdf5 (.h5), png (.png), tiff (.tif), nifti (.nii.gz), dicom (a folder <stem>_dicom/), "
+                    "tiff_slices (a folder <stem>_tiff/ of one float32 TIFF per slice)")
     png_window: Optional[tuple[float, float]] = Field(
         None, description="[center, width] in HU mapped to black..white (e.g. [40, 400]); "
                           "default: the image's min..max")
@@ -233,7 +247,7 @@ class PipelineConfig(Strict):
         known = path.suffix.lower() in (".h5", ".hdf5", ".nxs")
         stem = path.with_suffix("") if known else path
         suffix = {"hdf5": path.suffix if known else ".h5", "png": ".png", "tiff": ".tif", "nifti": ".nii.gz",
-                  "dicom": "_dicom"}  # dicom: a folder of one file per slice
+                  "dicom": "_dicom", "tiff_slices": "_tiff"}  # dicom, tiff_slices: a folder of one file per slice
         return {fmt: stem.with_name(stem.name + suffix[fmt]) for fmt in self.output.formats}
 
     def pacs_record_path(self) -> Path | None:

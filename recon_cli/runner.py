@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from recon_cli.backend import Device, select_device, to_numpy
-from recon_cli.config import REFERENCE_METRICS, LogTransformStep, PipelineConfig, config_hash, resolved_yaml, \
-    with_overrides
+from recon_cli.config import FOLDER_FORMATS, REFERENCE_METRICS, LogTransformStep, PipelineConfig, \
+    RemoveStripesStep, config_hash, resolved_yaml, with_overrides
 from recon_cli.errors import ConfigError, InputError
 from recon_cli.sinogram import Sinogram
 
@@ -94,6 +94,7 @@ def run_pipeline(cfg: PipelineConfig, *, input_override: str | None = None, outp
     info = solved.info
     info.update(solver=cfg.solver.name, device=device.name, projector_kind=projector["kind"],
                 projector_type=projector["type"], time_setup=solved.time_setup, wall_time=wall_time)
+    info.update(input_facts(sino))
     history = solved.history
 
     from recon_cli.provenance import build_provenance
@@ -102,7 +103,7 @@ def run_pipeline(cfg: PipelineConfig, *, input_override: str | None = None, outp
         pipeline_yaml=resolved_yaml(cfg), pipeline_hash=config_hash(cfg), command_line=command_line,
         device=device.name, projector=projector, input_path=input_path, input_sha256=digest,
         extra={"pipeline_name": cfg.name, "solver": cfg.solver.name,
-               "reference": _reference_source(cfg, reference)})
+               "reference": _reference_source(cfg, reference), **input_facts(sino)})
     write_outputs(cfg, outputs, volume, sino.grid.voxel_size, metrics=metrics, provenance=provenance,
                   history=history, info=info, overwrite=overwrite,
                   dicom_source=sino.metadata.get("dicom"), recon_facts=recon_facts(cfg, sino))
@@ -143,7 +144,7 @@ def check_outputs(outputs: dict[str, Path], input_path: Path, overwrite: bool) -
         if fmt == "dicom" and input_path.exists() and path.resolve() in input_path.resolve().parents:
             raise InputError("the DICOM output folder would hold the input; choose another output path",
                              file=str(path))
-        if path.is_dir() and fmt != "dicom":
+        if path.is_dir() and fmt not in FOLDER_FORMATS:
             raise InputError("exists and is a folder", file=str(path))
         if path.exists() and not overwrite:
             raise InputError("exists; use --overwrite", file=str(path))
@@ -214,9 +215,24 @@ def apply_preprocess(sino: Sinogram, steps: list) -> Sinogram:
     for step in steps:
         if isinstance(step, LogTransformStep):
             sino = log_transform(sino, step.I0, step.clamp)
+        elif isinstance(step, RemoveStripesStep):
+            from recon_cli.stripes import remove_stripes_sorting
+
+            data = remove_stripes_sorting(sino.data, size=step.size)
+            sino = dataclasses.replace(sino, data=data, metadata={**sino.metadata, "stripes_removed": step.method})
         else:  # pragma: no cover - the schema admits only known steps
             raise ConfigError(f"preprocess step {step!r} not implemented", field="preprocess")
     return sino
+
+
+def input_facts(sino: Sinogram) -> dict[str, Any]:
+    """Facts about the input worth keeping with the output (provenance and /info): the centre-of-rotation
+    offset (pixels) of a parallel-beam synchrotron input, and whether it was estimated."""
+    facts: dict[str, Any] = {}
+    if "cor_offset" in sino.metadata:
+        facts["cor_offset_px"] = float(sino.metadata["cor_offset"])
+        facts["cor_offset_estimated"] = bool(sino.metadata.get("cor_offset_estimated", False))
+    return facts
 
 
 def log_transform(sino: Sinogram, I0: float | None = None, clamp: float | None = None) -> Sinogram:
@@ -340,6 +356,10 @@ def write_outputs(cfg: PipelineConfig, outputs: dict[str, Path], volume: np.ndar
                 from recon_cli.io.tiff_nifti import write_tiff
 
                 write_tiff(path, volume, voxel_size, overwrite=overwrite)
+            elif fmt == "tiff_slices":
+                from recon_cli.io.tiff_nifti import write_tiff_slices
+
+                write_tiff_slices(path, volume, voxel_size, overwrite=overwrite)
             elif fmt == "nifti":
                 from recon_cli.io.tiff_nifti import write_nifti
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recon_cli.geometry import VolumeGrid, fan_beam_geometry, parallel_beam_geometry, reference_geometry
+from recon_cli.geometry import Parallel2D, VolumeGrid, fan_beam_geometry, parallel_beam_geometry, reference_geometry
 from recon_cli.io.dicom_image import mu_to_hu, read_ct_slice_mu
 from recon_cli.io.hdf5 import write_sinogram
 from recon_cli.phantoms import Ellipse, ellipse_image, phantom_stack, shepp_logan
@@ -38,6 +38,67 @@ HEAD_DICOM_IDENTITY = {
     "StudyID": "SAMPLE1", "StudyDate": "20240101", "StudyTime": "120000", "AccessionNumber": "",
     "ReferringPhysicianName": "", "StudyDescription": "recon-cli sample head series (simulated, not a patient)",
 }
+
+
+#: shepp_logan_nxtomo.nxs: a small beamline-like NXtomo scan (parallel beam, 181 views over 0..180 degrees
+#: inclusive, 2 detector rows of 160 pixels of 1 mm), the rotation axis NXTOMO_COR_PX right of the detector
+#: centre, NXTOMO_STRIPES detector columns whose gain drifted by 5-7% after the flat field (stripes
+#: in the sinogram, rings in the image), Poisson counts with a flat of NXTOMO_FLAT counts.
+NXTOMO_COR_PX = 3.3
+NXTOMO_FLAT = 20000.0
+NXTOMO_DARK = 100.0
+NXTOMO_STRIPES = {37: 0.93, 58: 1.06, 71: 0.95, 88: 1.07, 96: 0.94, 117: 1.05}
+
+
+def write_nxtomo_sample(out: Path, seed: int = 5) -> None:
+    """shepp_logan_nxtomo.nxs (see NXTOMO_*): NXtomo entry /entry (detector data uint16 with image_key,
+    rotation_angle in degrees, x_pixel_size in m) and /reference (2, 128, 128), 1/mm, for the metrics."""
+    import h5py
+
+    from recon_cli.preprocess import shift_detector
+
+    n, n_det, n_rows = 128, 160, 2
+    angles = np.linspace(0.0, np.pi, 181)
+    geometry = Parallel2D(angles=angles, detector_spacing=1.0, detector_count=n_det)
+    grid = VolumeGrid((n_rows, n, n), 1.0)
+    stack = phantom_stack("shepp-logan", n * UPSAMPLE, n_rows)
+    sino = simulate_sinogram(stack, grid.voxel_size / UPSAMPLE, geometry, grid, upsample=UPSAMPLE,
+                             simulated_from="phantom shepp-logan, 2 slices")
+    p = shift_detector(np.asarray(sino.data), -NXTOMO_COR_PX)  # axis NXTOMO_COR_PX right of the centre
+    gain = np.ones(n_det)
+    for col, g in NXTOMO_STRIPES.items():
+        gain[col] = g
+    rng = np.random.default_rng(seed)
+    expected = NXTOMO_DARK + (NXTOMO_FLAT - NXTOMO_DARK) * gain[None, None, :] * np.exp(-p)  # (rows, views, det)
+    projections = rng.poisson(expected).transpose(1, 0, 2)
+    flats = rng.poisson(np.full((2, n_rows, n_det), NXTOMO_FLAT))
+    darks = rng.poisson(np.full((1, n_rows, n_det), NXTOMO_DARK))
+    frames = np.concatenate([darks, flats, projections]).clip(0, 65535).astype(np.uint16)
+    keys = np.array([2] + [1] * 2 + [0] * angles.size, np.int8)
+    rotation = np.concatenate([[0.0] * 3, np.rad2deg(angles)])
+    path = out / "shepp_logan_nxtomo.nxs"
+    with h5py.File(path, "w", track_order=True) as f:
+        entry = f.create_group("entry")
+        entry.attrs["NX_class"] = "NXentry"
+        entry.create_dataset("definition", data="NXtomo")
+        det = entry.create_group("instrument").create_group("detector")
+        det.attrs["NX_class"] = "NXdetector"
+        det.create_dataset("data", data=frames, compression="gzip", compression_opts=9, shuffle=True,
+                           chunks=(1, n_rows, n_det))
+        det.create_dataset("image_key", data=keys)
+        det.create_dataset("x_pixel_size", data=1.0e-3).attrs["units"] = "m"
+        sample = entry.create_group("sample")
+        sample.attrs["NX_class"] = "NXsample"
+        sample.create_dataset("rotation_angle", data=rotation).attrs["units"] = "degree"
+        ref = f.create_dataset("reference", data=np.asarray(sino.reference, np.float32), compression="gzip",
+                               compression_opts=9, shuffle=True)
+        ref.attrs["voxel_size"] = 1.0
+        ref.attrs["units"] = "1/mm"
+        f.attrs["source"] = (f"recon-cli sample_data/make_sample_data.py: phantom shepp-logan (2 slices), axis "
+                             f"{NXTOMO_COR_PX} px right of the detector centre, {len(NXTOMO_STRIPES)} drifted "
+                             f"detector columns (stripes), Poisson counts (flat {NXTOMO_FLAT:g}), seed {seed}")
+    print(f"{path}: frames {frames.shape} uint16, reference {sino.reference.shape}, "
+          f"{path.stat().st_size / 1024:.0f} KiB")
 
 
 def _write(out: Path, name: str, image, image_voxel, geometry, grid, seed: int, source: str) -> None:
@@ -90,7 +151,7 @@ def write_head_dicom(out: Path, n_fine: int, fine_voxel: float) -> None:
 
 #: Sample names, in the order they are made (--only chooses among them).
 SAMPLES = ("shepp_logan_fan60.h5", "head_fan60.h5", "shepp_logan_parallel180.h5", "shepp_logan_stack_fan60.h5",
-           "head_dicom")
+           "head_dicom", "shepp_logan_nxtomo.nxs")
 
 
 def main() -> None:
@@ -124,6 +185,8 @@ def main() -> None:
                source="phantom shepp-logan, 4 slices shrinking 100% -> 90%")
     if "head_dicom" in wanted:
         write_head_dicom(out, n_fine, fine_voxel)
+    if "shepp_logan_nxtomo.nxs" in wanted:
+        write_nxtomo_sample(out)
 
 
 if __name__ == "__main__":

@@ -48,12 +48,34 @@ def test_dockerfile_layout(dockerfile):
                 assert (ROOT / src).exists(), f"{dockerfile}: COPY {src}: not in the repository"
 
 
-def test_cpu_image_uses_python_slim_and_the_cpu_torch():
-    ins = _instructions(ROOT / "Dockerfile")
-    assert _last(ins, "FROM") == "python:3.11-slim"
-    run = " ".join(args for word, args in ins if word == "RUN")
-    assert "--mount=type=bind,source=docker/wheels,target=/tmp/wheels" in run
-    assert "torch.version.cuda is None" in run  # the build fails if a CUDA torch slipped in
+def _stages(path: Path) -> dict[str, list[tuple[str, str]]]:
+    """Stage name -> its instructions (FROM included), in file order."""
+    stages: dict[str, list[tuple[str, str]]] = {}
+    current = None
+    for word, args in _instructions(path):
+        if word == "FROM":
+            parts = args.split()
+            current = parts[2] if len(parts) >= 3 and parts[1].upper() == "AS" else f"stage{len(stages)}"
+            stages[current] = []
+        if current is not None:
+            stages[current].append((word, args))
+    return stages
+
+
+def test_cpu_runtime_image_has_no_torch_and_training_is_a_separate_target():
+    stages = _stages(ROOT / "Dockerfile")
+    assert list(stages)[-1] == "runtime"  # the default target (docker build without --target)
+    assert stages["base"][0] == ("FROM", "python:3.11-slim AS base")
+    assert stages["runtime"][0][1].startswith("base ") and stages["train"][0][1].startswith("base ")
+    shipped = " ".join(args for name in ("base", "runtime") for word, args in stages[name] if word == "RUN")
+    assert "torch" not in shipped.replace("find_spec('torch')", "").replace("torch is installed", "")
+    assert "[train" not in shipped and "--no-deps" in shipped  # the package without the train extra
+    assert "find_spec('torch')" in shipped  # the runtime build fails if torch slipped in
+    train = " ".join(args for word, args in stages["train"] if word == "RUN")
+    assert "--mount=type=bind,source=docker/wheels,target=/tmp/wheels" in train
+    assert "torch.version.cuda is None" in train  # the build fails if a CUDA torch slipped in
+    for name in ("runtime", "train"):
+        assert _last(stages[name], "USER") == "recon" and _last(stages[name], "ENTRYPOINT") == '["recon"]'
 
 
 def test_gpu_image_has_cuda_cupy_and_onnxruntime_gpu():

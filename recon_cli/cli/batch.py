@@ -16,13 +16,17 @@ from recon_cli.cli.executor_options import executor_options, executor_spec
 @click.option("--force", is_flag=True, help="Redo inputs whose outputs exist (replacing them).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
               help="Override a pipeline value for every input (repeatable).")
+@click.option("--sweep", "sweeps", multiple=True, metavar="KEY.PATH=VALUES",
+              help="Run once per value, each into OUTDIR/<key>=<value>/, plus sweep_summary.csv/.md and "
+                   "sweep_contact_sheet.png: VALUES is V1,V2,... or START:STOP:STEP (STOP included), e.g. "
+                   "solver.params.lam=4,8,16 or input.cor_offset=-2:2:1. Repeat for a grid.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), help="Replaces the pipeline's device.")
 @click.option("--max-memory", metavar="SIZE",
               help="Memory limit per input, e.g. 2G (default: 80% of the available memory / jobs).")
 @executor_options
 @click.pass_context
 def batch(ctx: click.Context, pipeline: str, inputs: tuple[str, ...], outdir: str, jobs: int, force: bool,
-          overrides: tuple[str, ...], device: str | None, max_memory: str | None, executor: str,
+          overrides: tuple[str, ...], sweeps: tuple[str, ...], device: str | None, max_memory: str | None, executor: str,
           scheduler: str | None, workers: int | None, retries: int | None) -> None:
     """Run PIPELINE.yaml on every input (paths, globs such as 'data/*.h5', or manifest CSVs with a
     'path' column). A failed input does not stop the others; exit code 0 only when all succeed.
@@ -44,6 +48,19 @@ def batch(ctx: click.Context, pipeline: str, inputs: tuple[str, ...], outdir: st
         command_line=command_line(ctx), log_level=level_for(bool(obj.get("verbose")), quiet),
         log_format=obj.get("log_format") or "text", log_file=obj.get("log_file"),
         executor=spec.kind, scheduler=spec.scheduler, workers=spec.workers, retries=spec.retries)
+    if sweeps:
+        from recon_cli.sweep import run_sweep
+
+        result = run_sweep(settings, list(inputs), outdir, sweeps, progress=not quiet)
+        statuses = [r.status for r in result.rows]
+        text = ", ".join(f"{statuses.count(s)} {s}" for s in dict.fromkeys(statuses))
+        if not quiet:
+            click.echo(f"{len(result.rows)} runs: {text}; summary: {result.paths['md']}"
+                       + (f", contact sheet: {result.paths['png']}" if "png" in result.paths else ""))
+        if result.exit_code != 0:
+            failed = sum(s not in ("ok", "skipped") for s in statuses)
+            raise BatchFailed(f"{failed} of {len(result.rows)} runs failed (see {result.paths['csv']})")
+        return
     summary = run_batch(settings, list(inputs), outdir, progress=not quiet)
     counts = summary.counts
     text = ", ".join(f"{n} {s}" for s, n in counts.items() if n)

@@ -450,7 +450,8 @@ def read_ctpd_scan(folder, rows: Sequence[int] | None = None) -> CTPDScan:
     steps = _raw_value(ds0, "NumberofSourceAngularSteps", first_file, required=False)
     scan_type = (_raw_value(ds0, "TypeofProjectionData", first_file, required=False) or "").upper()
     info = {"files": len(files), "rows_kept": keep, "n_detector_rows": n_rows, "first_file": first_file,
-            "manufacturer": str(ds0.get("Manufacturer", ""))}
+            "manufacturer": str(ds0.get("Manufacturer", "")), "identity": _identity(ds0, first_file),
+            "series_uid": str(ds0.get("SeriesInstanceUID", "") or "")}
     return CTPDScan(data=data, phi=phi, z=z, rho=rho, col_spacing=float(fixed["DetectorElementTransverseSpacing"]),
                     row_spacing=float(fixed["DetectorElementAxialSpacing"]),
                     source_detector=float(fixed["ConstantRadialDistance"]),
@@ -459,6 +460,26 @@ def read_ctpd_scan(folder, rows: Sequence[int] | None = None) -> CTPDScan:
                     shape=shape, ffs=ffs, ffs_mode="/".join(sorted(modes)),
                     mu_water=float(mu_water) if mu_water is not None else float("nan"),
                     views_per_rotation=int(steps) if steps is not None else None, scan_type=scan_type, info=info)
+
+
+def _identity(ds, file: str) -> dict[str, str]:
+    """Patient / study attributes of a projection file (dicom_series.IDENTITY_TAGS that are present and
+    not empty), so that a reconstruction joins the patient's study. FrameOfReferenceUID is left out: the
+    reconstruction's patient coordinates are not those of the projections."""
+    from recon_cli.io.dicom_series import IDENTITY_TAGS
+
+    out = {}
+    for name in IDENTITY_TAGS:
+        if name == "FrameOfReferenceUID":
+            continue
+        try:
+            value = ds.get(name)
+        except Exception:  # a malformed element: that attribute is not copied
+            log.warning("%s: cannot decode %s; not copied to the DICOM output", file, name)
+            continue
+        if value is not None and str(value) != "":
+            out[name] = str(value)
+    return out
 
 
 # ----------------------------------------------------------------------------- checks and the fan-beam sinogram
@@ -547,6 +568,9 @@ def scan_to_sinogram(scan: CTPDScan, source: str, *, row_index: int = 0, detecto
         metadata["mu_water"] = float(scan.mu_water)
     if scan.info.get("manufacturer"):
         metadata["manufacturer"] = scan.info["manufacturer"]
+    if scan.info.get("identity"):  # the DICOM output keeps the patient and study (recon_cli.runner)
+        metadata["dicom"] = {"series_uid": scan.info.get("series_uid") or None,
+                             "identity": dict(scan.info["identity"]), "spacing": None, "origin": None}
     return Sinogram(data=flat, geometry=geometry, grid=grid, metadata=metadata)
 
 

@@ -22,8 +22,8 @@ DXchange (https://dxchange.readthedocs.io, ``/exchange``):
 Conversion: flats and darks are averaged over frames; transmission (I - dark) / (flat - dark);
 line integrals -log (values <= 0 refused unless ``clamp``); detector rows selected (``rows``:
 int -> one 2-D sinogram, ``"start:stop[:step]"`` or a list -> a stack (nz, n_angles, n_det));
-the centre-of-rotation offset ``cor_offset`` (pixels, axis at (n_det - 1) / 2 + offset) is
-removed by shifting the data. Views are sorted by angle. Detector column j is ASTRA's detector
+the centre-of-rotation offset ``cor_offset`` (pixels, axis at (n_det - 1) / 2 + offset; ``"auto"``:
+estimated from views 180 degrees apart, recon_cli.centre_of_rotation) is removed by shifting the data. Views are sorted by angle. Detector column j is ASTRA's detector
 element j and the file's angle theta is ASTRA's angle, in radians.
 Pixel size: ``pixel_size`` (mm) if given, else the file's (with units), else 1 mm with a warning.
 Grid: ``grid_shape`` [ny, nx] (default n_det x n_det), ``voxel_size`` (default the pixel size).
@@ -334,7 +334,8 @@ def _sorted(raw: RawFrames) -> RawFrames:
 # ----------------------------------------------------------------------------- to a sinogram
 
 
-def frames_to_sinogram(raw: RawFrames, source: str, *, cor_offset: float = 0.0, pixel_size: float | None = None,
+def frames_to_sinogram(raw: RawFrames, source: str, *, cor_offset: float | str = 0.0,
+                       pixel_size: float | None = None,
                        grid_shape: Sequence[int] | None = None, voxel_size: float | None = None,
                        clamp: float | None = None) -> Sinogram:
     """Flat/dark correction, -log, centre-of-rotation shift: a parallel-beam Sinogram
@@ -345,6 +346,19 @@ def frames_to_sinogram(raw: RawFrames, source: str, *, cor_offset: float = 0.0, 
     except InputError as exc:
         raise InputError(exc.message, file=source, field=exc.field) from None
     sino = np.ascontiguousarray(np.transpose(p, (1, 0, 2)))  # (rows, n_angles, n_det)
+    cor_estimated = isinstance(cor_offset, str)
+    if cor_estimated:
+        if cor_offset != "auto":
+            raise InputError(f"must be a number of pixels or auto, got {cor_offset!r}", file=source,
+                             field="input.cor_offset")
+        from recon_cli.centre_of_rotation import METHOD, estimate_cor_offset
+
+        try:
+            cor_offset = estimate_cor_offset(sino, raw.angles)
+        except InputError as exc:
+            raise InputError(exc.message, file=source, field="input.cor_offset") from None
+        log.info("%s: centre of rotation estimated at %+.2f px from the detector centre (%s)", source, cor_offset,
+                 METHOD)
     sino = shift_detector(sino, cor_offset)
     if raw.single:
         sino = sino[0]
@@ -361,10 +375,12 @@ def frames_to_sinogram(raw: RawFrames, source: str, *, cor_offset: float = 0.0, 
     metadata = {**raw.info, "source": source, "rows": raw.rows.tolist() if raw.rows.size <= 64 else
                 f"{int(raw.rows[0])}..{int(raw.rows[-1])} ({raw.rows.size} rows)",
                 "cor_offset": float(cor_offset), "pixel_size": float(pixel_size)}
+    if cor_estimated:
+        metadata["cor_offset_estimated"] = True
     return Sinogram(data=sino.astype(np.float32, copy=False), geometry=geometry, grid=grid, metadata=metadata)
 
 
-def read_nxtomo(path, *, rows: RowSpec = None, cor_offset: float = 0.0, pixel_size: float | None = None,
+def read_nxtomo(path, *, rows: RowSpec = None, cor_offset: float | str = 0.0, pixel_size: float | None = None,
                 grid_shape: Sequence[int] | None = None, voxel_size: float | None = None,
                 clamp: float | None = None, entry: str | None = None) -> Sinogram:
     """NXtomo file -> parallel-beam Sinogram (see the module docstring for options)."""
@@ -373,7 +389,7 @@ def read_nxtomo(path, *, rows: RowSpec = None, cor_offset: float = 0.0, pixel_si
                               grid_shape=grid_shape, voxel_size=voxel_size, clamp=clamp)
 
 
-def read_dxchange(path, *, rows: RowSpec = None, cor_offset: float = 0.0, pixel_size: float | None = None,
+def read_dxchange(path, *, rows: RowSpec = None, cor_offset: float | str = 0.0, pixel_size: float | None = None,
                   grid_shape: Sequence[int] | None = None, voxel_size: float | None = None,
                   clamp: float | None = None) -> Sinogram:
     """DXchange file -> parallel-beam Sinogram (see the module docstring for options)."""

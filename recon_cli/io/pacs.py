@@ -206,6 +206,87 @@ def send_series(files, host: str, port: int, ae_title: str, calling_ae_title: st
     return record
 
 
+VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
+
+
+def _check_peer_arguments(port, ae_title: str, calling_ae_title: str, timeout: float) -> None:
+    if not (isinstance(port, int) and 0 < port < 65536):
+        raise InputError(f"must be an integer in 1..65535, got {port!r}", field="port")
+    for name, aet in (("ae_title", ae_title), ("calling_ae_title", calling_ae_title)):
+        if not aet or len(aet) > 16 or "\\" in aet or not aet.isprintable():
+            raise InputError(f"an AE title is 1 to 16 printable characters, got {aet!r}", field=name)
+    if not timeout > 0:
+        raise InputError(f"must be positive, got {timeout}", field="timeout")
+
+
+def echo(host: str, port: int, ae_title: str, calling_ae_title: str = "RECON_CLI",
+         timeout: float = 10.0) -> dict[str, Any]:
+    """C-ECHO (DICOM verification) to the SCP ``ae_title`` at ``host:port``: is the PACS there and does it
+    accept us? ``timeout`` (s) bounds the TCP connection, the association and the response.
+
+    Returns ``{"host", "port", "ae_title", "calling_ae_title", "status": "0x0000", "connect_ms",
+    "associate_ms", "echo_ms"}`` (echo_ms: the C-ECHO request/response round trip on the open association).
+    Raises PacsError (exit 1) with one line saying why not: unknown host, connection refused, no answer
+    within the timeout, association rejected (with the peer's reason), aborted, or a non-success status;
+    InputError (exit 2) for bad arguments.
+    """
+    import socket
+
+    from pynetdicom import AE
+
+    _check_peer_arguments(port, ae_title, calling_ae_title, timeout)
+    where = f"{ae_title}@{host}:{port}"
+    result: dict[str, Any] = {"host": host, "port": port, "ae_title": ae_title, "calling_ae_title": calling_ae_title}
+    # the TCP connection first, on its own, so that 'refused', 'unknown host' and 'timed out' are told apart
+    t0 = time.perf_counter()
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except socket.gaierror as exc:
+        raise PacsError(f"C-ECHO {where}: failed: unknown host {host!r} ({exc.strerror or exc})") from None
+    except ConnectionRefusedError:
+        raise PacsError(f"C-ECHO {where}: failed: connection refused (nothing listens on {host}:{port})") from None
+    except (socket.timeout, TimeoutError):
+        raise PacsError(f"C-ECHO {where}: failed: timed out after {timeout:g} s connecting to {host}:{port}") \
+            from None
+    except OSError as exc:
+        raise PacsError(f"C-ECHO {where}: failed: cannot connect ({exc.strerror or exc})") from None
+    result["connect_ms"] = round(1000 * (time.perf_counter() - t0), 3)
+
+    _quiet_pynetdicom()
+    ae = AE(ae_title=calling_ae_title)
+    ae.connection_timeout = timeout
+    ae.acse_timeout = timeout
+    ae.dimse_timeout = timeout
+    ae.network_timeout = timeout
+    ae.add_requested_context(VERIFICATION_SOP_CLASS)
+    t0 = time.perf_counter()
+    assoc = ae.associate(host, port, ae_title=ae_title)
+    associate_s = time.perf_counter() - t0
+    if assoc.is_rejected:
+        raise PacsError(f"C-ECHO {where}: failed: {_rejection(assoc)[1]}")
+    if not assoc.is_established:
+        why = (f"no association response within {timeout:g} s (timed out)" if associate_s >= 0.9 * timeout
+               else "the association was aborted by the peer")
+        raise PacsError(f"C-ECHO {where}: failed: {why}")
+    result["associate_ms"] = round(1000 * associate_s, 3)
+    try:
+        t0 = time.perf_counter()
+        status = assoc.send_c_echo()
+        echo_s = time.perf_counter() - t0
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    code = int(status.Status) if status and "Status" in status else None
+    if code is None:
+        raise PacsError(f"C-ECHO {where}: failed: no C-ECHO response within {timeout:g} s (timed out or aborted)")
+    result["status"] = f"0x{code:04X}"
+    if code != 0x0000:
+        raise PacsError(f"C-ECHO {where}: failed: status {result['status']}")
+    result["echo_ms"] = round(1000 * echo_s, 3)
+    return result
+
+
 def save_record(record: dict, path, overwrite: bool = False) -> Path:
     """Write ``record`` as JSON (atomically)."""
     from recon_cli.io.atomic import atomic_path
@@ -215,4 +296,4 @@ def save_record(record: dict, path, overwrite: bool = False) -> Path:
     return Path(path)
 
 
-__all__ = ["PacsError", "send_series", "save_record"]
+__all__ = ["PacsError", "send_series", "save_record", "echo"]

@@ -1,9 +1,14 @@
-"""Reconstructions out as a TIFF stack (tifffile) or NIfTI-1 (nibabel), with voxel sizes; written atomically.
+"""Reconstructions out as a TIFF stack, a folder of per-slice TIFFs (tifffile) or NIfTI-1 (nibabel), with voxel
+sizes; written atomically.
 
 TIFF: an ImageJ-compatible multi-page float32 file, one page per slice (z), row 0 = +y at the
 top, values in 1/mm. Voxel size: X/YResolution = 1 / voxel_size pixels per mm (ImageJ ``unit``
 mm) and ImageJ ``spacing`` = the slice spacing; the exact float is also kept as
 ``voxel_size_mm`` in the ImageJ description.
+
+Per-slice TIFFs (``tiff_slices``, the usual layout at beamlines): a folder ``<stem>_tiff/`` holding
+``slice_00000.tif``, ``slice_00001.tif``, ... (z order, zero-padded to at least 5 digits), each a
+single-page float32 ImageJ TIFF written as above. The folder appears whole or not at all.
 
 NIfTI: float32 data indexed [i, j, k] = [x, y, z] (NIfTI's order), so the array is the volume
 transposed with rows flipped (NIfTI's j grows towards +y, our row 0 is +y). The affine
@@ -77,6 +82,59 @@ def read_tiff(path) -> tuple[np.ndarray, float]:
         voxel = 1.0
     data = np.asarray(data, dtype=np.float32)
     return (data[None] if data.ndim == 2 else data), voxel
+
+
+def _slice_names(nz: int) -> list[str]:
+    width = max(5, len(str(nz - 1)))
+    return [f"slice_{k:0{width}d}.tif" for k in range(nz)]
+
+
+def write_tiff_slices(folder, volume, voxel_size: float, *, overwrite: bool = False) -> list[Path]:
+    """Write (ny, nx) or (nz, ny, nx) float32 in 1/mm as a folder of one TIFF per slice (see module docstring);
+    an existing folder is replaced only with ``overwrite`` and only when it holds nothing but .tif files.
+    Returns the file paths in slice order."""
+    import tifffile
+
+    image = _volume(volume, folder)
+    v = _voxel(voxel_size, folder)
+    stack = image[None] if image.ndim == 2 else image
+    target = Path(folder)
+    if target.exists() and not target.is_dir():
+        raise InputError("exists and is not a folder; per-slice TIFFs are written as a folder", file=str(target))
+    if target.is_dir():
+        others = [p for p in target.iterdir() if not (p.is_file() and p.suffix.lower() in (".tif", ".tiff"))]
+        if others:
+            raise InputError(f"exists and holds other things than .tif files (e.g. {others[0].name}); not "
+                             "replacing it", file=str(target))
+    names = _slice_names(stack.shape[0])
+    metadata = {"axes": "YX", "spacing": v, "unit": "mm", "voxel_size_mm": v, "units": "1/mm"}
+    with atomic_path(target, overwrite=overwrite) as tmp:
+        tmp.mkdir()
+        for name, plane in zip(names, stack):
+            tifffile.imwrite(tmp / name, np.ascontiguousarray(plane), imagej=True, resolution=(1.0 / v, 1.0 / v),
+                             metadata=metadata)
+    return [target / name for name in names]
+
+
+def read_tiff_slices(folder) -> tuple[np.ndarray, float]:
+    """(volume float32 (nz, ny, nx), voxel size mm) of a folder written by :func:`write_tiff_slices` (the
+    .tif files in name order, one slice each, all of one shape)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError("not a folder of TIFF slices", file=str(folder))
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in (".tif", ".tiff"))
+    if not files:
+        raise InputError("holds no .tif files", file=str(folder))
+    planes, voxel = [], None
+    for f in files:
+        data, v = read_tiff(f)
+        if data.shape[0] != 1:
+            raise InputError(f"holds {data.shape[0]} pages; expected one slice per file", file=str(f))
+        if planes and data.shape[1:] != planes[0].shape:
+            raise InputError(f"slice shape {list(data.shape[1:])} differs from {list(planes[0].shape)}", file=str(f))
+        planes.append(data[0])
+        voxel = v if voxel is None else voxel
+    return np.stack(planes), float(voxel)
 
 
 # ----------------------------------------------------------------------------- NIfTI
