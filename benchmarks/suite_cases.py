@@ -227,8 +227,8 @@ def load_case(spec: CaseSpec) -> Case:
 
 # ----------------------------------------------------------------------------- the suite
 def suite() -> list[CaseSpec]:
-    """Every suite case. Covers each image, geometry, grid, pixel size and dose at least once in
-    each split; 256^2 cases dominate (a 512^2 oracle search costs ~10x more)."""
+    """Every suite case: each image, geometry, grid, dose and a range of pixel sizes at least once
+    (12 cases; a 512^2 oracle search costs ~5x a 256^2 one, hence one 512^2 case)."""
     C = CaseSpec
     return [
         # ---------------------------------------------------------------- tuning part
@@ -236,23 +236,15 @@ def suite() -> list[CaseSpec]:
         C("t02_coule_par180_2e4", "coule:5301", "par180", 256, 0.8, "2e4", "tune", seed=2),
         C("t03_ctsmall_fan30B_1e6", "ct_small", "fan30B", 256, 0.4, "1e6", "tune", seed=3),
         C("t04_neck_par90_1e4", "neck", "par90", 256, 0.5, "1e4", "tune", crop=(0.0, 0.0, 128.0), seed=4),
-        C("t05_abd_fan120A_2e4", "abdomen", "fan120A", 256, 1.0, "2e4", "tune", crop=(0.0, 10.0, 256.0), seed=5),
-        C("t06_abd_fan60B_1e6", "abdomen", "fan60B", 256, 0.6, "1e6", "tune", crop=(-60.0, 0.0, 150.0), seed=6),
         C("t07_anat_par180_gauss", "anatomy:5302", "par180", 256, 0.7, "gauss0.5", "tune", seed=7),
-        C("t08_coule_fan120B_1e4", "coule:5303", "fan120B", 512, 0.5, "1e4", "tune", seed=8),
         # ---------------------------------------------------------------- reported part
         C("s01_neck_fan60A_1e5", "neck", "fan60A", 256, 0.5, "1e5", "test", seed=11),
         C("s02_neck_fan30B_2e4", "neck", "fan30B", 256, 0.4, "2e4", "test", crop=(0.0, 0.0, 102.4), seed=12),
         C("s03_abd_par180_1e5", "abdomen", "par180", 256, 1.0, "1e5", "test", crop=(0.0, 0.0, 256.0), seed=13),
         C("s04_abd_fan60A_1e4", "abdomen", "fan60A", 512, 0.8, "1e4", "test", seed=14),
         C("s05_abd_fan120B_1e6", "abdomen", "fan120B", 256, 0.5, "1e6", "test", crop=(40.0, -20.0, 128.0), seed=15),
-        C("s06_ctsmall_par90_2e4", "ct_small", "par90", 256, 0.4, "2e4", "test", seed=16),
         C("s07_ctsmall_fan120A_gauss", "ct_small", "fan120A", 256, 0.4, "gauss1", "test", seed=17),
-        C("s08_anat_fan30A_2e4", "anatomy:5310", "fan30A", 256, 0.9, "2e4", "test", seed=18),
-        C("s09_anat_par90_1e6", "anatomy:5311", "par90", 512, 0.6, "1e6", "test", seed=19),
         C("s10_coule_fan60B_1e5", "coule:5312", "fan60B", 256, 0.8, "1e5", "test", seed=20),
-        C("s11_coule_par180_1e4", "coule:5313", "par180", 256, 1.0, "1e4", "test", seed=21),
-        C("s12_neck_par180_1e6", "neck", "par180", 512, 0.4, "1e6", "test", crop=(0.0, 0.0, 140.0), seed=22),
     ]
 
 
