@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from typing import Any, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -49,9 +49,11 @@ MU_WATER = 0.0192  # 1/mm
 class SGPTVParams(SolverParams):
     """Parameters of ``sgp_tv`` (lam and beta in the normalised convention of the module docstring)."""
 
-    lam: float = unit("1 (normalised)", "TV weight for x / intensity_scale on unit pixels, applied as "
-                      "lam * intensity_scale * voxel_size^2 (mm); RISING paper: 0.1, too weak for our "
-                      "I0 = 1e5 samples", default=10.0, ge=0.0)
+    lam: Union[Annotated[float, Field(ge=0.0, allow_inf_nan=False)], Literal["auto"]] = unit(
+        "1 (normalised)", "TV weight for x / intensity_scale on unit pixels, applied as "
+        "lam * intensity_scale * voxel_size^2 (mm); RISING paper: 0.1, too weak for our I0 = 1e5 samples. "
+        "'auto': discrepancy principle, as in tv (noise from metadata or the sinogram, raised by the model "
+        "error)", default=10.0)
     beta: float = unit("1 (normalised)", "TV smoothing sqrt(|Dx|^2 + beta^2) for x / intensity_scale, "
                        "applied as beta * intensity_scale (1/mm)", default=1e-3, gt=0.0)
     intensity_scale: float = unit("1/mm", "attenuation that maps to 1 in the normalised image "
@@ -73,6 +75,13 @@ class SGPTVParams(SolverParams):
     armijo_sigma: float = unit("1", "sufficient-decrease constant of the Armijo rule", default=1e-4,
                                gt=0.0, lt=1.0)
     backtrack_factor: float = unit("1", "step reduction per Armijo backtrack", default=0.4, gt=0.0, lt=1.0)
+    discrepancy_tau: float = unit("1", "lam auto: target residual = discrepancy_tau * misfit norm (as tv)",
+                                  default=0.97, ge=0.5, le=3.0)
+    model_error: bool = unit("-", "lam auto: raise the noise norm by the model error (as tv)", default=True)
+    search_iterations: int = unit("1", "lam auto: SGP iterations per warm-started trial lam", default=50, ge=5)
+    search_start: float = unit("1 (normalised)", "lam auto: first trial lam", default=1.0, gt=0.0)
+    search_rtol: float = unit("1", "lam auto: accept |residual / target - 1| <= search_rtol",
+                              default=0.005, gt=0.0, lt=1.0)
     max_backtracks: int = unit("1", "Armijo backtracks before giving up", default=40, ge=1)
     x0: Optional[SolverRef] = Field(default=None, description="warm start: a solver run first "
                                     "(e.g. {name: fbp}); none starts from zeros, as RISING does")
@@ -88,10 +97,41 @@ class SGPTVParams(SolverParams):
 # The smooth objective and its pieces (any dtype; used by the loop and by the tests)
 
 
-def absolute_weights(params: SGPTVParams, voxel_size: float) -> tuple[float, float]:
-    """(lam_abs in mm, beta_abs in 1/mm) from the normalised parameters."""
+def absolute_weights(params: SGPTVParams, voxel_size: float, lam: float | None = None) -> tuple[float, float]:
+    """(lam_abs in mm, beta_abs in 1/mm) from the normalised parameters (``lam`` overrides params.lam)."""
     s = float(params.intensity_scale)
-    return float(params.lam) * s * float(voxel_size) ** 2, float(params.beta) * s
+    lam = float(params.lam if lam is None else lam)
+    return lam * s * float(voxel_size) ** 2, float(params.beta) * s
+
+
+def choose_lam_sgp(op: Operator, sino: Sinogram, params: SGPTVParams, x0=None) -> tuple[float, Any, dict]:
+    """lam auto for SGP-TV: the discrepancy search of ``tv`` (regularisation_parameter), each trial an
+    SGP run warm-started from the nearest trial's x (the first one a full cold run). Returns
+    (lam normalised, the chosen trial's x, info)."""
+    from recon_cli.solvers.regularisation_parameter import data_misfit_norm, discrepancy_search
+
+    y = sino.data
+    misfit, misfit_info = data_misfit_norm(y, sino.metadata, sino.geometry, sino.grid.voxel_size,
+                                           model_error=bool(params.model_error))
+    target = float(params.discrepancy_tau) * misfit
+    y_norm = float(op.xp.linalg.norm(op.xp.asarray(y).ravel()))
+    t0 = time.perf_counter()
+    iterations = [0]
+
+    def evaluate(lam: float, warm):
+        trial = params.model_copy(update={"iterations": params.search_iterations if warm is not None
+                                          else params.iterations, "tol": 0.0, "tol_objective": 0.0})
+        lam_abs, beta_abs = absolute_weights(params, sino.grid.voxel_size, lam)
+        x, info = sgp_tv_minimize(op, y, lam_abs, beta_abs, trial, x0=x0 if warm is None else warm)
+        iterations[0] += int(info["iterations"])
+        return float(info["history"]["residual"][-1]) * y_norm, x
+
+    result = discrepancy_search(evaluate, target, float(params.search_start), rtol=float(params.search_rtol))
+    info = {"lam_auto": True, **misfit_info, "discrepancy_target": target,
+            "discrepancy_tau": float(params.discrepancy_tau), "lam_search_evaluations": result.evaluations,
+            "lam_search_iterations": iterations[0], "lam_search_converged": bool(result.converged),
+            "time_lam_search": time.perf_counter() - t0}
+    return result.lam, result.state, info
 
 
 def tv_weights(dx, beta: float, xp):
@@ -370,7 +410,6 @@ def solve(op: Operator, sino: Sinogram, params: SGPTVParams, callback=None, x0=N
     ``resume_state``: continue a run from the state its callback reported (no warm start is run).
     """
     t0 = time.perf_counter()
-    lam_abs, beta_abs = absolute_weights(params, sino.grid.voxel_size)
     info_x0: dict[str, Any] = {}
     if x0 is None and params.x0 is not None and resume_state is None:
         warm = run_ref(params.x0, op, sino)
@@ -378,8 +417,24 @@ def solve(op: Operator, sino: Sinogram, params: SGPTVParams, callback=None, x0=N
         info_x0 = {"x0_solver": params.x0.name}
         if warm.info.get("time_total") is not None:
             info_x0["time_x0"] = float(warm.info["time_total"])
-    x, info = sgp_tv_minimize(op, sino.data, lam_abs, beta_abs, params, x0=x0, callback=callback,
+    if params.lam != "auto":
+        lam = float(params.lam)
+    elif resume_state is not None:  # a resumed lam-auto run keeps the lam it chose
+        lam = float(resume_state["lam"])
+        info_x0.update(resume_state.get("lam_search") or {})
+    else:
+        lam, x0, search = choose_lam_sgp(op, sino, params, x0)
+        info_x0.update(search)
+    lam_abs, beta_abs = absolute_weights(params, sino.grid.voxel_size, lam)
+    reporting = callback
+    if callback is not None and params.lam == "auto":
+        search_record = {k: v for k, v in info_x0.items() if k not in ("x0_solver", "time_x0")}
+
+        def reporting(state):
+            state.extra["state"].update(lam=lam, lam_search=search_record)
+            return callback(state)
+    x, info = sgp_tv_minimize(op, sino.data, lam_abs, beta_abs, params, x0=x0, callback=reporting,
                               resume_state=resume_state)
-    info.update(info_x0, lam=params.lam, beta=params.beta, intensity_scale=params.intensity_scale,
+    info.update(info_x0, lam=lam, beta=params.beta, intensity_scale=params.intensity_scale,
                 scaling=params.scaling, time_total=time.perf_counter() - t0)
     return Reconstruction(x, info)

@@ -23,7 +23,7 @@ ETNA 28, 2008, extended to a general regulariser):
    terms weigh alike, then Brent's method around the best grid point). omega = ``gcv_omega``
    (1: standard GCV; < 1 regularises less, the weighted GCV of Chung, Nagy & O'Leary).
 4. CGLS on the full stacked system with that lam, from the projected solution.
-``lam: discrepancy``: the same projection, lam with ||K x_k - y|| = discrepancy_tau * ||e|| (||e|| from
+``lam: discrepancy`` (also ``lam: auto``): the same projection, lam with ||K x_k - y|| = discrepancy_tau * ||e|| (||e|| from
 metadata sigma / I0, else estimated: recon_cli.solvers.regularisation_parameter). If no lam reaches
 the target (every residual of the projection is larger: model error above the noise level, or too
 few steps) it falls back to GCV with a warning (info ``lam_fallback``).
@@ -61,10 +61,10 @@ log = logging.getLogger(__name__)
 class TikhonovParams(SolverParams):
     """Parameters of ``tikhonov`` (lam for unit pixels: the solver uses lam * voxel_size^2)."""
 
-    lam: Union[float, Literal["gcv", "discrepancy"]] = unit(
+    lam: Union[float, Literal["gcv", "discrepancy", "auto"]] = unit(
         "1 (unit pixels)", "weight of ||D x||^2; the solver uses lam * voxel_size^2. 'gcv': generalised "
-        "cross-validation on a Golub-Kahan projection of the problem; 'discrepancy': residual = "
-        "discrepancy_tau x noise norm on the same projection", default="gcv")
+        "cross-validation on a Golub-Kahan projection of the problem; 'discrepancy' (or 'auto', as in every "
+        "regularised solver): residual = discrepancy_tau x noise norm on the same projection", default="gcv")
     iterations: int = unit("1", "maximum number of CGLS iterations on the stacked system", default=500, ge=1)
     tol: float = unit("1", "stop when ||A^T(b - A x)|| / ||A^T b|| < tol (A = [K; sqrt(lam) D])",
                       default=1e-6, ge=0.0)
@@ -260,15 +260,16 @@ def solve(op: Operator, sino: Sinogram, params: TikhonovParams, callback=None) -
     h2 = float(sino.grid.voxel_size) ** 2
     extra: dict = {}
     x0 = None
-    if params.lam in ("gcv", "discrepancy"):
+    method = "discrepancy" if params.lam == "auto" else params.lam
+    if method in ("gcv", "discrepancy"):
         target = None
-        if params.lam == "discrepancy":
+        if method == "discrepancy":
             e_norm, source = noise_norm(y, sino.metadata)
             target = float(params.discrepancy_tau) * e_norm
             extra.update(noise_norm=e_norm, noise_source=source, discrepancy_target=target)
-        g = projected_lam(op, y, D, steps=params.gcv_steps, method=params.lam, omega=params.gcv_omega,
+        g = projected_lam(op, y, D, steps=params.gcv_steps, method=method, omega=params.gcv_omega,
                           target=target)
-        if params.lam == "discrepancy" and not g["reached"]:
+        if method == "discrepancy" and not g["reached"]:
             # the target lies below every residual of the projection (model error above the noise, or
             # too few steps): lam -> 0 would be unregularised CGLS, so use GCV instead
             log.warning("tikhonov lam discrepancy: target residual %.4g not reachable on %d Golub-Kahan "
@@ -277,12 +278,12 @@ def solve(op: Operator, sino: Sinogram, params: TikhonovParams, callback=None) -
             g["reached"] = False
             extra["lam_fallback"] = "gcv (discrepancy target not reachable)"
         lam_abs, x0 = g["lam_abs"], g["x"]
-        extra.update(lam_method=f"{params.lam} (projected on {g['steps']} Golub-Kahan steps)",
+        extra.update(lam_method=f"{method} (projected on {g['steps']} Golub-Kahan steps)",
                      lam_projection_steps=g["steps"], time_lam_search=g["time"])
         if "trace" in g:
             extra.update(gcv_omega=float(params.gcv_omega), gcv_trace=g["trace"], gcv_value=g["gcv"],
                          gcv_at_grid_edge=g["at_grid_edge"])
-        if params.lam == "discrepancy":
+        if method == "discrepancy":
             extra.update(lam_target_reached=g["reached"])
     else:
         lam_abs = float(params.lam) * h2
