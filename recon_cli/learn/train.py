@@ -106,6 +106,8 @@ def extra_planes(arrays: SplitArrays, cfg: TrainConfig) -> list[np.ndarray]:
     names = cfg.envelope.extra_channels if cfg.envelope is not None else []
     if not names:
         return []
+    if arrays.inputs.shape[0] == 0:
+        return [np.zeros((0,), np.float32) for _ in names]
     if arrays.conditions is None:
         raise RunError("extra input channels need per-pair conditions (envelope training data)")
     planes = []
