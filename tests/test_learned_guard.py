@@ -142,3 +142,26 @@ def test_runner_writes_the_guard_to_metrics(case, tmp_path, monkeypatch):
     assert metrics["guard_fallback"] == 1 and metrics["guard_ratio"] > IMPLAUSIBLE_FACTOR
     assert metrics["guard_residual_baseline"] == pytest.approx(result.metrics["residual"], rel=1e-4)
     assert info["guard_decision"] == "fallback"
+
+
+def test_a_stack_is_judged_slice_by_slice(tmp_path):
+    from recon_cli.phantoms import coule_phantom
+    from recon_cli.simulate import simulate_sinogram
+    from recon_cli.solvers.learned_guard import guard_output
+
+    grid = VolumeGrid((3, 32, 32), 1.0)
+    images = np.stack([coule_phantom(32, np.random.default_rng(s)) for s in (1, 2, 3)])
+    sino = simulate_sinogram(images, 1.0, GEOMETRY, grid, I0=1e5, seed=4)
+    op = make_projector(GEOMETRY, grid, Device("cpu"))
+    fbp = run_solver("fbp", op, sino, {}).volume
+    network = fbp.copy()
+    network[1] *= 10.0  # only the middle slice is garbage
+    network[2, 0, 0] = np.nan  # and one value of the last is not finite
+    out, info = guard_output(op, sino.data, network, fbp, baseline_name="fbp")
+    np.testing.assert_array_equal(out[0], network[0])
+    np.testing.assert_array_equal(out[1:], fbp[1:])
+    assert info["guard_implausible_slices"] == 2 and info["guard_decision"] == "fallback"
+    assert info["guard_residual_network"] is None  # one slice is not finite
+    ok, info = guard_output(op, sino.data, fbp * 1.001, fbp, baseline_name="fbp")
+    assert info["guard_decision"] == "accepted" and info["guard_implausible_slices"] == 0
+    assert info["guard_residual_baseline"] == pytest.approx(relative_residual(op, fbp, sino.data), rel=1e-6)

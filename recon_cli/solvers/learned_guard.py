@@ -36,13 +36,24 @@ OnImplausible = Literal["fallback", "fail", "ignore"]
 
 def relative_residual(op, x, y) -> float:
     """||A x - y|| / ||y|| (inf when x is not finite); x of op.domain_shape, y of the data's shape."""
+    res, norm = _residual_parts(op, x, y)
+    total, ny = math.sqrt(float(np.sum(res**2))), math.sqrt(float(np.sum(norm**2)))
+    return total / ny if ny > 0 else total
+
+
+def _residual_parts(op, x, y) -> tuple[np.ndarray, np.ndarray]:
+    """(||A x_i - y_i||, ||y_i||) per slice i of a 2D stack (one entry otherwise); inf where x_i is not finite."""
     xp = op.xp
-    if not bool(xp.all(xp.isfinite(x))):
-        return math.inf
-    r = op.forward(x) - y
-    ny = float(xp.linalg.norm(y.ravel()))
-    res = float(xp.linalg.norm(r.ravel()))
-    return res / ny if ny > 0 else res
+    per_slice = x.ndim == 3 and y.ndim == 3 and y.shape[0] == x.shape[0]
+    axes_x = tuple(range(1, x.ndim)) if per_slice else tuple(range(x.ndim))
+    finite = xp.all(xp.isfinite(x), axis=axes_x)
+    r = op.forward(xp.where(xp.isfinite(x), x, 0).astype(x.dtype, copy=False)) - y
+    axes_y = tuple(range(1, y.ndim)) if per_slice else tuple(range(y.ndim))
+    res = xp.sqrt(xp.sum(r.astype(np.float64) ** 2, axis=axes_y))
+    norm = xp.sqrt(xp.sum(y.astype(np.float64) ** 2, axis=axes_y))
+    res = xp.where(finite, res, xp.inf)
+    to_host = (lambda a: a.get()) if xp is not np else np.asarray
+    return np.atleast_1d(to_host(res)), np.atleast_1d(to_host(norm))
 
 
 def guard_output(op, data, network_out, baseline, *, baseline_name: str, factor: float = IMPLAUSIBLE_FACTOR,
@@ -51,23 +62,33 @@ def guard_output(op, data, network_out, baseline, *, baseline_name: str, factor:
     """(volume to return, ``guard_*`` info) after checking ``network_out`` against ``baseline``.
 
     ``data``: the measured sinogram array; ``baseline``: a data-consistent image of the same shape.
-    ``fallback``: computes the image returned when implausible (default: ``baseline`` itself),
-    named ``fallback_name``. Raises RunError when implausible and ``on_implausible == "fail"``.
+    A 2D slice stack is judged slice by slice: only implausible slices are replaced.
+    ``fallback``: computes the image whose slices replace implausible ones (default: ``baseline``
+    itself), named ``fallback_name``. Raises RunError when implausible and ``on_implausible == "fail"``.
+    Info: stack-wide relative residuals, the largest per-slice ratio, the implausible slices' count.
     """
-    r_net = relative_residual(op, network_out, data)
-    r_base = relative_residual(op, baseline, data)
-    ratio = r_net / r_base if r_base > 0 else (math.inf if r_net > 0 else 1.0)
-    implausible = not math.isfinite(r_net) or ratio > factor
+    res_net, norm = _residual_parts(op, network_out, data)
+    res_base, _ = _residual_parts(op, baseline, data)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = np.where(res_base > 0, res_net / np.where(res_base > 0, res_base, 1.0),
+                          np.where(res_net > 0, np.inf, 1.0))
+    bad = ~np.isfinite(res_net) | ~(ratios <= factor)
+    y_norm = math.sqrt(float(np.sum(norm**2))) or 1.0
+    r_net = math.sqrt(float(np.sum(res_net**2))) / y_norm
+    r_base = math.sqrt(float(np.sum(res_base**2))) / y_norm
+    ratio = float(np.max(ratios))
+    implausible = bool(bad.any())
     info = {"guard_residual_network": _finite_or_none(r_net), "guard_residual_baseline": _finite_or_none(r_base),
             "guard_ratio": _finite_or_none(ratio), "guard_factor": float(factor), "guard_baseline": baseline_name,
-            "guard_implausible": int(implausible), "guard_fallback": 0}
+            "guard_implausible": int(implausible), "guard_implausible_slices": int(bad.sum()), "guard_fallback": 0}
     if not implausible:
         info["guard_decision"] = "accepted"
         log.info("%s output consistent with the data: residual %.4g vs %s %.4g (ratio %.3g <= %g)", what, r_net,
                  baseline_name, r_base, ratio, factor)
         return network_out, info
-    text = (f"{what} output implausible for this data: relative data residual {r_net:.4g} against "
-            f"{baseline_name}'s {r_base:.4g} (ratio {ratio:.3g} > {factor:g})")
+    where = f" in {int(bad.sum())} of {bad.size} slices" if bad.size > 1 else ""
+    text = (f"{what} output implausible for this data{where}: relative data residual {r_net:.4g} against "
+            f"{baseline_name}'s {r_base:.4g} (largest ratio {ratio:.3g} > {factor:g})")
     if on_implausible == "fail":
         raise RunError(text + "; on_implausible: fail")
     if on_implausible == "ignore":
@@ -77,7 +98,12 @@ def guard_output(op, data, network_out, baseline, *, baseline_name: str, factor:
     name = fallback_name or baseline_name
     info.update(guard_decision="fallback", guard_fallback=1, guard_fallback_solver=name)
     log.warning("%s; returning the %s result instead (on_implausible: fallback)", text, name)
-    return (fallback() if fallback is not None else baseline), info
+    replacement = fallback() if fallback is not None else baseline
+    if bad.size == 1 or bool(bad.all()):
+        return replacement, info
+    xp = op.xp
+    mask = xp.asarray(bad)[:, None, None]
+    return xp.where(mask, replacement, network_out).astype(network_out.dtype, copy=False), info
 
 
 def _finite_or_none(v: float):
