@@ -6,15 +6,18 @@ output, ``r_net = ||A f(x) - y|| / ||y||``, with that of a data-consistent basel
 same run (the network's input solver, e.g. FBP, or RISING's iterate): the output is *implausible*
 when it is not finite or when ``r_net > factor * r_base``.
 
-Default factor :data:`IMPLAUSIBLE_FACTOR` = 1.5, measured on 60-view fan-beam data at I0 = 1e5 with
-the post-processing model (docs/models.md, "Out-of-distribution guard"): in distribution the
-network's residual is 0.6-1.1x FBP's; on real slices where it fell below FBP in PSNR it was larger.
+Default factor :data:`IMPLAUSIBLE_FACTOR` = 1.5, from measurements on 60-view fan-beam data at
+I0 = 1e5 with the post-processing model (benchmarks/guard_residuals.py, docs/models.md): its
+residual was 0.27-0.56x FBP's (Hann) on phantoms and real slices alike, so 1.5x FBP's is far
+outside anything a working model produced; it catches broken outputs (wrong scale, garbage,
+NaN), not a network that is merely somewhat worse than TV.
 
 ``on_implausible``: ``fallback`` (return the baseline, warn), ``fail`` (RunError, exit 1) or
 ``ignore`` (keep the network's output, warn). The residuals, the ratio and the decision go into
 the solver's info under ``guard_*`` keys; the runner writes the numeric ones to ``/metrics``
 (``guard_residual_network``, ``guard_residual_baseline``, ``guard_ratio``, ``guard_factor``,
-``guard_implausible`` and ``guard_fallback`` as 0/1) and all of them to ``/info``.
+``guard_implausible`` and ``guard_fallback`` as 0/1, ``guard_implausible_slices``) and all of them
+to ``/info``. A 2D slice stack is judged slice by slice; only implausible slices are replaced.
 """
 from __future__ import annotations
 
