@@ -98,7 +98,7 @@ def test_default_real_slices_are_the_three_allowed_files(tmp_path):
 
 def test_augmentation_is_deterministic_varied_and_physical():
     from recon_cli.learn.config import Augment
-    from recon_cli.learn.real_slices import augment_slice, load_slice, locate
+    from recon_cli.learn.real_slices import augment_slice, close_truncated_body, load_slice, locate
 
     mu, spacing = load_slice(str(locate("CT_small.dcm")))
     a = augment_slice(mu, spacing, 64, 1.5, Augment(), np.random.default_rng(1))
@@ -106,11 +106,16 @@ def test_augmentation_is_deterministic_varied_and_physical():
     assert np.array_equal(a, augment_slice(mu, spacing, 64, 1.5, Augment(), np.random.default_rng(1)))
     b = augment_slice(mu, spacing, 64, 1.5, Augment(), np.random.default_rng(2))
     assert not np.allclose(a, b)
-    # without augmentation: the slice on the new grid, same total attenuation (area x mean)
+    # CT_small's head is cut by its border: it gets an elliptical outline (corners air, centre kept)
+    closed = close_truncated_body(np.asarray(mu))
+    assert closed[0, 0] == 0 and mu[0, 0] > 0 and np.array_equal(closed[64, 64], mu[64, 64])
+    # without augmentation: the (closed) slice on the new grid, same total attenuation (area x mean)
     plain = Augment(rotate=False, flip=False, scale=(1.0, 1.0), crop=False, intensity=0, window=0, elastic=0)
     c = augment_slice(mu, spacing, 64, 1.5, plain, np.random.default_rng(3))
-    assert c.sum() * 1.5**2 == pytest.approx(float(mu.sum()) * spacing**2, rel=0.03)
+    assert c.sum() * 1.5**2 == pytest.approx(float(closed.sum()) * spacing**2, rel=0.03)
     assert a[0, 0] == 0  # air around the head
+    abdomen = np.asarray(load_slice(str(locate("explicit_VR-UN.dcm")))[0])
+    assert np.array_equal(close_truncated_body(abdomen), abdomen)  # a whole body is left as it is
 
 
 def test_envelope_pairs_draw_geometries_across_the_envelope(tmp_path):

@@ -9,6 +9,7 @@ Augmentation (:func:`augment_slice`): one random affine map (rotation, flips, zo
 field of view) composed with a smooth random elastic displacement, applied by one linear
 interpolation (scipy.ndimage.map_coordinates) onto the training field of view; then contrast
 (HU scaled about water) and a soft clipping of the densest values (a window change). Air stays 0.
+Slices cut by their own border (neck, head crops) are given an elliptical outline first.
 """
 from __future__ import annotations
 
@@ -58,13 +59,34 @@ def load_slice(path: str) -> tuple[np.ndarray, float]:
     return mu, float(spacing)
 
 
+#: A slice whose border is tissue (above half of water) over more than this fraction is truncated.
+TRUNCATED_BORDER = 0.05
+
+
+def close_truncated_body(mu: np.ndarray) -> np.ndarray:
+    """``mu`` itself, or for a slice cut by its own border (a field of view smaller than the body):
+    ``mu`` inside the inscribed ellipse, fading to air over 3 pixels, so the object has a body outline
+    instead of straight cut edges."""
+    border = np.concatenate([mu[0], mu[-1], mu[:, 0], mu[:, -1]])
+    if np.mean(border > 0.5 * MU_WATER) <= TRUNCATED_BORDER:
+        return mu
+    ny, nx = mu.shape
+    v = (np.arange(ny) + 0.5 - ny / 2) / (ny / 2 - 1)
+    u = (np.arange(nx) + 0.5 - nx / 2) / (nx / 2 - 1)
+    r = np.sqrt(v[:, None] ** 2 + u[None, :] ** 2)  # 1 on the inscribed ellipse
+    edge_px = 3.0
+    fade = np.clip((1.0 - r) * min(ny, nx) / 2 / edge_px, 0.0, 1.0)
+    return (mu * fade).astype(np.float32)
+
+
 def augment_slice(mu: np.ndarray, spacing: float, n: int, voxel: float, aug: Augment,
                   rng: np.random.Generator) -> np.ndarray:
     """(n, n) float32 image in 1/mm of pixel ``voxel`` mm: ``mu`` (pixel ``spacing`` mm) randomly transformed.
 
-    A slice larger than the field of view n * voxel is first shrunk to fit it (a smaller patient).
+    A slice larger than the field of view n * voxel is first shrunk to fit it (a smaller patient); a
+    slice whose body is cut by its border gets an elliptical outline first (:func:`close_truncated_body`).
     """
-    mu = np.asarray(mu, np.float32)
+    mu = close_truncated_body(np.asarray(mu, np.float32))
     ny, nx = mu.shape
     fov = n * voxel
     fit = min(1.0, 0.95 * fov / (max(ny, nx) * spacing))
