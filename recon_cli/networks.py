@@ -1,7 +1,7 @@
 """Trained networks at inference time: ONNX Runtime, no PyTorch.
 
-A model is ``<name>.onnx`` (input ``x``, output ``y``, both ``(batch, 1, H, W)`` float32 on
-the normalised scale) whose metadata (JSON) sits in the ONNX ``metadata_props`` under the
+A model is ``<name>.onnx`` (input ``x`` ``(batch, C, H, W)``: the image and any extra constant
+planes, output ``y`` ``(batch, 1, H, W)``, float32 on the normalised scale) whose metadata (JSON) sits in the ONNX ``metadata_props`` under the
 key ``"recon_cli"`` and, for people, in the sidecar ``<name>.json``. The metadata says what
 the model was trained for (envelope of geometries, grids and noise; input solver) and how to
 scale its input and output (``normalization.input_scale``, 1/mm per network unit, or
