@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import warnings
 from pathlib import Path
@@ -182,9 +183,11 @@ def main(argv=None) -> int:
         rows.append([before.get("label", "before"), *[before[k] for k in KEYS]])
     rows.append([args.label, *[numbers[k] for k in KEYS]])
     text = ["# Procedural anatomy against real CT slices", "",
-            f"Command: `.venv/bin/python benchmarks/anatomy_stats.py {' '.join(argv or sys.argv[1:])}`", "",
+            "Command: `.venv/bin/python benchmarks/anatomy_stats.py "
+            + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])) + "`", "",
             "Distances between the pooled statistics of the real slices and of the procedural phantoms "
-            "(smaller is closer; see the script's docstring for the definitions). Figure: `anatomy_stats.png`.", "",
+            "(smaller is closer; see the script's docstring for the definitions). Figure: `anatomy_stats.png`. "
+            "A `--before` row comes from an earlier run's `--json` (e.g. with an older anatomy.py checked out).", "",
             md_table(["anatomy", *HEADERS], rows), "", "## Machine", "", md_kv(machine_info()), ""]
     (out / "anatomy_stats.md").write_text("\n".join(text))
     if args.json:
@@ -195,8 +198,8 @@ def main(argv=None) -> int:
 
 KEYS = ("hu_w1", "grad_w1", "spectrum_rms_log10", "hu_median_real", "hu_median_proc", "grad_median_real",
         "grad_median_proc")
-HEADERS = ["HU W1 (HU)", "|grad| W1 (HU/mm)", "spectrum RMS (log10)", "median HU real", "median HU proc.",
-           "median |grad| real", "median |grad| proc."]
+HEADERS = ["HU W1 (HU)", "gradient W1 (HU/mm)", "spectrum RMS (log10)", "median HU real", "median HU proc.",
+           "median gradient real (HU/mm)", "median gradient proc. (HU/mm)"]
 
 if __name__ == "__main__":
     raise SystemExit(main())
