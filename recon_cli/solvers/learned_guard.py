@@ -8,7 +8,7 @@ when it is not finite or when ``r_net > factor * r_base``.
 
 Default factor :data:`IMPLAUSIBLE_FACTOR` = 1.5, from measurements on 60-view fan-beam data at
 I0 = 1e5 with the post-processing model (benchmarks/guard_residuals.py, docs/models.md): its
-residual was 0.27-0.56x FBP's (Hann) on phantoms and real slices alike, so 1.5x FBP's is far
+residual was 0.30-0.56x FBP's (Hann) on phantoms and real slices alike, so 1.5x FBP's is far
 outside anything a working model produced; it catches broken outputs (wrong scale, garbage,
 NaN), not a network that is merely somewhat worse than TV.
 
