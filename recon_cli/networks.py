@@ -1,13 +1,17 @@
 """Trained networks at inference time: ONNX Runtime, no PyTorch.
 
-A model is ``<name>.onnx`` (input ``x``, output ``y``, both ``(batch, 1, H, W)`` float32 on
-the normalised scale) whose metadata (JSON) sits in the ONNX ``metadata_props`` under the
+A model is ``<name>.onnx`` (input ``x`` ``(batch, C, H, W)``: the image and any extra constant
+planes, output ``y`` ``(batch, 1, H, W)``, float32 on the normalised scale) whose metadata (JSON) sits in the ONNX ``metadata_props`` under the
 key ``"recon_cli"`` and, for people, in the sidecar ``<name>.json``. The metadata says what
-the model was trained for (geometry fingerprint, grid, noise, input solver) and how to
-scale its input and output (``normalization.input_scale``, 1/mm per network unit).
+the model was trained for (envelope of geometries, grids and noise; input solver) and how to
+scale its input and output (``normalization.input_scale``, 1/mm per network unit, or
+``normalization.mode: per_image``: each slice divided by its own intensity scale).
 
-:meth:`Model.check_fits` refuses an input the model was not trained for; :meth:`Model.apply`
-maps an image (ny, nx) or stack (nz, ny, nx) in 1/mm to the network's output in 1/mm.
+The metadata's ``envelope`` (recon_cli.model_envelope) states the acquisitions the model serves;
+:meth:`Model.check_fits` refuses an input outside it (old metadata: the trained geometry, within
+tolerances). :meth:`Model.apply` maps an image (ny, nx) or stack (nz, ny, nx) in 1/mm to the
+network's output in 1/mm; a model with ``envelope.canonical_pixel_size_mm`` resamples its input to
+that pixel size and back, and ``input_channels`` may add constant planes (noise level, view count).
 """
 from __future__ import annotations
 
@@ -24,14 +28,14 @@ import numpy as np
 
 from recon_cli.backend import array_module, gpu_available
 from recon_cli.errors import ConfigError, InputError
-from recon_cli.geometry import Geometry, VolumeGrid, fingerprint
+from recon_cli.geometry import Geometry, VolumeGrid
+from recon_cli.model_envelope import (NOISE_TOLERANCE, envelope_mismatches, envelope_of,  # noqa: F401
+                                     noise_mismatch)
 
 log = logging.getLogger(__name__)
 
 METADATA_KEY = "recon_cli"
 METADATA_FORMAT = "recon-cli-model/1"
-#: Noise levels (I0 or sigma) within this factor of the trained level count as a fit.
-NOISE_TOLERANCE = 2.0
 #: Slices per ONNX Runtime call when applying a model to a stack.
 BATCH_SLICES = 8
 #: Folder of the models shipped with the package (found by bare name).
@@ -54,6 +58,85 @@ def pad_to_multiple(x: np.ndarray, multiple: int, xp=np) -> tuple[Any, tuple[int
 
 def crop(x, shape: tuple[int, int]):
     return x[..., : shape[0], : shape[1]]
+
+
+def _to_numpy(x) -> np.ndarray:
+    return x.get() if hasattr(x, "get") and not isinstance(x, np.ndarray) else np.asarray(x)
+
+
+def _to_xp(x: np.ndarray, xp):
+    return x if xp is np else xp.asarray(x)
+
+
+def canonical_shape(shape: tuple[int, int], voxel_size: float, canonical: float) -> tuple[int, int]:
+    """(ny, nx) covering the same field of view as ``shape`` at ``voxel_size`` mm with ``canonical`` mm pixels."""
+    return tuple(max(1, int(round(n * float(voxel_size) / float(canonical)))) for n in shape)
+
+
+def resample(x: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Images (ny, nx) or stacks (nz, ny, nx) resampled in-plane to ``shape`` over the same field of view.
+
+    Linear interpolation; a Gaussian pre-filter against aliasing where the grid gets coarser
+    (skimage.transform.resize). Values keep their units (1/mm): a constant image stays that constant.
+    """
+    from skimage.transform import resize
+
+    shape = tuple(int(n) for n in shape)
+    if tuple(x.shape[-2:]) == shape:
+        return np.asarray(x, np.float32)
+    out_shape = (*x.shape[:-2], *shape)
+    shrinks = any(a > b for a, b in zip(x.shape[-2:], shape))
+    out = resize(np.asarray(x, np.float32), out_shape, order=1, mode="edge", anti_aliasing=shrinks,
+                 preserve_range=True)
+    return np.asarray(out, np.float32)
+
+
+#: Percentile of a slice's values taken as its intensity scale (per-image normalisation).
+SCALE_PERCENTILE = 99.5
+
+
+def image_scale(stack: np.ndarray, fallback: float) -> np.ndarray:
+    """(nz,) intensity scale of each slice of (nz, ny, nx): its 99.5th percentile (``fallback`` if <= 0)."""
+    flat = np.asarray(stack, np.float32).reshape(stack.shape[0], -1)
+    scale = np.percentile(flat, SCALE_PERCENTILE, axis=1).astype(np.float32)
+    bad = ~(np.isfinite(scale) & (scale > 1e-3 * float(fallback)))
+    scale[bad] = np.float32(fallback)
+    return scale
+
+
+def noise_std_of(noise: dict | None) -> float | None:
+    """Standard deviation of one line integral's noise: 1/sqrt(I0) (Poisson, unattenuated) or sigma."""
+    noise = noise or {}
+    if noise.get("I0") is not None and float(noise["I0"]) > 0:
+        return 1.0 / math.sqrt(float(noise["I0"]))
+    if noise.get("sigma") is not None and float(noise["sigma"]) > 0:
+        return float(noise["sigma"])
+    return None
+
+
+#: Channel value when the noise is unknown: that of I0 = 1e5 (the middle of the usual envelope).
+DEFAULT_NOISE_STD = 1.0 / math.sqrt(1.0e5)
+
+
+def condition_value(name: str, conditions: dict) -> float:
+    """The constant value of an extra input channel: ``noise_level`` = log10(noise_std) + 2.5
+    (I0 1e4..1e6 -> -0.5..0.5), ``n_views`` = views / 360."""
+    if name == "noise_level":
+        std = conditions.get("noise_std")
+        if std is None:
+            log.warning("noise level unknown (no I0 or sigma in the data): the network assumes I0 = 1e5")
+            std = DEFAULT_NOISE_STD
+        return float(math.log10(float(std)) + 2.5)
+    if name == "n_views":
+        if conditions.get("n_views") is None:
+            raise InputError("the model needs the number of views as an input channel", field="n_views")
+        return float(conditions["n_views"]) / 360.0
+    raise InputError(f"unknown input channel {name!r} in the model metadata", field="metadata/input_channels")
+
+
+def conditions_for(sino) -> dict:
+    """The extra-channel conditions of a sinogram: its noise std and view count."""
+    return {"noise_std": noise_std_of(sino.metadata), "n_views": int(sino.geometry.n_angles)}
 
 
 def resolve_model_path(path: str | os.PathLike) -> Path:
@@ -113,25 +196,15 @@ class Model:
         return self.meta.get("input")
 
     # ------------------------------------------------------------------ checks
+    @property
+    def envelope(self) -> dict:
+        """The acquisitions the model serves (recon_cli.model_envelope; derived for old metadata)."""
+        return envelope_of(self.meta)
+
     def mismatches(self, geometry: Geometry, grid: VolumeGrid, *, expected_input: dict | None = None,
                    noise: dict | None = None) -> list[tuple[str, str]]:
-        """(field, explanation) for every way the input differs from what the model was trained for."""
-        found: list[tuple[str, str]] = []
-        mg = self.meta.get("grid", {})
-        want_shape, want_vs = list(mg.get("shape", [])), mg.get("voxel_size")
-        have_shape = list(grid.slice_shape)
-        if want_shape and (want_shape != have_shape or not math.isclose(float(want_vs), grid.voxel_size,
-                                                                         rel_tol=1e-6)):
-            found.append(("grid", f"trained for a {want_shape} grid of {want_vs} mm voxels, "
-                                  f"got {have_shape} of {grid.voxel_size} mm"))
-        want_fp = self.meta.get("geometry", {}).get("fingerprint")
-        trained_grid = VolumeGrid(tuple(want_shape), float(want_vs)) if want_shape else grid.slice_grid()
-        if want_fp and want_fp != fingerprint(geometry, trained_grid):  # the geometry alone
-            found.append(("geometry", self._geometry_difference(geometry)))
-        if noise is not None:
-            msg = noise_mismatch(self.meta.get("noise") or {}, noise)
-            if msg:
-                found.append(("noise", msg))
+        """(field, explanation) for every way the input leaves the model's envelope or input solver."""
+        found = envelope_mismatches(self.envelope, geometry, grid, noise)
         if expected_input is not None and self.trained_input is not None:
             want, have = self.trained_input, expected_input
             if want.get("name") != have.get("name"):
@@ -143,19 +216,6 @@ class Model:
                                        + ", ".join(f"{k}={have.get('params', {}).get(k)!r} "
                                                    f"(trained {want.get('params', {}).get(k)!r})" for k in diff)))
         return found
-
-    def _geometry_difference(self, geometry: Geometry) -> str:
-        mgeo = self.meta.get("geometry", {})
-        attrs = mgeo.get("attrs", {})
-        parts = [f"{k}={v!r} (trained {attrs.get(k)!r})" for k, v in geometry.attrs().items()
-                 if _norm_json(attrs.get(k)) != _norm_json(v)]
-        angles = mgeo.get("angles")
-        if not parts and angles is not None:
-            if len(angles) != geometry.n_angles:
-                parts.append(f"{geometry.n_angles} angles (trained {len(angles)})")
-            else:
-                parts.append("angles differ")
-        return "trained for another geometry: " + ("; ".join(parts) or "fingerprint differs")
 
     def check_fits(self, geometry: Geometry, grid: VolumeGrid, *, expected_input: dict | None = None,
                    noise: dict | None = None, override: bool = False) -> list[tuple[str, str]]:
@@ -181,24 +241,65 @@ class Model:
         return found
 
     # ------------------------------------------------------------------ inference
-    def apply(self, x):
-        """Network output for an image (ny, nx) or stack (nz, ny, nx) in 1/mm (numpy, or cupy on the GPU)."""
+    @property
+    def canonical_pixel_size(self) -> float | None:
+        """mm: the network's pixel size when the model resamples its input (None: it does not)."""
+        value = self.envelope.get("canonical_pixel_size_mm")
+        return float(value) if value is not None else None
+
+    @property
+    def normalization_mode(self) -> str:
+        """``fixed`` (divide by input_scale) or ``per_image`` (divide by each slice's intensity scale)."""
+        return str(self.meta["normalization"].get("mode", "fixed"))
+
+    @property
+    def input_channels(self) -> list[str]:
+        """The network's input planes: ``image`` then any of ``noise_level``, ``n_views`` (constant planes)."""
+        return list(self.meta.get("input_channels") or ["image"])
+
+    def apply(self, x, *, voxel_size: float | None = None, conditions: dict | None = None):
+        """Network output for an image (ny, nx) or stack (nz, ny, nx) in 1/mm (numpy, or cupy on the GPU).
+
+        ``voxel_size`` (mm) is needed by a model with a canonical pixel size: the input is resampled
+        (anti-aliased) to it, run, and resampled back to its own shape. ``conditions``: ``noise_std``
+        (line-integral noise std, see :func:`noise_std_of`) and ``n_views``, for the extra input
+        channels the metadata may name.
+        """
         if x.ndim not in (2, 3):
             raise InputError(f"model input must be (ny, nx) or (nz, ny, nx), got shape {tuple(x.shape)}",
                              file=str(self.path))
         xp = array_module(x)
         stack = x[None] if x.ndim == 2 else x
-        stack = stack.astype(np.float32, copy=False) * np.float32(1.0 / self.input_scale)
+        shape_in = tuple(stack.shape[-2:])
+        canonical = self.canonical_pixel_size
+        if canonical is not None:
+            if voxel_size is None:
+                raise InputError("this model resamples to its canonical pixel size and needs the input's "
+                                 "voxel size", file=str(self.path), field="voxel_size")
+            stack = _to_xp(resample(_to_numpy(stack), canonical_shape(shape_in, voxel_size, canonical)), xp)
+        stack = stack.astype(np.float32, copy=False)
+        if self.normalization_mode == "per_image":
+            scales = xp.asarray(image_scale(_to_numpy(stack), fallback=self.input_scale), dtype=np.float32)
+        else:
+            scales = xp.full((stack.shape[0],), self.input_scale, dtype=np.float32)
+        stack = stack / scales[:, None, None]
         padded, shape = pad_to_multiple(stack, self.pad_multiple, xp=xp)
-        padded = xp.ascontiguousarray(padded[:, None])
-        out = xp.empty_like(padded)
+        planes = [padded[:, None]]
+        for name in self.input_channels[1:]:
+            value = condition_value(name, conditions or {})
+            planes.append(xp.full((padded.shape[0], 1, *padded.shape[1:]), value, dtype=np.float32))
+        padded = xp.ascontiguousarray(xp.concatenate(planes, axis=1) if len(planes) > 1 else planes[0])
+        out = xp.empty((padded.shape[0], 1, *padded.shape[2:]), dtype=np.float32)
         for s in range(0, padded.shape[0], BATCH_SLICES):
             chunk = padded[s:s + BATCH_SLICES]
             if xp is np:
                 out[s:s + BATCH_SLICES] = self.session.run([self._output_name], {self._input_name: chunk})[0]
             else:
                 self._run_cuda(chunk, out[s:s + BATCH_SLICES])
-        y = crop(out[:, 0], shape) * np.float32(self.output_scale)
+        scale_out = scales * np.float32(self.output_scale / self.input_scale)
+        y = crop(out[:, 0], shape) * scale_out[:, None, None]
+        if canonical is not None:
+            y = _to_xp(resample(_to_numpy(y), shape_in), xp)
         y = xp.ascontiguousarray(y, dtype=np.float32)
         return y[0] if x.ndim == 2 else y
 
@@ -225,38 +326,6 @@ class Model:
         cupy.cuda.runtime.deviceSynchronize()
         self.session.run_with_iobinding(binding)
         cupy.cuda.runtime.deviceSynchronize()
-
-
-def noise_mismatch(trained: dict, data: dict) -> str | None:
-    """Why the data's noise (sinogram metadata: I0 / sigma) differs from the trained noise, or None.
-
-    Data without any noise description cannot be checked and counts as a fit.
-    """
-    t_i0, t_sigma = trained.get("I0"), trained.get("sigma")
-    d_i0, d_sigma = data.get("I0"), data.get("sigma")
-    if d_i0 is None and d_sigma is None:
-        return None
-    if d_i0 is not None:
-        if t_i0 is None:
-            return f"data has Poisson noise I0={d_i0:g}, the model was trained on {_noise_text(trained)}"
-        ratio = float(d_i0) / float(t_i0)
-        if not 1 / NOISE_TOLERANCE <= ratio <= NOISE_TOLERANCE:
-            return f"data has I0={float(d_i0):g}, the model was trained on I0={float(t_i0):g}"
-        return None
-    if t_sigma is None:
-        return f"data has Gaussian noise sigma={float(d_sigma):g}, the model was trained on {_noise_text(trained)}"
-    ratio = float(d_sigma) / float(t_sigma) if float(t_sigma) > 0 else math.inf
-    if not 1 / NOISE_TOLERANCE <= ratio <= NOISE_TOLERANCE:
-        return f"data has sigma={float(d_sigma):g}, the model was trained on sigma={float(t_sigma):g}"
-    return None
-
-
-def _noise_text(noise: dict) -> str:
-    if noise.get("I0") is not None:
-        return f"Poisson noise I0={float(noise['I0']):g}"
-    if noise.get("sigma") is not None:
-        return f"Gaussian noise sigma={float(noise['sigma']):g}"
-    return "noiseless data"
 
 
 def read_metadata(onnx_path: Path, session=None) -> dict:

@@ -92,6 +92,9 @@ def run_pipeline(cfg: PipelineConfig, *, input_override: str | None = None, outp
     metrics = compute_metrics(volume, reference, residual=solved.residual, wall_time=wall_time,
                               names=metric_names, mask=mask, mu_water=cfg.metrics.mu_water)
     info = solved.info
+    # the learned solvers' out-of-distribution guard (recon_cli.solvers.learned_guard): residuals and decision
+    # (numbers only: /metrics holds numbers; the decision's name stays in /info as guard_decision)
+    metrics.update({k: float(v) for k, v in info.items() if k.startswith("guard_") and isinstance(v, (int, float))})
     info.update(solver=cfg.solver.name, device=device.name, projector_kind=projector["kind"],
                 projector_type=projector["type"], time_setup=solved.time_setup, wall_time=wall_time)
     info.update(input_facts(sino))

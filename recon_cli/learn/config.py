@@ -88,19 +88,65 @@ class NoiseSpec(Strict):
     gaussian_rel: Optional[float] = Field(None, ge=0)
 
 
-class ImageSource(Strict):
-    """Where training images come from. ``hdf5``: every slice of ``paths`` (read_image layout)."""
+#: Files reserved for acceptance tests: never a training, tuning or benchmark source.
+RESERVED_IMAGE_PATTERNS = ("693_*.dcm", "eCT_Supplemental.dcm")
 
-    kind: Literal["coule", "anatomy", "hdf5"]
+
+def reserved_name(path: str) -> str | None:
+    """The reserved pattern ``path``'s file name matches (case-insensitive), or None."""
+    import fnmatch
+
+    name = Path(str(path)).name.lower()
+    for pattern in RESERVED_IMAGE_PATTERNS:
+        if fnmatch.fnmatch(name, pattern.lower()):
+            return pattern
+    return None
+
+
+#: Real CT slices a training run may use by name (pydicom / pydicom-data test files): neck, abdomen, head.
+REAL_SLICES = ("bad_sequence.dcm", "explicit_VR-UN.dcm", "CT_small.dcm")
+
+
+class Augment(Strict):
+    """Random augmentation of real slices (each pair draws its own): geometry, then intensities."""
+
+    rotate: bool = Field(True, description="rotation by a uniform angle in [0, 360) degrees")
+    flip: bool = Field(True, description="left-right and up-down flips, each with probability 1/2")
+    scale: tuple[float, float] = Field((0.8, 1.25), description="zoom factor range (1: the file's pixel size)")
+    crop: bool = Field(True, description="random offset of the field of view (up to 15% of it)")
+    intensity: float = Field(0.05, ge=0, description="tissue contrast scaled by 1 +- this (water stays water)")
+    window: float = Field(0.1, ge=0, description="random soft clipping of the densest values (bone) by up to this "
+                                                  "fraction of their range")
+    elastic: float = Field(4.0, ge=0, description="elastic deformation amplitude, mm (0: none)")
+    elastic_scale: float = Field(30.0, gt=0, description="smoothness of the deformation field, mm")
+
+
+class ImageSource(Strict):
+    """Where training images come from. ``hdf5``: every slice of ``paths`` (read_image layout);
+    ``dicom``: real CT slices (``paths``, or ``names`` of pydicom test files, default the neck,
+    abdomen and head slices of :data:`REAL_SLICES`), augmented per pair by ``augment``."""
+
+    kind: Literal["coule", "anatomy", "hdf5", "dicom"]
     paths: list[str] = Field(default_factory=list)
-    weight: float = Field(1.0, gt=0, description="relative frequency among procedural sources")
+    names: list[str] = Field(default_factory=list, description="dicom: pydicom test files by name")
+    augment: Augment = Field(default_factory=Augment)
+    weight: float = Field(1.0, gt=0, description="relative frequency among procedural and augmented sources")
 
     @model_validator(mode="after")
     def _paths(self):
         if self.kind == "hdf5" and not self.paths:
             raise ValueError("an hdf5 source needs 'paths'")
-        if self.kind != "hdf5" and self.paths:
-            raise ValueError(f"a {self.kind} source takes no 'paths'")
+        if self.kind in ("coule", "anatomy") and (self.paths or self.names):
+            raise ValueError(f"a {self.kind} source takes no 'paths' or 'names'")
+        if self.kind != "dicom" and self.names:
+            raise ValueError("'names' is for dicom sources only")
+        if self.kind == "dicom" and not self.paths and not self.names:
+            self.names = list(REAL_SLICES)
+        for item in [*self.paths, *self.names]:
+            pattern = reserved_name(item)
+            if pattern is not None:
+                raise ValueError(f"{Path(item).name} is reserved for acceptance tests ({pattern}) and may never "
+                                 "be used for training")
         return self
 
 
@@ -118,7 +164,46 @@ class DataSpec(Strict):
     def _one_kind(self):
         kinds = {s.kind == "hdf5" for s in self.sources}
         if len(kinds) > 1:
-            raise ValueError("mix either procedural sources (coule, anatomy) or hdf5 sources, not both")
+            raise ValueError("mix either procedural and dicom sources (coule, anatomy, dicom) or hdf5 sources, "
+                             "not both")
+        return self
+
+
+class EnvelopeSpec(Strict):
+    """Train across an envelope: each pair draws its own geometry, view count, pixel size and dose.
+
+    The field of view is the ``grid`` (its shape at its voxel size, which is the canonical pixel
+    size): a pair's image is simulated on a 2x finer grid of the drawn pixel size covering that
+    field of view, reconstructed there by the input solver, and resampled to the canonical grid
+    (as recon_cli.networks.Model.apply does at inference). ``geometry`` and ``noise`` are then
+    ignored (their types and levels come from here).
+    """
+
+    geometry_types: list[Literal["parallel", "fanflat"]] = Field(default_factory=lambda: ["parallel", "fanflat"],
+                                                                 min_length=1)
+    n_views: tuple[int, int] = Field((30, 360), description="range of the view count (log-uniform)")
+    pixel_size_mm: tuple[float, float] = Field((0.3, 1.5), description="range of the pixel size, mm (log-uniform)")
+    grid: tuple[int, int] = Field((128, 1024), description="grid sides (pixels) the model is stated to serve")
+    I0: Optional[tuple[float, float]] = Field((1.0e4, 1.0e6), description="Poisson dose range (log-uniform)")
+    gaussian_rel: Optional[tuple[float, float]] = Field(None, description="relative Gaussian noise range "
+                                                                          "(||e|| / ||y||, log-uniform)")
+    gaussian_fraction: float = Field(0.0, ge=0, le=1, description="share of pairs with Gaussian noise instead "
+                                                                  "of Poisson")
+    normalization: Literal["fixed", "per_image"] = Field("per_image", description="per_image: each input divided "
+                                                                                  "by its intensity scale")
+    extra_channels: list[Literal["noise_level", "n_views"]] = Field(
+        default_factory=list, description="constant input planes telling the network the noise level / view count")
+
+    @model_validator(mode="after")
+    def _ranges(self):
+        for name in ("n_views", "pixel_size_mm", "grid", "I0", "gaussian_rel"):
+            rng = getattr(self, name)
+            if rng is not None and not 0 < rng[0] <= rng[1]:
+                raise ValueError(f"{name}: need 0 < low <= high, got {list(rng)}")
+        if self.gaussian_fraction > 0 and self.gaussian_rel is None:
+            raise ValueError("gaussian_fraction: > 0 needs a gaussian_rel range")
+        if self.gaussian_fraction < 1 and self.I0 is None:
+            raise ValueError("I0: Poisson pairs (gaussian_fraction < 1) need an I0 range")
         return self
 
 
@@ -139,6 +224,8 @@ class UNetConfig(Strict):
     global_skip: bool = Field(True, description="output = input + net(input)")
     nonneg: Optional[Literal["relu", "softplus"]] = Field(None, description="non-negative output")
     softplus_beta: float = Field(20.0, gt=0, description="sharpness of softplus on the normalised scale")
+    in_channels: int = Field(1, ge=1, description="input planes: the image, then envelope.extra_channels "
+                                                  "(set from the envelope)")
 
 
 class LossConfig(Strict):
@@ -175,6 +262,8 @@ class TrainConfig(Strict):
     geometry: GeometrySpec = Field(default_factory=GeometrySpec)
     grid: GridSpec = Field(default_factory=GridSpec)
     noise: NoiseSpec = Field(default_factory=NoiseSpec)
+    envelope: Optional[EnvelopeSpec] = Field(None, description="train across geometries and doses (see "
+                                                               "EnvelopeSpec); null: the one geometry above")
     data: DataSpec = Field(default_factory=DataSpec)
     input: SolverRef = Field(default_factory=lambda: SolverRef(name="fbp"))
     target: Target = "ground_truth"
@@ -184,6 +273,11 @@ class TrainConfig(Strict):
 
     @model_validator(mode="after")
     def _sizes(self):
+        channels = 1 + (len(self.envelope.extra_channels) if self.envelope is not None else 0)
+        if "in_channels" in self.model.model_fields_set and self.model.in_channels != channels:
+            raise ValueError(f"model.in_channels: {self.model.in_channels} does not match the image plus "
+                             f"envelope.extra_channels ({channels})")
+        self.model.in_channels = channels
         m = 2**self.model.depth
         p = self.training.patch
         if p is not None:

@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 #: Bumped when the way pairs are computed changes, so old cache entries are not reused.
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: anatomy phantoms with fine texture and fat (benchmarks/anatomy_stats.py)
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,7 @@ class SampleSpec:
     noise_seed: int
     key: str
     target_key: str | None = None  # converged targets only: the key without the input solver
+    acquisition: dict | None = None  # envelope training: this pair's geometry, grid and noise (draw_acquisition)
 
 
 @dataclass
@@ -65,6 +66,7 @@ class SplitArrays:
     targets: np.ndarray
     references: np.ndarray
     sigma: np.ndarray  # per-sample std of one line integral (simulate's estimate)
+    conditions: np.ndarray | None = None  # (N, 2): noise std of a line integral (networks.noise_std_of), views
 
 
 def default_cache_dir() -> Path:
@@ -78,6 +80,10 @@ def cache_folder(cfg: TrainConfig) -> Path:
 
 
 def _common_key_payload(cfg: TrainConfig) -> dict:
+    if cfg.envelope is not None:  # geometry and noise are drawn per pair (and part of each pair's key)
+        return {"version": CACHE_VERSION, "envelope": cfg.envelope.model_dump(mode="json"),
+                "grid": cfg.grid.model_dump(mode="json"), "upsample": cfg.data.upsample,
+                "input": cfg.input.model_dump(mode="json", exclude_none=True), "target": cfg.target_spec()}
     geometry, grid = cfg.geometry.build(), cfg.grid.build()
     return {"version": CACHE_VERSION, "geometry": fingerprint(geometry, grid), "grid": cfg.grid.model_dump(mode="json"),
             "noise": cfg.noise.model_dump(mode="json"), "upsample": cfg.data.upsample,
@@ -124,12 +130,20 @@ def plan_samples(cfg: TrainConfig) -> dict[str, list[SampleSpec]]:
         for split_id, split in enumerate(SPLITS):
             for i in range(counts[split]):
                 seq = [cfg.data.seed, split_id, i]
-                pick = np.random.default_rng(np.random.SeedSequence(seq + [1])).choice(len(procedural), p=weights)
-                source = {"kind": procedural[pick].kind, "seed": seq}
+                rng = np.random.default_rng(np.random.SeedSequence(seq + [1]))
+                chosen = procedural[rng.choice(len(procedural), p=weights)]
+                source = {"kind": chosen.kind, "seed": seq}
+                if chosen.kind == "dicom":
+                    files = [*chosen.names, *chosen.paths]
+                    source.update(file=files[int(rng.integers(len(files)))],
+                                  augment=chosen.augment.model_dump(mode="json"))
                 noise_seed = int(np.random.SeedSequence(seq + [2]).generate_state(1)[0])
+                acq = draw_acquisition(cfg, seq) if cfg.envelope is not None else None
                 payload = {**common, "source": source, "noise_seed": noise_seed}
+                if acq is not None:
+                    payload["acquisition"] = acq
                 plan[split].append(SampleSpec(split, i, source, noise_seed, _key(payload),
-                                              _target_key(cfg, payload)))
+                                              _target_key(cfg, payload), acq))
         return plan
     pool = _hdf5_slices([p for s in cfg.data.sources for p in s.paths])
     order = np.random.default_rng(cfg.data.seed).permutation(len(pool))
@@ -143,31 +157,95 @@ def plan_samples(cfg: TrainConfig) -> dict[str, list[SampleSpec]]:
             j = int(order[offsets[split] + i])
             source = pool[j]
             noise_seed = int(np.random.SeedSequence([cfg.data.seed, 3, j]).generate_state(1)[0])
+            acq = draw_acquisition(cfg, [cfg.data.seed, 3, j]) if cfg.envelope is not None else None
             payload = {**common, "source": source, "noise_seed": noise_seed}
-            plan[split].append(SampleSpec(split, i, source, noise_seed, _key(payload), _target_key(cfg, payload)))
+            if acq is not None:
+                payload["acquisition"] = acq
+            plan[split].append(SampleSpec(split, i, source, noise_seed, _key(payload), _target_key(cfg, payload),
+                                          acq))
     return plan
 
 
 # ----------------------------------------------------------------------------- computing one pair
 
 
-def make_image(source: dict, cfg: TrainConfig) -> tuple[np.ndarray, float]:
-    """(image (n, n) float32 in 1/mm, pixel size mm) for a sample's source."""
+def draw_acquisition(cfg: TrainConfig, seq: list[int]) -> dict:
+    """One pair's acquisition drawn across ``cfg.envelope`` (deterministic in ``seq``; JSON values).
+
+    The field of view is the grid's (shape x voxel size); the pixel size, view count and dose are
+    log-uniform in their ranges; the detector covers the field of view's circle. Fan beam: source
+    1.8-2.6 fields of view from the axis, detector 0.5-1.0 times that beyond it, full circle; parallel
+    beam: half circle.
+    """
+    env = cfg.envelope
+    rng = np.random.default_rng(np.random.SeedSequence(list(seq) + [4]))
+    log_uniform = lambda lo, hi: float(np.exp(rng.uniform(np.log(lo), np.log(hi))))  # noqa: E731
+    kind = env.geometry_types[int(rng.integers(len(env.geometry_types)))]
+    n_views = int(round(log_uniform(*env.n_views)))
+    fov = max(cfg.grid.shape) * cfg.grid.voxel_size
+    n = max(8, int(round(fov / log_uniform(*env.pixel_size_mm))))
+    pixel = fov / n
+    radius = fov / np.sqrt(2.0)  # the field's corners
+    acq = {"type": kind, "n_views": n_views, "n": n, "pixel_size": pixel}
+    if kind == "parallel":
+        acq.update(detector_spacing=pixel, detector_count=int(np.ceil(2 * radius / pixel)) + 2)
+    else:
+        so = fov * rng.uniform(1.8, 2.6)
+        od = so * rng.uniform(0.5, 1.0)
+        mag = (so + od) / so
+        half = radius * so / np.sqrt(so**2 - radius**2) * mag  # detector half-width seeing the corners
+        acq.update(detector_spacing=pixel * mag, detector_count=int(np.ceil(2 * half / (pixel * mag))) + 2,
+                   source_origin=float(so), origin_detector=float(od))
+    if env.gaussian_fraction > 0 and rng.uniform() < env.gaussian_fraction:
+        acq["gaussian_rel"] = log_uniform(*env.gaussian_rel)
+    else:
+        acq["I0"] = log_uniform(*env.I0)
+    return acq
+
+
+def acquisition_setup(acq: dict):
+    """(geometry, grid) of a drawn acquisition."""
+    from recon_cli.geometry import FanFlat2D, Parallel2D, VolumeGrid
+
+    if acq["type"] == "parallel":
+        geometry = Parallel2D(angles=np.linspace(0.0, np.pi, acq["n_views"], endpoint=False),
+                              detector_spacing=acq["detector_spacing"], detector_count=acq["detector_count"])
+    else:
+        geometry = FanFlat2D(angles=np.linspace(0.0, 2 * np.pi, acq["n_views"], endpoint=False),
+                             detector_spacing=acq["detector_spacing"], detector_count=acq["detector_count"],
+                             source_origin=acq["source_origin"], origin_detector=acq["origin_detector"])
+    return geometry, VolumeGrid((acq["n"], acq["n"]), acq["pixel_size"])
+
+
+def make_image(source: dict, cfg: TrainConfig, n: int | None = None) -> tuple[np.ndarray, float]:
+    """(image (n, n) float32 in 1/mm, pixel size mm) for a sample's source, covering the grid's field of view.
+
+    ``n``: image size (default: the grid's larger side); hdf5 slices come as stored.
+    """
     if source["kind"] == "hdf5":
         from recon_cli.io.hdf5 import read_image
 
         image, voxel = read_image(source["path"])
         image = image if image.ndim == 2 else image[source["slice"]]
         return np.clip(np.asarray(image, np.float32), 0.0, None), voxel
-    n = max(cfg.grid.shape)
+    fov = max(cfg.grid.shape) * cfg.grid.voxel_size
+    n = int(n or max(cfg.grid.shape))
     rng = np.random.default_rng(np.random.SeedSequence(source["seed"]))
+    if source["kind"] == "dicom":
+        from recon_cli.learn.config import Augment
+        from recon_cli.learn.real_slices import augment_slice, load_slice, locate
+
+        file = source["file"]
+        path = str(locate(file)) if Path(file).name == file and not Path(file).is_file() else file
+        mu, spacing = load_slice(path)
+        return augment_slice(mu, spacing, n, fov / n, Augment.model_validate(source["augment"]), rng), fov / n
     if source["kind"] == "coule":
         from recon_cli.phantoms import coule_phantom
 
-        return coule_phantom(n, rng), cfg.grid.voxel_size
+        return coule_phantom(n, rng), fov / n
     from recon_cli.learn.anatomy import anatomy_phantom
 
-    return anatomy_phantom(n, rng), cfg.grid.voxel_size
+    return anatomy_phantom(n, rng), fov / n
 
 
 _WORKER: dict = {}
@@ -194,6 +272,8 @@ def compute_pair(cfg_json: str, spec: SampleSpec, cache: str) -> str:
 
     ctx = _context(cfg_json)
     cfg: TrainConfig = ctx["cfg"]
+    if spec.acquisition is not None:
+        return _compute_envelope_pair(cfg, spec, cache)
     image, voxel = make_image(spec.source, cfg)
     sino = simulate_sinogram(image, voxel, ctx["geometry"], ctx["grid"], upsample=cfg.data.upsample,
                              I0=cfg.noise.I0, gaussian_rel=cfg.noise.gaussian_rel, seed=spec.noise_seed)
@@ -208,6 +288,38 @@ def compute_pair(cfg_json: str, spec: SampleSpec, cache: str) -> str:
             save_npz(target_path, target=target)
     save_npz(Path(cache) / f"{spec.key}.npz", input=x_in, target=np.asarray(target, np.float32),
              reference=sino.reference, sigma=np.float32(sino.metadata.get("sigma", 0.0)))
+    return spec.key
+
+
+def _compute_envelope_pair(cfg: TrainConfig, spec: SampleSpec, cache: str) -> str:
+    """An envelope pair: simulate and reconstruct in the drawn acquisition, resample to the canonical grid."""
+    from recon_cli.backend import Device
+    from recon_cli.networks import noise_std_of, resample
+    from recon_cli.projectors import make_projector
+    from recon_cli.simulate import resample_image, simulate_sinogram
+    from recon_cli.solvers.registry import run_ref
+
+    acq = spec.acquisition
+    geometry, grid = acquisition_setup(acq)
+    canonical = tuple(cfg.grid.shape)
+    image, voxel = make_image(spec.source, cfg, n=max(acq["n"], max(canonical)))
+    sino = simulate_sinogram(image, voxel, geometry, grid, upsample=cfg.data.upsample, I0=acq.get("I0"),
+                             gaussian_rel=acq.get("gaussian_rel"), seed=spec.noise_seed)
+    op = make_projector(geometry, grid, Device("cpu"), "astra")  # one geometry per pair: no matrix cache
+    x_in = resample(np.asarray(run_ref(cfg.input, op, sino).volume, np.float32), canonical)
+    truth = resample_image(image, voxel, canonical, cfg.grid.voxel_size)
+    if cfg.target == "ground_truth":
+        target = truth
+    else:
+        target_path = Path(cache) / f"target_{spec.target_key}.npz"
+        target = _load_target(target_path)
+        if target is None:
+            target = resample(np.asarray(run_ref(cfg.target.converged, op, sino).volume, np.float32), canonical)
+            save_npz(target_path, target=target)
+    noise_std = noise_std_of(sino.metadata)
+    save_npz(Path(cache) / f"{spec.key}.npz", input=x_in, target=np.asarray(target, np.float32), reference=truth,
+             sigma=np.float32(sino.metadata.get("sigma", 0.0)),
+             conditions=np.array([noise_std if noise_std is not None else np.nan, acq["n_views"]], np.float32))
     return spec.key
 
 
@@ -237,7 +349,9 @@ def _load_target(path: Path) -> np.ndarray | None:
 def _load(path: Path) -> dict | None:
     try:
         with np.load(path) as z:
-            return {k: z[k] for k in ("input", "target", "reference", "sigma")}
+            item = {k: z[k] for k in ("input", "target", "reference", "sigma")}
+            item["conditions"] = z["conditions"] if "conditions" in z.files else None
+            return item
     except Exception as exc:  # truncated or foreign file: recompute it
         log.warning("ignoring unreadable cache entry %s (%s)", path, exc)
         return None
@@ -296,7 +410,9 @@ def build_dataset(cfg: TrainConfig, *, progress: Callable[[int, int], None] | No
             inputs=np.stack([i["input"] for i in items]) if items else np.zeros((0, *shape), np.float32),
             targets=np.stack([i["target"] for i in items]) if items else np.zeros((0, *shape), np.float32),
             references=np.stack([i["reference"] for i in items]) if items else np.zeros((0, *shape), np.float32),
-            sigma=np.array([float(i["sigma"]) for i in items], np.float32))
+            sigma=np.array([float(i["sigma"]) for i in items], np.float32),
+            conditions=(np.stack([i["conditions"] for i in items]).astype(np.float32)
+                        if items and all(i["conditions"] is not None for i in items) else None))
     info = {"computed": total, "cached": len(specs) - total, "seconds": round(seconds, 2), "cache_dir": str(cache)}
     return arrays, info
 

@@ -34,7 +34,8 @@ from recon_cli.learn.config import TrainConfig
 from recon_cli.learn.datasets import SplitArrays, build_dataset, describe_data
 from recon_cli.learn.losses import make_loss
 from recon_cli.learn.unet import UNet, count_parameters
-from recon_cli.networks import METADATA_FORMAT, METADATA_KEY, pad_to_multiple
+from recon_cli.model_envelope import single_geometry_envelope
+from recon_cli.networks import METADATA_FORMAT, METADATA_KEY, condition_value, image_scale, pad_to_multiple
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +55,15 @@ class TrainResult:
 
 @dataclass
 class Tensors:
-    """One split on the normalised scale: ``x`` padded inputs (N,1,Py,Px), ``y`` targets (N,1,ny,nx)."""
+    """One split on the normalised scale: ``x`` padded inputs (N,C,Py,Px), ``y`` targets (N,1,ny,nx).
+
+    C = 1 + extra channels (constant planes); ``scale`` (N,): 1/mm per network unit of each sample.
+    """
 
     x: torch.Tensor
     y: torch.Tensor
-    x_raw: torch.Tensor  # unpadded inputs (N,1,ny,nx), for patches
+    x_raw: torch.Tensor  # unpadded inputs (N,C,ny,nx), for patches
+    scale: np.ndarray | None = None
 
     @property
     def n(self) -> int:
@@ -88,12 +93,42 @@ def _device(request: str) -> torch.device:
     return torch.device("cpu")
 
 
-def to_tensors(arrays: SplitArrays, scale: float, multiple: int, device: torch.device) -> Tensors:
-    x = arrays.inputs.astype(np.float32) / np.float32(scale)
-    y = arrays.targets.astype(np.float32) / np.float32(scale)
+def sample_scales(arrays: SplitArrays, cfg: TrainConfig) -> np.ndarray:
+    """(N,) 1/mm per network unit: input_scale, or each input's intensity scale (as Model.apply computes it)."""
+    n = arrays.inputs.shape[0]
+    if cfg.envelope is not None and cfg.envelope.normalization == "per_image" and n:
+        return image_scale(arrays.inputs, fallback=cfg.input_scale)
+    return np.full((n,), cfg.input_scale, np.float32)
+
+
+def extra_planes(arrays: SplitArrays, cfg: TrainConfig) -> list[np.ndarray]:
+    """(N,) value of each extra input channel (recon_cli.networks.condition_value) per sample."""
+    names = cfg.envelope.extra_channels if cfg.envelope is not None else []
+    if not names:
+        return []
+    if arrays.inputs.shape[0] == 0:
+        return [np.zeros((0,), np.float32) for _ in names]
+    if arrays.conditions is None:
+        raise RunError("extra input channels need per-pair conditions (envelope training data)")
+    planes = []
+    for name in names:
+        values = []
+        for noise_std, n_views in arrays.conditions:
+            cond = {"noise_std": None if not np.isfinite(noise_std) else float(noise_std), "n_views": float(n_views)}
+            values.append(condition_value(name, cond))
+        planes.append(np.asarray(values, np.float32))
+    return planes
+
+
+def to_tensors(arrays: SplitArrays, cfg: TrainConfig, multiple: int, device: torch.device) -> Tensors:
+    scale = sample_scales(arrays, cfg)
+    x = arrays.inputs.astype(np.float32) / scale[:, None, None]
+    y = arrays.targets.astype(np.float32) / scale[:, None, None]
+    x = np.concatenate([x[:, None]] + [np.broadcast_to(v[:, None, None, None], (x.shape[0], 1, *x.shape[1:]))
+                                       for v in extra_planes(arrays, cfg)], axis=1).astype(np.float32)
     xp, _ = pad_to_multiple(x, multiple)
-    t = lambda a: torch.from_numpy(np.ascontiguousarray(a[:, None])).to(device)  # noqa: E731
-    return Tensors(x=t(xp), y=t(y), x_raw=t(x))
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
+    return Tensors(x=t(xp), y=t(y[:, None]), x_raw=t(x), scale=scale)
 
 
 def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig):
@@ -154,7 +189,7 @@ def evaluate(model, data: Tensors, arrays: SplitArrays, cfg: TrainConfig, loss_f
     """Loss (normalised scale) and PSNR/SSIM in 1/mm against the target (and the ground truth when different)."""
     pred = predict(model, data, cfg.training.batch_size)
     out = {"loss": float(loss_fn(pred, data.y))} if data.n else {}
-    pred_mu = pred[:, 0].cpu().numpy() * np.float32(cfg.input_scale)
+    pred_mu = pred[:, 0].cpu().numpy() * data.scale[:, None, None]
     out.update(image_metrics(pred_mu, arrays.targets))
     if cfg.target != "ground_truth":
         out.update({f"{k}_gt": v for k, v in image_metrics(pred_mu, arrays.references).items()})
@@ -262,7 +297,7 @@ def train(cfg: TrainConfig, *, out_dir: str | os.PathLike | None = None, resume:
         arrays, data_info = build_dataset(cfg, progress=lambda d, n: update("pairs", d, n))
         model = UNet(cfg.model).to(device)
         multiple = model.pad_multiple
-        tensors = {s: to_tensors(a, cfg.input_scale, multiple, device) for s, a in arrays.items()}
+        tensors = {s: to_tensors(a, cfg, multiple, device) for s, a in arrays.items()}
         loss_fn = make_loss(t_cfg.loss)
         opt = torch.optim.Adam(model.parameters(), lr=t_cfg.lr, weight_decay=t_cfg.weight_decay)
         sched = make_scheduler(opt, cfg)
@@ -324,7 +359,7 @@ def train(cfg: TrainConfig, *, out_dir: str | os.PathLike | None = None, resume:
 
         model.load_state_dict(state["best"]["state"])
         model = model.cpu().eval()
-        tensors = {s: to_tensors(a, cfg.input_scale, multiple, torch.device("cpu")) for s, a in arrays.items()}
+        tensors = {s: to_tensors(a, cfg, multiple, torch.device("cpu")) for s, a in arrays.items()}
         metrics = {"val": evaluate(model, tensors["val"], arrays["val"], cfg, loss_fn), "val_input": baseline}
         if tensors["test"].n:
             metrics["test"] = evaluate(model, tensors["test"], arrays["test"], cfg, loss_fn)
@@ -345,19 +380,31 @@ def build_metadata(cfg: TrainConfig, model: UNet, arrays: dict[str, SplitArrays]
     if cfg.noise.gaussian_rel is not None and cfg.noise.I0 is None:
         noise["sigma"] = described["sigma_mean"]  # what sinogram files record (std of one line integral)
     versions = package_versions(("recon-cli", "torch", "onnx", "onnxruntime", "numpy", "astra-toolbox"))
+    normalization = {"input_scale": cfg.input_scale, "output_scale": cfg.input_scale, "units": "1/mm",
+                     "note": "network input = image / input_scale; image = network output * output_scale"}
+    if cfg.envelope is not None:
+        envelope = envelope_metadata(cfg, arrays)
+        if cfg.envelope.normalization == "per_image":
+            normalization.update(mode="per_image", note="each slice divided by its intensity scale (the 99.5th "
+                                                        "percentile, recon_cli.networks.image_scale); the output "
+                                                        "multiplied by it; input_scale is the fallback")
+    else:
+        envelope = single_geometry_envelope(geometry.attrs(), geometry.angles, cfg.grid.shape, cfg.grid.voxel_size,
+                                            noise)
     return {
         "format": METADATA_FORMAT,
         "name": cfg.name,
         "description": cfg.description,
         "architecture": {"kind": "unet", **cfg.model.model_dump(mode="json")},
         "n_parameters": count_parameters(model),
-        "normalization": {"input_scale": cfg.input_scale, "output_scale": cfg.input_scale, "units": "1/mm",
-                          "note": "network input = image / input_scale; image = network output * output_scale"},
+        "normalization": normalization,
         "pad_multiple": model.pad_multiple,
-        "geometry": {"attrs": geometry.attrs(), "angles": geometry.angles.tolist(),
-                     "fingerprint": fingerprint(geometry, grid)},
+        "input_channels": ["image", *(cfg.envelope.extra_channels if cfg.envelope is not None else [])],
+        "envelope": envelope,
+        "geometry": None if cfg.envelope is not None else {
+            "attrs": geometry.attrs(), "angles": geometry.angles.tolist(), "fingerprint": fingerprint(geometry, grid)},
         "grid": {"shape": list(cfg.grid.shape), "voxel_size": cfg.grid.voxel_size},
-        "noise": noise,
+        "noise": None if cfg.envelope is not None else noise,
         "input": cfg.input.model_dump(mode="json", exclude_none=True),
         "target": cfg.target_spec(),
         "training": {
@@ -375,6 +422,20 @@ def build_metadata(cfg: TrainConfig, model: UNet, arrays: dict[str, SplitArrays]
         "config": cfg.resolved(),
         "created": utc_timestamp(),
     }
+
+
+def envelope_metadata(cfg: TrainConfig, arrays: dict[str, SplitArrays]) -> dict:
+    """The ``envelope`` of a model trained across ``cfg.envelope`` (recon_cli.model_envelope's layout)."""
+    env = cfg.envelope
+    out = {"geometry_types": list(env.geometry_types), "n_views": list(env.n_views), "grid": list(env.grid),
+           "pixel_size_mm": list(env.pixel_size_mm), "I0": list(env.I0) if env.gaussian_fraction < 1 else None,
+           "sigma": None, "canonical_pixel_size_mm": cfg.grid.voxel_size}
+    if env.gaussian_fraction > 0:  # the line-integral noise std seen in the Gaussian pairs, widened 2x
+        stds = [c[0] for a in arrays.values() if a.conditions is not None for c in a.conditions
+                if np.isfinite(c[0])]
+        if stds:
+            out["sigma"] = [float(min(stds)) / 2, float(max(stds)) * 2]
+    return out
 
 
 def export(model: UNet, val: Tensors, meta: dict, paths: dict[str, Path], *, overwrite: bool) -> float:

@@ -52,7 +52,7 @@ class UNet(nn.Module):
         self.config = cfg
         chans = [cfg.base_channels * 2**i for i in range(cfg.depth + 1)]
         self.down = nn.ModuleList()
-        c_prev = 1
+        c_prev = cfg.in_channels
         for c in chans[:-1]:
             self.down.append(ConvBlock(c_prev, c, cfg.norm, cfg.residual_blocks))
             c_prev = c
@@ -84,7 +84,7 @@ class UNet(nn.Module):
             h = dec(torch.cat([h, skips.pop()], dim=1))
         out = self.head(h)
         if self.config.global_skip:
-            out = out + x
+            out = out + x[:, :1]
         if self.config.nonneg == "relu":
             out = F.relu(out)
         elif self.config.nonneg == "softplus":

@@ -11,6 +11,13 @@ and the noise level; otherwise InputError naming the model file and the first mi
 (``iterative.name``, ``iterative.params.<name>``, ``k``, ``geometry``, ``grid``, ``noise``,
 ``target``). ``allow_mismatch: true`` runs anyway with warnings.
 
+Out-of-distribution guard (recon_cli.solvers.learned_guard): the network's output must explain the
+data about as well as the iterate x_k does (data residual at most ``implausible_factor`` times
+x_k's, and finite). Otherwise ``on_implausible``: ``fallback`` (default) runs the iterative solver
+as given in ``iterative`` (its own iteration count: the data-consistent result RISING approximates)
+and returns that, with a warning naming both residuals; ``fail`` stops (exit 1); ``ignore`` keeps the
+network's output. The residuals and the decision are in ``info`` (``guard_*``) and ``/metrics``.
+
 A stack of 2D slices is processed slice by slice (step one on each slice with a one-slice
 projector of the same kind), as in training: solvers such as ``sgp_tv`` share step sizes over a
 stack, so k joint iterations would not give the per-slice early iterates the network learned from.
@@ -26,11 +33,14 @@ import math
 import time
 
 import numpy as np
+from typing import Literal
+
 from pydantic import Field, field_validator
 
-from recon_cli.networks import _norm_json, load_model
+from recon_cli.networks import _norm_json, conditions_for, load_model
 from recon_cli.ops.operator import Operator
 from recon_cli.sinogram import Reconstruction, Sinogram
+from recon_cli.solvers.learned_guard import IMPLAUSIBLE_FACTOR, guard_output
 from recon_cli.solvers.registry import IterationState, SolverParams, SolverRef, get_solver, register, run_ref, unit
 
 log = logging.getLogger(__name__)
@@ -52,6 +62,13 @@ class RisingParams(SolverParams):
                       default=DEFAULT_MODEL)
     allow_mismatch: bool = unit("-", "run even if the model was trained for another solver, parameters, k, "
                                      "geometry, grid or noise (warns instead of failing)", default=False)
+    on_implausible: Literal["fallback", "fail", "ignore"] = unit(
+        "-", "when the network's output explains the data clearly worse than the iterate x_k (data residual > "
+             "implausible_factor x x_k's, or not finite): run the iterative solver to its own iteration count "
+             "and return that (fallback), stop with an error (fail) or keep it (ignore); each with a warning",
+        default="fallback")
+    implausible_factor: float = unit("1", "largest accepted ratio of the network output's data residual to "
+                                          "the iterate's", default=IMPLAUSIBLE_FACTOR, gt=1.0)
 
     @field_validator("iterative")
     @classmethod
@@ -215,11 +232,16 @@ def solve(op: Operator, sino: Sinogram, params: RisingParams, callback=None) -> 
     t1 = time.perf_counter()
     x_k, history, infos = step_one(ref, params.k, op, sino, callback)
     t2 = time.perf_counter()
-    volume = model.apply(x_k)
+    network_out = model.apply(x_k, voxel_size=sino.grid.voxel_size, conditions=conditions_for(sino))
     t3 = time.perf_counter()
     xp = op.xp
     norm_k = float(xp.linalg.norm(x_k.ravel()))
-    change = float(xp.linalg.norm((volume - x_k).ravel())) / norm_k if norm_k > 0 else math.inf
+    change = float(xp.linalg.norm((network_out - x_k).ravel())) / norm_k if norm_k > 0 else math.inf
+    volume, guard = guard_output(op, sino.data, network_out, x_k, baseline_name=f"{ref.name} (k={params.k})",
+                                 factor=params.implausible_factor, on_implausible=params.on_implausible,
+                                 what=f"RISING network {model.name!r}",
+                                 fallback=lambda: run_ref(ref, op, sino).volume, fallback_name=f"{ref.name} (full)")
+    t4 = time.perf_counter()
     conv = (model.meta.get("target") or {}).get("solver") or {}
     info = {
         "iterations": int(max(int(i.get("iterations", params.k) or 0) for i in infos)),
@@ -237,7 +259,9 @@ def solve(op: Operator, sino: Sinogram, params: RisingParams, callback=None) -> 
         "time_load": t1 - t0,
         "time_iterative": t2 - t1,
         "time_network": t3 - t2,
-        "time_total": t3 - t0,
+        "time_guard": t4 - t3,
+        "time_total": t4 - t0,
+        **guard,
     }
     if info["converged_iterations"] is None:
         info.pop("converged_iterations")

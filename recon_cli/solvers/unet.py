@@ -1,20 +1,27 @@
 """``unet``: a trained network (ONNX, through recon_cli.networks) applied to an input solver's output.
 
 Used on its own (FBP + U-Net post-processing), as SV-TV's pre-estimate, graphLa's Psi
-and RISING's second step. The model file must fit the data: same geometry fingerprint,
-grid, noise level and input solver as in training (InputError naming the model file and
-the field otherwise; ``allow_mismatch: true`` runs anyway with a warning).
+and RISING's second step. The data must lie in the model's envelope (geometry types, view
+count, grid, pixel size and noise range; a single-scanner model: its geometry within 1e-5 rad)
+and the input solver must be the trained one (InputError naming the model file and the field
+otherwise; ``allow_mismatch: true`` runs anyway with a warning).
+
+Out-of-distribution guard (recon_cli.solvers.learned_guard): the network's output must explain
+the data about as well as its input (e.g. FBP) does; otherwise ``on_implausible`` decides:
+``fallback`` (default: the input solver's image, with a warning naming both residuals), ``fail``
+or ``ignore``. The residuals and the decision are in ``info`` (``guard_*``) and ``/metrics``.
 No torch: inference is ONNX Runtime only.
 """
 from __future__ import annotations
 
 import time
-from typing import Optional
+from typing import Literal, Optional
 
 from pydantic import Field
 
-from recon_cli.networks import load_model
+from recon_cli.networks import conditions_for, load_model
 from recon_cli.sinogram import Reconstruction
+from recon_cli.solvers.learned_guard import IMPLAUSIBLE_FACTOR, guard_output
 from recon_cli.solvers.registry import SolverParams, SolverRef, get_solver, register, run_ref, unit
 
 
@@ -25,6 +32,12 @@ class UNetParams(SolverParams):
                           "(from its metadata, e.g. {name: fbp})")
     allow_mismatch: bool = unit("-", "run even if the model was trained for another geometry, grid, noise "
                                      "or input (warns instead of failing)", default=False)
+    on_implausible: Literal["fallback", "fail", "ignore"] = unit(
+        "-", "when the network's output explains the data clearly worse than its input (data residual > "
+             "implausible_factor x the input solver's, or not finite): return the input solver's image "
+             "(fallback), stop with an error (fail) or keep it (ignore); each with a warning", default="fallback")
+    implausible_factor: float = unit("1", "largest accepted ratio of the network output's data residual to "
+                                          "the input solver's", default=IMPLAUSIBLE_FACTOR, gt=1.0)
 
 
 def _input_ref(params: UNetParams, model) -> SolverRef:
@@ -56,8 +69,12 @@ def solve(op, sino, params: UNetParams, callback=None) -> Reconstruction:
                                   override=params.allow_mismatch)
     first = run_ref(ref, op, sino, callback)
     t1 = time.perf_counter()
-    volume = model.apply(first.volume)
+    network_out = model.apply(first.volume, voxel_size=sino.grid.voxel_size, conditions=conditions_for(sino))
     t2 = time.perf_counter()
+    volume, guard = guard_output(op, sino.data, network_out, first.volume, baseline_name=ref.name,
+                                 factor=params.implausible_factor, on_implausible=params.on_implausible,
+                                 what=f"network {model.name!r}")
+    t3 = time.perf_counter()
     info = {
         "iterations": int(first.info.get("iterations", 0) or 0),
         "history": first.info.get("history", {}),
@@ -70,6 +87,8 @@ def solve(op, sino, params: UNetParams, callback=None) -> Reconstruction:
         "providers": ",".join(model.providers),
         "time_input": t1 - t0,
         "time_network": t2 - t1,
-        "time_total": t2 - t0,
+        "time_guard": t3 - t2,
+        "time_total": t3 - t0,
+        **guard,
     }
     return Reconstruction(volume=volume, info=info)
