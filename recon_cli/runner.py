@@ -13,6 +13,7 @@ import logging
 import math
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,8 +84,9 @@ def run_pipeline(cfg: PipelineConfig, *, input_override: str | None = None, outp
         solved = solve_on_executor(cfg, sino, device, plan, executor, next(iter(outputs.values())),
                                    want_residual="residual" in metric_names)
     else:
-        solved = solve_in_chunks(cfg, sino, device, plan, writer, progress=progress,
-                                 want_residual="residual" in metric_names)
+        with checkpoint_named_on_interrupt(writer.path, command_line):
+            solved = solve_in_chunks(cfg, sino, device, plan, writer, progress=progress,
+                                     want_residual="residual" in metric_names)
     volume, wall_time, projector = solved.volume, solved.wall_time, solved.projector
 
     from recon_cli.metrics import compute_metrics
@@ -111,6 +113,29 @@ def run_pipeline(cfg: PipelineConfig, *, input_override: str | None = None, outp
         send_to_pacs(cfg, outputs["dicom"], pacs_record, overwrite)
         outputs = {**outputs, "pacs_record": pacs_record}
     return RunResult(output_paths=outputs, metrics=metrics, info=info, config=cfg, volume=volume)
+
+
+@contextmanager
+def checkpoint_named_on_interrupt(checkpoint: Path, command_line: str | None):
+    """On SIGINT/SIGTERM (recon_cli.signals.Interrupted), record on the exception the checkpoint kept on
+    disk (``checkpoint``) and the command that continues from it (``command_line`` with ``--resume``)."""
+    from recon_cli.signals import Interrupted
+
+    try:
+        yield
+    except Interrupted as exc:
+        if checkpoint.is_file():
+            exc.checkpoint = str(checkpoint)
+            exc.resume_command = resume_command(command_line) if command_line else None
+        raise
+
+
+def resume_command(command_line: str) -> str:
+    """``command_line`` (as rebuilt by the CLI, shell-quoted) with ``--resume`` added once."""
+    import shlex
+
+    parts = shlex.split(command_line)
+    return command_line if "--resume" in parts else shlex.join([*parts, "--resume"])
 
 
 # ----------------------------------------------------------------------------- checks before running
