@@ -26,7 +26,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, \
     model_serializer, model_validator
 
-from recon_cli.errors import ConfigError
+from recon_cli.errors import ConfigError, ConfigErrors
 from recon_cli.io.dicom_input import simulation_defaults
 from recon_cli.solvers.registry import SolverRef, get_solver
 
@@ -377,7 +377,7 @@ def config_from_dict(raw: Any, *, source: str | None = None, lines: dict | None 
     try:
         cfg = PipelineConfig.model_validate(raw)
     except ValidationError as exc:
-        raise _first_error(exc, raw, source, lines, set_paths) from None
+        raise _all_errors(exc, raw, source, lines, set_paths) from None
     cfg._source = source
     cfg._lines = lines
     return cfg
@@ -396,7 +396,7 @@ def with_overrides(cfg: PipelineConfig, values: dict[str, Any]) -> PipelineConfi
     try:
         new = PipelineConfig.model_validate(raw)
     except ValidationError as exc:
-        raise _first_error(exc, raw, None, {}, set_paths) from None
+        raise _all_errors(exc, raw, None, {}, set_paths) from None
     new._source, new._lines = cfg._source, cfg._lines
     return new
 
@@ -499,21 +499,99 @@ def _set_path(raw: dict, key_path: tuple, value: Any, item: str) -> None:
 # ----------------------------------------------------------------------------- errors
 
 
-def _first_error(exc: ValidationError, raw: dict, source: str | None, lines: dict,
-                 set_paths: list[tuple]) -> ConfigError:
-    """The first validation error as one ConfigError line (the rest are counted)."""
-    errors = exc.errors(include_url=False)
-    messages = [_describe(err, raw, source, lines, set_paths) for err in errors]
-    first = messages[0]
-    if len(messages) > 1:
-        first.message += f" (and {len(messages) - 1} more error{'s' if len(messages) > 2 else ''})"
-    return first
+def _all_errors(exc: ValidationError, raw: dict, source: str | None, lines: dict,
+                set_paths: list[tuple]) -> ConfigError:
+    """Every validation error, each one ``FILE:LINE: field: message`` line (ConfigErrors when several).
+
+    Pydantic reports a value that fits no member of a union once per member, at locations carrying
+    the member's internal name (``lam.constrained-float``, ``rows.list[int].0``): those names are
+    dropped and the alternatives merged into one message (``Input should be a valid number or 'auto'``).
+    """
+    groups: dict[tuple, list[tuple[tuple, dict]]] = {}
+    for err in exc.errors(include_url=False):
+        loc = _repair_loc(tuple(err["loc"]), raw)
+        clean, union_at = _drop_internal_loc(loc, raw, err["type"])
+        key = union_at if union_at is not None else clean
+        groups.setdefault(key, []).append((clean, err))
+    described = []
+    for key, members in groups.items():
+        if len(members) == 1 or any(len(clean) < len(key) for clean, _ in members):
+            for clean, err in members:
+                described.append(_describe(err, clean, raw, source, lines, set_paths))
+            continue
+        merged = dict(members[0][1], type="union", msg=_union_message(key, members))
+        described.append(_describe(merged, key, raw, source, lines, set_paths))
+    unique = list({e.one_line(): e for e in described}.values())
+    unique.sort(key=lambda e: (e.file is not None, _line_of(e.file)))  # --set errors first, then file order
+    return unique[0] if len(unique) == 1 else ConfigErrors(unique)
 
 
-def _describe(err: dict, raw: dict, source: str | None, lines: dict, set_paths: list[tuple]) -> ConfigError:
-    loc = _repair_loc(tuple(err["loc"]), raw)
+def _line_of(where: str | None) -> int:
+    tail = (where or "").rsplit(":", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
+
+
+#: Locations pydantic adds for union members and validators (never keys of a pipeline).
+_INTERNAL_LOC = re.compile(r"^(constrained-\w+|literal\[.*\]|function-\w+\[.*\]|tagged-union\[.*\]|"
+                           r"\w+\[.*\]|int|float|str|bool|none|list|dict|tuple|json-or-python\[.*\])$")
+
+
+def _drop_internal_loc(loc: tuple, raw: Any, kind: str) -> tuple[tuple, tuple | None]:
+    """(the location without pydantic's internal union/validator names, the location of the union
+    where the first one was dropped, or None)."""
+    out: list = []
+    union_at = None
+    node = raw
+    for i, part in enumerate(loc):
+        last = i == len(loc) - 1
+        if isinstance(node, dict) and part in node:
+            out.append(part)
+            node = node[part]
+            continue
+        if isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            out.append(part)
+            node = node[part]
+            continue
+        internal = isinstance(part, str) and (
+            _INTERNAL_LOC.match(part) is not None
+            or not isinstance(node, (dict, list))  # below a plain value: only validator names remain
+            or (isinstance(node, dict) and not last and loc[i + 1] in node))  # a discriminated-union tag
+        if internal and not (last and kind in ("missing", "extra_forbidden")):
+            if union_at is None:
+                union_at = tuple(out)
+            continue
+        out.append(part)
+        node = node.get(part) if isinstance(node, dict) else None
+    return tuple(out), union_at
+
+
+def _union_message(at: tuple, members: list[tuple[tuple, dict]]) -> str:
+    """One message for a value that fits none of a union's members."""
+    alternatives = []
+    for clean, err in members:
+        msg = _plain_message(err)
+        text = msg.removeprefix("Input should be ").split(", unable to")[0]
+        sub = _dotted(clean[len(at):])
+        text = f"a list whose item {sub} is {text}" if sub else text
+        if text not in alternatives:
+            alternatives.append(text)
+    return "Input should be " + " or ".join(alternatives)
+
+
+def _plain_message(err: dict) -> str:
+    """Pydantic's message without library internals (class names, 'Value error, ' prefixes)."""
+    kind, msg = err["type"], err["msg"]
+    if kind in ("value_error", "assertion_error"):
+        return msg.split(", ", 1)[1] if ", " in msg else msg
+    if kind in ("model_type", "model_attributes_type", "dict_type", "mapping_type"):
+        return "expected a mapping of keys (key: value)"
+    return msg
+
+
+def _describe(err: dict, loc: tuple, raw: dict, source: str | None, lines: dict,
+              set_paths: list[tuple]) -> ConfigError:
     kind = err["type"]
-    msg = err["msg"]
+    msg = err["msg"] if kind == "union" else _plain_message(err)
     if kind == "extra_forbidden":
         key = str(loc[-1])
         valid = _valid_keys(loc[:-1], raw)
@@ -530,8 +608,6 @@ def _describe(err: dict, raw: dict, source: str | None, lines: dict, set_paths: 
         expected = [t.strip("'\" ") for t in str(err.get("ctx", {}).get("expected", "")).replace(" or ", ",").split(",")]
         expected = [e for e in expected if e]
         msg = f"unknown value '{err['input']}'" + _suggest(err["input"], expected)
-    elif kind in ("value_error", "assertion_error"):
-        msg = msg.split(", ", 1)[1] if ", " in msg else msg
     field = _dotted(loc) or None
     for sp in sorted(set_paths, key=len, reverse=True):
         if loc[: len(sp)] == sp:

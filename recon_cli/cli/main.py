@@ -85,7 +85,8 @@ def _main(argv: list[str] | None) -> None:
     except ReconError as exc:
         if verbose:
             traceback.print_exc()
-        click.echo(f"Error: {redact(exc.one_line())}", err=True)
+        for line in exc.lines():  # one line, or one per problem of a pipeline that fails validation
+            click.echo(f"Error: {redact(line)}", err=True)
         sys.exit(exc.exit_code)
     except Interrupted as exc:  # SIGINT / SIGTERM: temporary files are gone, finished outputs kept
         click.echo(interrupted_message(exc), err=True)
