@@ -7,14 +7,20 @@ each validation error becomes one :class:`~recon_cli.errors.ConfigError` line su
 rules and set into the raw mapping before validation, so they are checked the same way
 and reported as ``--set solver.params.lam: ...``.
 
-Relative paths in a pipeline (input, output, reference, mask) are relative to the
-current working directory, not to the YAML file.
+Relative paths written in a pipeline file (input.path, output.path, metrics.reference,
+metrics.mask, checkpoint.dir, and model files named by a path) are relative to the folder
+of that file, so ``recon run /somewhere/pipelines/x.yaml`` works from any folder; they are
+rewritten on loading (:func:`resolve_relative_paths`). Paths given on the command line
+(``-i``, ``-o``, ``--set``) and the default output ``out/<name>.h5`` are relative to the
+current folder. A model given by a bare name (``model: postproc_fan60``) is a shipped model
+(recon_cli/models) unless a file of that name lies next to the pipeline.
 """
 from __future__ import annotations
 
 import difflib
 import hashlib
 import json
+import os
 import types
 import typing
 from pathlib import Path
@@ -178,10 +184,12 @@ class OutputSpec(Strict):
 
 
 class MetricsSpec(Strict):
-    reference: Optional[Path_] = Field(None, description="reference image file; default: the input's /reference")
+    reference: Optional[Path_] = Field(None, description="reference image: HDF5, a DICOM CT series (folder), TIFF "
+                                                        "or NIfTI (recon_cli.io.images); default: the input's "
+                                                        "/reference")
     list: MetricList = Field(default_factory=lambda: [*METRIC_NAMES], description="metrics to compute")
     mu_water: float = Field(0.0192, gt=0, description="attenuation of water in 1/mm, for HU")
-    mask: Optional[Path_] = Field(None, description="image file; metrics only where it is non-zero")
+    mask: Optional[Path_] = Field(None, description="image (as reference); metrics only where it is non-zero")
 
 
 class CheckpointSpec(Strict):
@@ -350,18 +358,22 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> PipelineConf
         raise ConfigError("pipeline file not found", file=source) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read pipeline file ({exc})", file=source) from None
-    return config_from_text(text, source=source, overrides=overrides)
+    return config_from_text(text, source=source, overrides=overrides, base_dir=path.parent)
 
 
-def config_from_text(text: str, *, source: str = "<string>", overrides: Sequence[str] = ()) -> PipelineConfig:
-    """Validate YAML text (see :func:`load_config`)."""
+def config_from_text(text: str, *, source: str = "<string>", overrides: Sequence[str] = (),
+                     base_dir: str | Path | None = None) -> PipelineConfig:
+    """Validate YAML text (see :func:`load_config`); relative paths in it are relative to ``base_dir``
+    (None: the current folder)."""
     raw, lines = _parse_yaml(text, source)
-    return config_from_dict(raw, source=source, lines=lines, overrides=overrides)
+    return config_from_dict(raw, source=source, lines=lines, overrides=overrides, base_dir=base_dir)
 
 
 def config_from_dict(raw: Any, *, source: str | None = None, lines: dict | None = None,
-                     overrides: Sequence[str] = ()) -> PipelineConfig:
-    """Validate a raw mapping; ``lines`` maps key paths to line numbers for messages."""
+                     overrides: Sequence[str] = (), base_dir: str | Path | None = None) -> PipelineConfig:
+    """Validate a raw mapping; ``lines`` maps key paths to line numbers for messages; relative paths
+    in ``raw`` are relative to ``base_dir`` (None: the current folder), those in ``overrides`` to the
+    current folder."""
     lines = lines or {}
     if raw is None:
         raise ConfigError("empty pipeline", file=f"{source}:1" if source else None)
@@ -369,6 +381,8 @@ def config_from_dict(raw: Any, *, source: str | None = None, lines: dict | None 
         raise ConfigError(f"a pipeline must be a mapping of keys, got {type(raw).__name__}",
                           file=f"{source}:1" if source else None)
     raw = _drop_empty_sections(_deep_copy(raw))
+    if base_dir is not None:
+        resolve_relative_paths(raw, Path(base_dir))
     set_paths = []
     for item in overrides:
         key_path, value = parse_override(item)
@@ -716,6 +730,52 @@ def _literal_default(model: type[BaseModel], field: str) -> Any:
     ann = model.model_fields[field].annotation
     args = typing.get_args(ann)
     return args[0] if args else None
+
+
+#: Key paths of the file paths of a pipeline (besides ``model`` keys anywhere under ``solver``).
+PATH_KEYS = (("input", "path"), ("output", "path"), ("metrics", "reference"), ("metrics", "mask"),
+             ("checkpoint", "dir"))
+#: Suffixes of model files (a value without a folder and without one of these may be a shipped model's name).
+MODEL_SUFFIXES = (".onnx", ".pt", ".json")
+
+
+def resolve_relative_paths(raw: dict, base_dir: Path) -> None:
+    """Rewrite, in place, the relative file paths of a raw pipeline as seen from the current folder,
+    for a pipeline file in ``base_dir``. Model values that are bare names stay names unless a file
+    of that name (or with .onnx) lies in ``base_dir``."""
+    if str(base_dir) in ("", "."):
+        return
+    for section, key in PATH_KEYS:
+        node = raw.get(section)
+        if isinstance(node, dict) and _is_relative_path(node.get(key)):
+            node[key] = _join(base_dir, node[key])
+    _resolve_models(raw.get("solver"), base_dir)
+
+
+def _resolve_models(node: Any, base_dir: Path) -> None:
+    if isinstance(node, list):
+        for item in node:
+            _resolve_models(item, base_dir)
+        return
+    if not isinstance(node, dict):
+        return
+    for key, value in node.items():
+        if key == "model" and _is_relative_path(value):
+            bare = "/" not in value and os.sep not in value
+            beside = base_dir / value
+            if not bare or beside.is_file() or beside.with_name(beside.name + ".onnx").is_file() or \
+                    (beside.suffix in MODEL_SUFFIXES and beside.with_suffix(".onnx").is_file()):
+                node[key] = _join(base_dir, value)
+        else:
+            _resolve_models(value, base_dir)
+
+
+def _is_relative_path(value: Any) -> bool:
+    return isinstance(value, str) and bool(value.strip()) and not os.path.isabs(os.path.expanduser(value))
+
+
+def _join(base_dir: Path, value: str) -> str:
+    return os.path.normpath(os.path.join(str(base_dir), os.path.expanduser(value)))
 
 
 def _drop_empty_sections(raw: dict) -> dict:

@@ -66,6 +66,9 @@ def run_pipeline(cfg: PipelineConfig, *, input_override: str | None = None, outp
     device = select_device(cfg.device)
     log.info("device: %s", device.name)
 
+    from recon_cli.progress import iteration_budget, log_stage
+
+    log_stage("read", str(input_path), path=str(input_path))
     sino = read_input(cfg)
     sino = apply_preprocess(sino, cfg.preprocess)
     reference = load_reference(cfg, sino)
@@ -78,6 +81,9 @@ def run_pipeline(cfg: PipelineConfig, *, input_override: str | None = None, outp
     plan = plan_memory(cfg, sino, device.name, max_memory, jobs=jobs)
     digest = input_digest(input_path)
     writer = prepare_checkpoint(cfg, outputs, digest, device, plan, resume)
+    budget = iteration_budget(cfg.solver.params)
+    log_stage("solve", cfg.solver.name + (f" ({budget} iterations)" if budget else "") +
+              (f", {len(plan.chunks)} chunks" if len(plan.chunks) > 1 else ""), solver=cfg.solver.name, total=budget)
     if executor is not None:
         from recon_cli.stack_units import solve_on_executor
 
@@ -105,6 +111,7 @@ def run_pipeline(cfg: PipelineConfig, *, input_override: str | None = None, outp
         device=device.name, projector=projector, input_path=input_path, input_sha256=digest,
         extra={"pipeline_name": cfg.name, "solver": cfg.solver.name,
                "reference": _reference_source(cfg, reference)})
+    log_stage("write", ", ".join(str(p) for p in outputs.values()), paths=[str(p) for p in outputs.values()])
     write_outputs(cfg, outputs, volume, sino.grid.voxel_size, metrics=metrics, provenance=provenance,
                   history=history, info=info, overwrite=overwrite,
                   dicom_source=sino.metadata.get("dicom"), recon_facts=recon_facts(cfg, sino))
@@ -147,12 +154,42 @@ def check_files(cfg: PipelineConfig, from_command_line: dict[str, bool] | None =
     files = ((("input", "path"), cfg.input.path), (("metrics", "reference"), cfg.metrics.reference),
              (("metrics", "mask"), cfg.metrics.mask))
     for key_path, value in files:
-        if value is None or Path(value).is_file() or (key_path[0] == "input" and Path(value).is_dir()):
+        if value is None or Path(value).is_file() or Path(value).is_dir():  # folders: DICOM series
             continue
         what = "not found" if not Path(value).exists() else "is not a file"
         if from_cli.get(key_path[0]):
             raise InputError(what, file=str(value))
         raise ConfigError(f"{value}: {what}", file=cfg.where(*key_path), field=".".join(key_path))
+    check_models(cfg)
+
+
+def check_models(cfg: PipelineConfig) -> None:
+    """Every model the solver names (at any depth: svtv's pre-estimate, graphLa's Psi, ...) is a file or a
+    shipped model's name; ConfigError pointing at the YAML line otherwise."""
+    from recon_cli.networks import resolve_model_path
+
+    def walk(node, path: tuple) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "model" and isinstance(value, str):
+                    try:
+                        resolve_model_path(value)
+                    except InputError:
+                        raise ConfigError(f"{value}: model not found (neither a file nor a shipped model's "
+                                          f"name; shipped: {', '.join(shipped_models())})",
+                                          file=cfg.where(*path, key), field=".".join(map(str, (*path, key)))) \
+                            from None
+                else:
+                    walk(value, (*path, key))
+
+    walk({"name": cfg.solver.name, "params": cfg.solver.params, "model": cfg.solver.model}, ("solver",))
+
+
+def shipped_models() -> list[str]:
+    """Names of the models shipped with the package (recon_cli/models/*.onnx)."""
+    from recon_cli.networks import PACKAGED_MODELS
+
+    return sorted(p.stem for p in PACKAGED_MODELS.glob("*.onnx"))
 
 
 def check_outputs(outputs: dict[str, Path], input_path: Path, overwrite: bool) -> None:
@@ -193,9 +230,11 @@ def load_reference(cfg: PipelineConfig, sino: Sinogram) -> np.ndarray | None:
     """metrics.reference file, else the input's /reference, else None; shape checked against the grid."""
     if cfg.metrics.reference is None:
         return sino.reference
-    from recon_cli.io.hdf5 import read_image
+    from recon_cli.io.images import fit_shape, read_any_image
 
-    image, voxel_size = read_image(cfg.metrics.reference)
+    image, voxel_size = read_any_image(cfg.metrics.reference, cfg.metrics.mu_water)
+    image = fit_shape(image, tuple(sino.grid.shape)) if fit_shape(image, tuple(sino.grid.shape)) is not None \
+        else image
     if tuple(image.shape) != tuple(sino.grid.shape):
         raise InputError(f"reference shape {list(image.shape)} differs from the reconstruction grid "
                          f"{list(sino.grid.shape)}", file=cfg.metrics.reference, field="metrics.reference")
@@ -208,9 +247,9 @@ def load_mask(cfg: PipelineConfig, sino: Sinogram) -> np.ndarray | None:
     """metrics.mask as booleans (non-zero = inside), or None."""
     if cfg.metrics.mask is None:
         return None
-    from recon_cli.io.hdf5 import read_image
+    from recon_cli.io.images import read_any_image
 
-    image, _ = read_image(cfg.metrics.mask)
+    image, _ = read_any_image(cfg.metrics.mask, cfg.metrics.mu_water)
     shape = tuple(sino.grid.shape)
     if tuple(image.shape) not in (shape, shape[-2:]):
         raise InputError(f"mask shape {list(image.shape)} differs from the grid {list(shape)}",
