@@ -67,3 +67,17 @@ def test_set_errors_are_listed_with_the_file_errors(tmp_path, capsys):
     assert err[0] == "Error: --set solver.params.lam: Input should be greater than or equal to 0 or 'auto'"
     assert err[1] == f"Error: {path}:4: devise: unknown key 'devise'; did you mean 'device'?"
     assert len(err) == 2
+
+
+def test_training_config_errors_are_all_reported(tmp_path, capsys):
+    path = tmp_path / "t.yaml"
+    path.write_text("name: t\nepochs: 3\ngeometry: {type: parallel, n_angles: x}\ntraining: {lr: -1, epocs: 2}\n")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(["train", str(path)])
+    assert exc.value.code == 2
+    lines = [line.removeprefix(f"Error: {path}:") for line in capsys.readouterr().err.strip().splitlines()]
+    assert lines == ["2: epochs: unknown key 'epochs'",
+                     "3: geometry.n_angles: Input should be a valid integer, unable to parse string as an integer",
+                     "4: training.lr: Input should be greater than 0",
+                     "4: training.epocs: unknown key 'epocs'"]
