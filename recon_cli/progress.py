@@ -1,8 +1,8 @@
 """Progress of a run: a rich bar on a terminal, INFO log lines everywhere else.
 
 On a terminal (stdout and stderr both ttys, and progress enabled) a bar driven by the solver's
-per-iteration callback is shown on stderr. Otherwise (batch scripts, Docker logs, ``| cat``)
-the same callback writes an INFO line about every 10% of the iterations or every 30 s, with
+per-iteration callback is shown on stderr. Without a terminal (batch scripts, Docker logs,
+``| cat``) the same callback writes an INFO line about every 10% of the iterations or every 30 s, with
 the iteration, objective / residual where the solver reports them, and the time left (ETA);
 :func:`log_stage` writes one INFO line per stage of a run (read, pre-estimate, solve, write).
 Every such line carries its numbers in ``record.progress`` too, which ``--log-format json``
@@ -131,11 +131,14 @@ def progress_on_terminal() -> bool:
 
 @contextmanager
 def solver_progress(label: str, total: int | None, enabled: bool = True) -> Iterator[Callable]:
-    """Yield ``callback(IterationState)``: a progress bar (iteration count, objective) on a terminal when
-    ``enabled``, else a :class:`ProgressLog` (INFO lines; shown or not by the logging level)."""
-    show = enabled and progress_on_terminal()  # off in pipes, logs and CI
-    if not show:
+    """Yield ``callback(IterationState)``: on a terminal a progress bar (iteration count, objective) when
+    ``enabled`` and nothing otherwise (--quiet, --json, a batch's own bar); without a terminal a
+    :class:`ProgressLog` (INFO lines; shown or not by the logging level)."""
+    if not progress_on_terminal():  # pipes, logs, CI, Docker
         yield ProgressLog(label, total)
+        return
+    if not enabled:
+        yield lambda state: None
         return
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
