@@ -599,6 +599,8 @@ def _plain_message(err: dict) -> str:
         return msg.split(", ", 1)[1] if ", " in msg else msg
     if kind in ("model_type", "model_attributes_type", "dict_type", "mapping_type"):
         return "expected a mapping of keys (key: value)"
+    if kind in ("tuple_type", "list_type"):
+        return "Input should be a list ([a, b, ...])"
     return msg
 
 
@@ -611,17 +613,18 @@ def _describe(err: dict, loc: tuple, raw: dict, source: str | None, lines: dict,
         valid = _valid_keys(loc[:-1], raw)
         msg = f"unknown key '{key}'" + _suggest(key, valid)
     elif kind == "missing":
-        msg = "missing required key"
+        msg = f"missing list item {loc[-1]} (too few items)" if loc and isinstance(loc[-1], int) \
+            else "missing required key"
     elif kind == "union_tag_invalid":
         tag = str(err.get("ctx", {}).get("tag"))
         tags = [t.strip("'\" ") for t in str(err.get("ctx", {}).get("expected_tags", "")).split(",")]
-        msg = f"unknown step '{tag}'" + _suggest(tag, tags)
+        msg = f"unknown step '{tag}'" + _suggest(tag, tags, "steps")
     elif kind == "union_tag_not_found":
         msg = f"missing key {err.get('ctx', {}).get('discriminator', 'step')}"
     elif kind == "literal_error" and isinstance(err.get("input"), str):
         expected = [t.strip("'\" ") for t in str(err.get("ctx", {}).get("expected", "")).replace(" or ", ",").split(",")]
         expected = [e for e in expected if e]
-        msg = f"unknown value '{err['input']}'" + _suggest(err["input"], expected)
+        msg = f"unknown value '{err['input']}'" + _suggest(err["input"], expected, "values")
     field = _dotted(loc) or None
     for sp in sorted(set_paths, key=len, reverse=True):
         if loc[: len(sp)] == sp:
@@ -631,12 +634,12 @@ def _describe(err: dict, loc: tuple, raw: dict, source: str | None, lines: dict,
     return ConfigError(msg, file=file, field=field)
 
 
-def _suggest(word: str, valid: Sequence[str]) -> str:
+def _suggest(word: str, valid: Sequence[str], what: str = "keys") -> str:
     valid = [str(v) for v in valid]
     close = difflib.get_close_matches(word, valid, n=1, cutoff=0.6)
     if close:
         return f"; did you mean '{close[0]}'?"
-    return f"; valid keys: {', '.join(valid)}" if valid else ""
+    return f"; valid {what}: {', '.join(valid)}" if valid else ""
 
 
 def _repair_loc(loc: tuple, raw: Any) -> tuple:

@@ -81,3 +81,13 @@ def test_training_config_errors_are_all_reported(tmp_path, capsys):
                      "3: geometry.n_angles: Input should be a valid integer, unable to parse string as an integer",
                      "4: training.lr: Input should be greater than 0",
                      "4: training.epocs: unknown key 'epocs'"]
+
+
+def test_short_lists_and_unknown_values_in_plain_words(tmp_path, capsys):
+    text = ("name: t\ninput: {path: a.h5, grid_shape: [1]}\nsolver: {name: fbp}\n"
+            "preprocess: [{step: nope}]\nmetrics: {list: [x]}\n")
+    assert validate_errors(tmp_path, capsys, text) == [
+        "2: input.grid_shape.1: missing list item 1 (too few items)",
+        "4: preprocess.0: unknown step 'nope'; valid steps: log_transform",
+        "5: metrics.list.0: unknown value 'x'; valid values: psnr, ssim, rel_err, rmse, hu_rmse, residual, wall_time",
+    ]
