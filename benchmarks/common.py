@@ -43,8 +43,10 @@ def memory_gib() -> float | None:
 
 
 def package_version(name: str) -> str:
+    from recon_cli import DISTRIBUTION
+
     try:
-        return importlib.metadata.version(name)
+        return importlib.metadata.version(DISTRIBUTION if name == "recon-cli" else name)
     except importlib.metadata.PackageNotFoundError:
         return "not installed"
 

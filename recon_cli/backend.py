@@ -32,7 +32,7 @@ def gpu_status() -> tuple[bool, str]:
 
         n = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:
-        return False, f"CuPy not usable ({type(exc).__name__}: {exc}); install recon-cli[gpu]"
+        return False, f"CuPy not usable ({type(exc).__name__}: {exc}); pip install 'recon-ct-cli[gpu]'"
     if n < 1:
         return False, "CuPy sees no CUDA device"
     return True, f"{n} CUDA device(s)"

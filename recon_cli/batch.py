@@ -137,6 +137,10 @@ def _stem(path: Path) -> str:
     return path.stem if path.suffix and not path.is_dir() else name
 
 
+#: The error of a glob pattern that matches no file (an item of its own; alone, the batch exits 2).
+NO_MATCH = "no input matches this pattern"
+
+
 def expand_inputs(args: Sequence[str], outdir: str | Path) -> list[BatchItem]:
     """Paths, globs and manifests -> items with their outputs in ``outdir`` (order kept, duplicates dropped)."""
     outdir = Path(outdir)
@@ -147,7 +151,7 @@ def expand_inputs(args: Sequence[str], outdir: str | Path) -> list[BatchItem]:
         elif _GLOB_CHARS & set(arg) and not Path(arg).exists():
             matches = sorted(glob.glob(arg, recursive=True))
             if not matches:
-                entries.append((arg, None, "no input matches this pattern"))
+                entries.append((arg, None, NO_MATCH))
             entries.extend((m, None, None) for m in matches)
         else:
             entries.append((arg, None, None))
@@ -371,6 +375,8 @@ def run_batch(settings: BatchSettings, inputs: Sequence[str], outdir: str | Path
     items = expand_inputs(inputs, outdir)
     if not items:
         raise ConfigError("no inputs given", field="INPUTS")
+    if all(item.error == NO_MATCH for item in items):  # nothing to run: a usage error (exit 2), no summary
+        raise ConfigError(f"no input matches {', '.join(repr(item.input) for item in items)}", field="INPUTS")
     outdir.mkdir(parents=True, exist_ok=True)
     started = _utc_now()
     results: list[ItemResult | None] = [None] * len(items)

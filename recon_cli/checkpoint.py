@@ -288,9 +288,13 @@ def combine(*callbacks: Callable | None) -> Callable:
     active = [cb for cb in callbacks if cb is not None]
 
     def callback(state):
+        stage = bool((state.extra or {}).get("stage"))  # a sub-solver's progress: only for those asking
         stop = False
         for cb in active:
+            if stage and not getattr(cb, "wants_stages", False):
+                continue
             stop = bool(cb(state)) or stop
         return stop
 
+    callback.wants_stages = any(getattr(cb, "wants_stages", False) for cb in active)
     return callback

@@ -7,14 +7,20 @@ each validation error becomes one :class:`~recon_cli.errors.ConfigError` line su
 rules and set into the raw mapping before validation, so they are checked the same way
 and reported as ``--set solver.params.lam: ...``.
 
-Relative paths in a pipeline (input, output, reference, mask) are relative to the
-current working directory, not to the YAML file.
+Relative paths written in a pipeline file (input.path, output.path, metrics.reference,
+metrics.mask, checkpoint.dir, and model files named by a path) are relative to the folder
+of that file, so ``recon run /somewhere/pipelines/x.yaml`` works from any folder; they are
+rewritten on loading (:func:`resolve_relative_paths`). Paths given on the command line
+(``-i``, ``-o``, ``--set``) and the default output ``out/<name>.h5`` are relative to the
+current folder. A model given by a bare name (``model: postproc_fan60``) is a shipped model
+(recon_cli/models) unless a file of that name lies next to the pipeline.
 """
 from __future__ import annotations
 
 import difflib
 import hashlib
 import json
+import os
 import types
 import typing
 from pathlib import Path
@@ -26,7 +32,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, \
     model_serializer, model_validator
 
-from recon_cli.errors import ConfigError
+from recon_cli.errors import ConfigError, ConfigErrors
 from recon_cli.io.dicom_input import simulation_defaults
 from recon_cli.solvers.registry import SolverRef, get_solver
 
@@ -192,10 +198,12 @@ class OutputSpec(Strict):
 
 
 class MetricsSpec(Strict):
-    reference: Optional[Path_] = Field(None, description="reference image file; default: the input's /reference")
+    reference: Optional[Path_] = Field(None, description="reference image: HDF5, a DICOM CT series (folder), TIFF "
+                                                        "or NIfTI (recon_cli.io.images); default: the input's "
+                                                        "/reference")
     list: MetricList = Field(default_factory=lambda: [*METRIC_NAMES], description="metrics to compute")
     mu_water: float = Field(0.0192, gt=0, description="attenuation of water in 1/mm, for HU")
-    mask: Optional[Path_] = Field(None, description="image file; metrics only where it is non-zero")
+    mask: Optional[Path_] = Field(None, description="image (as reference); metrics only where it is non-zero")
 
 
 class CheckpointSpec(Strict):
@@ -364,18 +372,22 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> PipelineConf
         raise ConfigError("pipeline file not found", file=source) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read pipeline file ({exc})", file=source) from None
-    return config_from_text(text, source=source, overrides=overrides)
+    return config_from_text(text, source=source, overrides=overrides, base_dir=path.parent)
 
 
-def config_from_text(text: str, *, source: str = "<string>", overrides: Sequence[str] = ()) -> PipelineConfig:
-    """Validate YAML text (see :func:`load_config`)."""
+def config_from_text(text: str, *, source: str = "<string>", overrides: Sequence[str] = (),
+                     base_dir: str | Path | None = None) -> PipelineConfig:
+    """Validate YAML text (see :func:`load_config`); relative paths in it are relative to ``base_dir``
+    (None: the current folder)."""
     raw, lines = _parse_yaml(text, source)
-    return config_from_dict(raw, source=source, lines=lines, overrides=overrides)
+    return config_from_dict(raw, source=source, lines=lines, overrides=overrides, base_dir=base_dir)
 
 
 def config_from_dict(raw: Any, *, source: str | None = None, lines: dict | None = None,
-                     overrides: Sequence[str] = ()) -> PipelineConfig:
-    """Validate a raw mapping; ``lines`` maps key paths to line numbers for messages."""
+                     overrides: Sequence[str] = (), base_dir: str | Path | None = None) -> PipelineConfig:
+    """Validate a raw mapping; ``lines`` maps key paths to line numbers for messages; relative paths
+    in ``raw`` are relative to ``base_dir`` (None: the current folder), those in ``overrides`` to the
+    current folder."""
     lines = lines or {}
     if raw is None:
         raise ConfigError("empty pipeline", file=f"{source}:1" if source else None)
@@ -383,6 +395,8 @@ def config_from_dict(raw: Any, *, source: str | None = None, lines: dict | None 
         raise ConfigError(f"a pipeline must be a mapping of keys, got {type(raw).__name__}",
                           file=f"{source}:1" if source else None)
     raw = _drop_empty_sections(_deep_copy(raw))
+    if base_dir is not None:
+        resolve_relative_paths(raw, Path(base_dir))
     set_paths = []
     for item in overrides:
         key_path, value = parse_override(item)
@@ -391,7 +405,7 @@ def config_from_dict(raw: Any, *, source: str | None = None, lines: dict | None 
     try:
         cfg = PipelineConfig.model_validate(raw)
     except ValidationError as exc:
-        raise _first_error(exc, raw, source, lines, set_paths) from None
+        raise _all_errors(exc, raw, source, lines, set_paths) from None
     cfg._source = source
     cfg._lines = lines
     return cfg
@@ -410,7 +424,7 @@ def with_overrides(cfg: PipelineConfig, values: dict[str, Any]) -> PipelineConfi
     try:
         new = PipelineConfig.model_validate(raw)
     except ValidationError as exc:
-        raise _first_error(exc, raw, None, {}, set_paths) from None
+        raise _all_errors(exc, raw, None, {}, set_paths) from None
     new._source, new._lines = cfg._source, cfg._lines
     return new
 
@@ -513,39 +527,118 @@ def _set_path(raw: dict, key_path: tuple, value: Any, item: str) -> None:
 # ----------------------------------------------------------------------------- errors
 
 
-def _first_error(exc: ValidationError, raw: dict, source: str | None, lines: dict,
-                 set_paths: list[tuple]) -> ConfigError:
-    """The first validation error as one ConfigError line (the rest are counted)."""
-    errors = exc.errors(include_url=False)
-    messages = [_describe(err, raw, source, lines, set_paths) for err in errors]
-    first = messages[0]
-    if len(messages) > 1:
-        first.message += f" (and {len(messages) - 1} more error{'s' if len(messages) > 2 else ''})"
-    return first
+def _all_errors(exc: ValidationError, raw: dict, source: str | None, lines: dict,
+                set_paths: list[tuple]) -> ConfigError:
+    """Every validation error, each one ``FILE:LINE: field: message`` line (ConfigErrors when several).
+
+    Pydantic reports a value that fits no member of a union once per member, at locations carrying
+    the member's internal name (``lam.constrained-float``, ``rows.list[int].0``): those names are
+    dropped and the alternatives merged into one message (``Input should be a valid number or 'auto'``).
+    """
+    groups: dict[tuple, list[tuple[tuple, dict]]] = {}
+    for err in exc.errors(include_url=False):
+        loc = _repair_loc(tuple(err["loc"]), raw)
+        clean, union_at = _drop_internal_loc(loc, raw, err["type"])
+        key = union_at if union_at is not None else clean
+        groups.setdefault(key, []).append((clean, err))
+    described = []
+    for key, members in groups.items():
+        if len(members) == 1 or any(len(clean) < len(key) for clean, _ in members):
+            for clean, err in members:
+                described.append(_describe(err, clean, raw, source, lines, set_paths))
+            continue
+        merged = dict(members[0][1], type="union", msg=_union_message(key, members))
+        described.append(_describe(merged, key, raw, source, lines, set_paths))
+    unique = list({e.one_line(): e for e in described}.values())
+    unique.sort(key=lambda e: (e.file is not None, _line_of(e.file)))  # --set errors first, then file order
+    return unique[0] if len(unique) == 1 else ConfigErrors(unique)
 
 
-def _describe(err: dict, raw: dict, source: str | None, lines: dict, set_paths: list[tuple]) -> ConfigError:
-    loc = _repair_loc(tuple(err["loc"]), raw)
+def _line_of(where: str | None) -> int:
+    tail = (where or "").rsplit(":", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
+
+
+#: Locations pydantic adds for union members and validators (never keys of a pipeline).
+_INTERNAL_LOC = re.compile(r"^(constrained-\w+|literal\[.*\]|function-\w+\[.*\]|tagged-union\[.*\]|"
+                           r"\w+\[.*\]|int|float|str|bool|none|list|dict|tuple|json-or-python\[.*\])$")
+
+
+def _drop_internal_loc(loc: tuple, raw: Any, kind: str) -> tuple[tuple, tuple | None]:
+    """(the location without pydantic's internal union/validator names, the location of the union
+    where the first one was dropped, or None)."""
+    out: list = []
+    union_at = None
+    node = raw
+    for i, part in enumerate(loc):
+        last = i == len(loc) - 1
+        if isinstance(node, dict) and part in node:
+            out.append(part)
+            node = node[part]
+            continue
+        if isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            out.append(part)
+            node = node[part]
+            continue
+        internal = isinstance(part, str) and (
+            _INTERNAL_LOC.match(part) is not None
+            or not isinstance(node, (dict, list))  # below a plain value: only validator names remain
+            or (isinstance(node, dict) and not last and loc[i + 1] in node))  # a discriminated-union tag
+        if internal and not (last and kind in ("missing", "extra_forbidden")):
+            if union_at is None:
+                union_at = tuple(out)
+            continue
+        out.append(part)
+        node = node.get(part) if isinstance(node, dict) else None
+    return tuple(out), union_at
+
+
+def _union_message(at: tuple, members: list[tuple[tuple, dict]]) -> str:
+    """One message for a value that fits none of a union's members."""
+    alternatives = []
+    for clean, err in members:
+        msg = _plain_message(err)
+        text = msg.removeprefix("Input should be ").split(", unable to")[0]
+        sub = _dotted(clean[len(at):])
+        text = f"a list whose item {sub} is {text}" if sub else text
+        if text not in alternatives:
+            alternatives.append(text)
+    return "Input should be " + " or ".join(alternatives)
+
+
+def _plain_message(err: dict) -> str:
+    """Pydantic's message without library internals (class names, 'Value error, ' prefixes)."""
+    kind, msg = err["type"], err["msg"]
+    if kind in ("value_error", "assertion_error"):
+        return msg.split(", ", 1)[1] if ", " in msg else msg
+    if kind in ("model_type", "model_attributes_type", "dict_type", "mapping_type"):
+        return "expected a mapping of keys (key: value)"
+    if kind in ("tuple_type", "list_type"):
+        return "Input should be a list ([a, b, ...])"
+    return msg
+
+
+def _describe(err: dict, loc: tuple, raw: dict, source: str | None, lines: dict,
+              set_paths: list[tuple]) -> ConfigError:
     kind = err["type"]
-    msg = err["msg"]
+    msg = err["msg"] if kind == "union" else _plain_message(err)
     if kind == "extra_forbidden":
         key = str(loc[-1])
         valid = _valid_keys(loc[:-1], raw)
         msg = f"unknown key '{key}'" + _suggest(key, valid)
     elif kind == "missing":
-        msg = "missing required key"
+        msg = f"missing list item {loc[-1]} (too few items)" if loc and isinstance(loc[-1], int) \
+            else "missing required key"
     elif kind == "union_tag_invalid":
         tag = str(err.get("ctx", {}).get("tag"))
         tags = [t.strip("'\" ") for t in str(err.get("ctx", {}).get("expected_tags", "")).split(",")]
-        msg = f"unknown step '{tag}'" + _suggest(tag, tags)
+        msg = f"unknown step '{tag}'" + _suggest(tag, tags, "steps")
     elif kind == "union_tag_not_found":
         msg = f"missing key {err.get('ctx', {}).get('discriminator', 'step')}"
     elif kind == "literal_error" and isinstance(err.get("input"), str):
         expected = [t.strip("'\" ") for t in str(err.get("ctx", {}).get("expected", "")).replace(" or ", ",").split(",")]
         expected = [e for e in expected if e]
-        msg = f"unknown value '{err['input']}'" + _suggest(err["input"], expected)
-    elif kind in ("value_error", "assertion_error"):
-        msg = msg.split(", ", 1)[1] if ", " in msg else msg
+        msg = f"unknown value '{err['input']}'" + _suggest(err["input"], expected, "values")
     field = _dotted(loc) or None
     for sp in sorted(set_paths, key=len, reverse=True):
         if loc[: len(sp)] == sp:
@@ -555,12 +648,12 @@ def _describe(err: dict, raw: dict, source: str | None, lines: dict, set_paths: 
     return ConfigError(msg, file=file, field=field)
 
 
-def _suggest(word: str, valid: Sequence[str]) -> str:
+def _suggest(word: str, valid: Sequence[str], what: str = "keys") -> str:
     valid = [str(v) for v in valid]
     close = difflib.get_close_matches(word, valid, n=1, cutoff=0.6)
     if close:
         return f"; did you mean '{close[0]}'?"
-    return f"; valid keys: {', '.join(valid)}" if valid else ""
+    return f"; valid {what}: {', '.join(valid)}" if valid else ""
 
 
 def _repair_loc(loc: tuple, raw: Any) -> tuple:
@@ -654,6 +747,52 @@ def _literal_default(model: type[BaseModel], field: str) -> Any:
     ann = model.model_fields[field].annotation
     args = typing.get_args(ann)
     return args[0] if args else None
+
+
+#: Key paths of the file paths of a pipeline (besides ``model`` keys anywhere under ``solver``).
+PATH_KEYS = (("input", "path"), ("output", "path"), ("metrics", "reference"), ("metrics", "mask"),
+             ("checkpoint", "dir"))
+#: Suffixes of model files (a value without a folder and without one of these may be a shipped model's name).
+MODEL_SUFFIXES = (".onnx", ".pt", ".json")
+
+
+def resolve_relative_paths(raw: dict, base_dir: Path) -> None:
+    """Rewrite, in place, the relative file paths of a raw pipeline as seen from the current folder,
+    for a pipeline file in ``base_dir``. Model values that are bare names stay names unless a file
+    of that name (or with .onnx) lies in ``base_dir``."""
+    if str(base_dir) in ("", "."):
+        return
+    for section, key in PATH_KEYS:
+        node = raw.get(section)
+        if isinstance(node, dict) and _is_relative_path(node.get(key)):
+            node[key] = _join(base_dir, node[key])
+    _resolve_models(raw.get("solver"), base_dir)
+
+
+def _resolve_models(node: Any, base_dir: Path) -> None:
+    if isinstance(node, list):
+        for item in node:
+            _resolve_models(item, base_dir)
+        return
+    if not isinstance(node, dict):
+        return
+    for key, value in node.items():
+        if key == "model" and _is_relative_path(value):
+            bare = "/" not in value and os.sep not in value
+            beside = base_dir / value
+            if not bare or beside.is_file() or beside.with_name(beside.name + ".onnx").is_file() or \
+                    (beside.suffix in MODEL_SUFFIXES and beside.with_suffix(".onnx").is_file()):
+                node[key] = _join(base_dir, value)
+        else:
+            _resolve_models(value, base_dir)
+
+
+def _is_relative_path(value: Any) -> bool:
+    return isinstance(value, str) and bool(value.strip()) and not os.path.isabs(os.path.expanduser(value))
+
+
+def _join(base_dir: Path, value: str) -> str:
+    return os.path.normpath(os.path.join(str(base_dir), os.path.expanduser(value)))
 
 
 def _drop_empty_sections(raw: dict) -> dict:

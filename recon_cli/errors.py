@@ -26,6 +26,10 @@ class ReconError(Exception):
             where = f"{self.field}: "
         return (where + self.message).replace("\n", " ")
 
+    def lines(self) -> list[str]:
+        """The error as printed by the CLI, one line per problem (one, except for ConfigErrors)."""
+        return [self.one_line()]
+
 
 class InputError(ReconError):
     """Bad input data (missing dataset, wrong shape, NaN, ...). Exit code 2."""
@@ -37,6 +41,24 @@ class ConfigError(ReconError):
     """Bad pipeline configuration or bad command-line usage. Exit code 2."""
 
     exit_code = 2
+
+
+class ConfigErrors(ConfigError):
+    """Several configuration errors found at once, each a ConfigError (``FILE:LINE: field: message``).
+
+    Attributes ``message``/``file``/``field`` are the first error's; :meth:`lines` gives them all.
+    """
+
+    def __init__(self, errors: list[ConfigError]):
+        self.errors = list(errors)
+        first = self.errors[0]
+        super().__init__(first.message, file=first.file, field=first.field)
+
+    def one_line(self) -> str:
+        return "; ".join(e.one_line() for e in getattr(self, "errors", [])) or super().one_line()
+
+    def lines(self) -> list[str]:
+        return [e.one_line() for e in self.errors]
 
 
 class DeviceError(ReconError):

@@ -266,7 +266,7 @@ def dask_client(spec: ExecutorSpec):
         from distributed import Client, LocalCluster
     except ImportError:
         raise ConfigError("--executor dask needs the 'dask[distributed]' package (pip install "
-                          "'recon-cli[dask]')", field="--executor") from None
+                          "'recon-ct-cli[dask]')", field="--executor") from None
     if spec.kind == "dask":
         try:
             return Client(spec.scheduler, timeout="20s"), None

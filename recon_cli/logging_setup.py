@@ -4,7 +4,9 @@
 
 * ``fmt="text"``: ``LEVEL logger: message`` on stderr; the log file adds an ISO time in front.
 * ``fmt="json"``: one JSON object per line, ``{"time", "level", "logger", "message"}`` (plus
-  ``"exception"`` when a traceback is attached), on stderr and in the file alike.
+  ``"exception"`` when a traceback is attached, and the fields of progress lines: ``stage``,
+  ``solver``, ``iteration``, ``total``, ``percent``, ``objective``, ``residual``, ``elapsed_s``,
+  ``eta_s``; recon_cli.progress), on stderr and in the file alike.
 
 Patient identifiers: readers call :func:`register_phi` (or :func:`register_dicom_phi` with a
 pydicom dataset) with every identifying value they meet (PatientName, PatientID,
@@ -173,6 +175,9 @@ class JSONFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {"time": _iso_time(record.created), "level": record.levelname, "logger": record.name,
                  "message": redact(record.getMessage())}
+        fields = getattr(record, "progress", None)  # recon_cli.progress: stage, iteration, total, eta_s, ...
+        if isinstance(fields, dict):
+            entry.update({k: (redact(v) if isinstance(v, str) else v) for k, v in fields.items() if k not in entry})
         if record.exc_info:
             entry["exception"] = redact(self.formatException(record.exc_info))
         elif record.exc_text:

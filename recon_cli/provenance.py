@@ -14,7 +14,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-#: Distributions whose versions are recorded (when installed).
+#: Distributions whose versions are recorded (when installed); "recon-cli" is this package, whose
+#: distribution is named recon_cli.DISTRIBUTION on package indexes.
 PACKAGES = ("recon-cli", "astra-toolbox", "numpy", "scipy", "h5py", "pydantic", "scikit-image", "cupy-cuda12x",
             "torch", "onnxruntime")
 
@@ -22,9 +23,11 @@ PACKAGES = ("recon-cli", "astra-toolbox", "numpy", "scipy", "h5py", "pydantic", 
 def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str]:
     """Installed version of each distribution (from its metadata; nothing is imported)."""
     out = {"python": platform.python_version()}
+    from recon_cli import DISTRIBUTION
+
     for name in names:
         try:
-            out[name] = metadata.version(name)
+            out[name] = metadata.version(DISTRIBUTION if name in ("recon-cli", DISTRIBUTION) else name)
         except metadata.PackageNotFoundError:
             continue
     return out

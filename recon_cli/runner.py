@@ -13,6 +13,7 @@ import logging
 import math
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,9 @@ def run_pipeline(cfg: PipelineConfig, *, input_override: str | None = None, outp
     device = select_device(cfg.device)
     log.info("device: %s", device.name)
 
+    from recon_cli.progress import iteration_budget, log_stage
+
+    log_stage("read", str(input_path), path=str(input_path))
     sino = read_input(cfg)
     sino = apply_preprocess(sino, cfg.preprocess)
     reference = load_reference(cfg, sino)
@@ -77,14 +81,18 @@ def run_pipeline(cfg: PipelineConfig, *, input_override: str | None = None, outp
     plan = plan_memory(cfg, sino, device.name, max_memory, jobs=jobs)
     digest = input_digest(input_path)
     writer = prepare_checkpoint(cfg, outputs, digest, device, plan, resume)
+    budget = iteration_budget(cfg.solver.params)
+    log_stage("solve", cfg.solver.name + (f" ({budget} iterations)" if budget else "") +
+              (f", {len(plan.chunks)} chunks" if len(plan.chunks) > 1 else ""), solver=cfg.solver.name, total=budget)
     if executor is not None:
         from recon_cli.stack_units import solve_on_executor
 
         solved = solve_on_executor(cfg, sino, device, plan, executor, next(iter(outputs.values())),
                                    want_residual="residual" in metric_names)
     else:
-        solved = solve_in_chunks(cfg, sino, device, plan, writer, progress=progress,
-                                 want_residual="residual" in metric_names)
+        with checkpoint_named_on_interrupt(writer.path, command_line):
+            solved = solve_in_chunks(cfg, sino, device, plan, writer, progress=progress,
+                                     want_residual="residual" in metric_names)
     volume, wall_time, projector = solved.volume, solved.wall_time, solved.projector
 
     from recon_cli.metrics import compute_metrics
@@ -107,6 +115,7 @@ def run_pipeline(cfg: PipelineConfig, *, input_override: str | None = None, outp
         device=device.name, projector=projector, input_path=input_path, input_sha256=digest,
         extra={"pipeline_name": cfg.name, "solver": cfg.solver.name,
                "reference": _reference_source(cfg, reference), **input_facts(sino)})
+    log_stage("write", ", ".join(str(p) for p in outputs.values()), paths=[str(p) for p in outputs.values()])
     write_outputs(cfg, outputs, volume, sino.grid.voxel_size, metrics=metrics, provenance=provenance,
                   history=history, info=info, overwrite=overwrite,
                   dicom_source=sino.metadata.get("dicom"), recon_facts=recon_facts(cfg, sino))
@@ -115,6 +124,29 @@ def run_pipeline(cfg: PipelineConfig, *, input_override: str | None = None, outp
         send_to_pacs(cfg, outputs["dicom"], pacs_record, overwrite)
         outputs = {**outputs, "pacs_record": pacs_record}
     return RunResult(output_paths=outputs, metrics=metrics, info=info, config=cfg, volume=volume)
+
+
+@contextmanager
+def checkpoint_named_on_interrupt(checkpoint: Path, command_line: str | None):
+    """On SIGINT/SIGTERM (recon_cli.signals.Interrupted), record on the exception the checkpoint kept on
+    disk (``checkpoint``) and the command that continues from it (``command_line`` with ``--resume``)."""
+    from recon_cli.signals import Interrupted
+
+    try:
+        yield
+    except Interrupted as exc:
+        if checkpoint.is_file():
+            exc.checkpoint = str(checkpoint)
+            exc.resume_command = resume_command(command_line) if command_line else None
+        raise
+
+
+def resume_command(command_line: str) -> str:
+    """``command_line`` (as rebuilt by the CLI, shell-quoted) with ``--resume`` added once."""
+    import shlex
+
+    parts = shlex.split(command_line)
+    return command_line if "--resume" in parts else shlex.join([*parts, "--resume"])
 
 
 # ----------------------------------------------------------------------------- checks before running
@@ -126,12 +158,42 @@ def check_files(cfg: PipelineConfig, from_command_line: dict[str, bool] | None =
     files = ((("input", "path"), cfg.input.path), (("metrics", "reference"), cfg.metrics.reference),
              (("metrics", "mask"), cfg.metrics.mask))
     for key_path, value in files:
-        if value is None or Path(value).is_file() or (key_path[0] == "input" and Path(value).is_dir()):
+        if value is None or Path(value).is_file() or Path(value).is_dir():  # folders: DICOM series
             continue
         what = "not found" if not Path(value).exists() else "is not a file"
         if from_cli.get(key_path[0]):
             raise InputError(what, file=str(value))
         raise ConfigError(f"{value}: {what}", file=cfg.where(*key_path), field=".".join(key_path))
+    check_models(cfg)
+
+
+def check_models(cfg: PipelineConfig) -> None:
+    """Every model the solver names (at any depth: svtv's pre-estimate, graphLa's Psi, ...) is a file or a
+    shipped model's name; ConfigError pointing at the YAML line otherwise."""
+    from recon_cli.networks import resolve_model_path
+
+    def walk(node, path: tuple) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "model" and isinstance(value, str):
+                    try:
+                        resolve_model_path(value)
+                    except InputError:
+                        raise ConfigError(f"{value}: model not found (neither a file nor a shipped model's "
+                                          f"name; shipped: {', '.join(shipped_models())})",
+                                          file=cfg.where(*path, key), field=".".join(map(str, (*path, key)))) \
+                            from None
+                else:
+                    walk(value, (*path, key))
+
+    walk({"name": cfg.solver.name, "params": cfg.solver.params, "model": cfg.solver.model}, ("solver",))
+
+
+def shipped_models() -> list[str]:
+    """Names of the models shipped with the package (recon_cli/models/*.onnx)."""
+    from recon_cli.networks import PACKAGED_MODELS
+
+    return sorted(p.stem for p in PACKAGED_MODELS.glob("*.onnx"))
 
 
 def check_outputs(outputs: dict[str, Path], input_path: Path, overwrite: bool) -> None:
@@ -172,9 +234,11 @@ def load_reference(cfg: PipelineConfig, sino: Sinogram) -> np.ndarray | None:
     """metrics.reference file, else the input's /reference, else None; shape checked against the grid."""
     if cfg.metrics.reference is None:
         return sino.reference
-    from recon_cli.io.hdf5 import read_image
+    from recon_cli.io.images import fit_shape, read_any_image
 
-    image, voxel_size = read_image(cfg.metrics.reference)
+    image, voxel_size = read_any_image(cfg.metrics.reference, cfg.metrics.mu_water)
+    image = fit_shape(image, tuple(sino.grid.shape)) if fit_shape(image, tuple(sino.grid.shape)) is not None \
+        else image
     if tuple(image.shape) != tuple(sino.grid.shape):
         raise InputError(f"reference shape {list(image.shape)} differs from the reconstruction grid "
                          f"{list(sino.grid.shape)}", file=cfg.metrics.reference, field="metrics.reference")
@@ -187,9 +251,9 @@ def load_mask(cfg: PipelineConfig, sino: Sinogram) -> np.ndarray | None:
     """metrics.mask as booleans (non-zero = inside), or None."""
     if cfg.metrics.mask is None:
         return None
-    from recon_cli.io.hdf5 import read_image
+    from recon_cli.io.images import read_any_image
 
-    image, _ = read_image(cfg.metrics.mask)
+    image, _ = read_any_image(cfg.metrics.mask, cfg.metrics.mu_water)
     shape = tuple(sino.grid.shape)
     if tuple(image.shape) not in (shape, shape[-2:]):
         raise InputError(f"mask shape {list(image.shape)} differs from the grid {list(shape)}",

@@ -30,6 +30,8 @@ class Interrupted(BaseException):
     def __init__(self, signum: int):
         super().__init__(int(signum))
         self.signum = int(signum)
+        self.checkpoint: str | None = None  # set by the runner when a checkpoint of the run is kept on disk
+        self.resume_command: str | None = None  # the command that continues from it
 
     @property
     def exit_code(self) -> int:

@@ -84,7 +84,7 @@ def test_restart_is_bit_exact(tmp_path, problem, monkeypatch, name, params, stop
     full = run_solver(name, op, sino, params)
     state = interrupted_state(tmp_path, op, sino, name, params, stop_at)
     if name == "svtv":  # neither the pre-estimate nor the weights are computed again
-        monkeypatch.setattr(svtv, "run_ref", lambda *a, **k: pytest.fail("pre-estimate run again"))
+        monkeypatch.setattr(svtv, "run_stage", lambda *a, **k: pytest.fail("pre-estimate run again"))
         monkeypatch.setattr(svtv, "svtv_weights", lambda *a, **k: pytest.fail("weights recomputed"))
         assert state["weights"].shape == (64, 64) and float(state["weights"].min()) < 0.5
     resumed = run_solver(name, op, sino, params, resume_state=state)

@@ -85,10 +85,11 @@ def _main(argv: list[str] | None) -> None:
     except ReconError as exc:
         if verbose:
             traceback.print_exc()
-        click.echo(f"Error: {redact(exc.one_line())}", err=True)
+        for line in exc.lines():  # one line, or one per problem of a pipeline that fails validation
+            click.echo(f"Error: {redact(line)}", err=True)
         sys.exit(exc.exit_code)
     except Interrupted as exc:  # SIGINT / SIGTERM: temporary files are gone, finished outputs kept
-        click.echo(f"Interrupted ({exc.signal_name}); no partial output was left.", err=True)
+        click.echo(interrupted_message(exc), err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
@@ -100,3 +101,15 @@ def _main(argv: list[str] | None) -> None:
                    err=True)
         sys.exit(1)
     sys.exit(0)
+
+
+def interrupted_message(exc) -> str:
+    """One line: the signal, that no partial output was left, and the checkpoint kept with the command
+    that continues from it (when the run had written one)."""
+    message = f"Interrupted ({exc.signal_name}); no partial output was left."
+    checkpoint = getattr(exc, "checkpoint", None)
+    if checkpoint:
+        command = getattr(exc, "resume_command", None)
+        message += f" Checkpoint kept: {checkpoint}; continue with: " + (
+            command or "the same command with --resume")
+    return message

@@ -7,26 +7,28 @@ from recon_cli.config import METRIC_NAMES, REFERENCE_METRICS
 
 
 @click.command("metrics")
-@click.argument("recon", type=click.Path(dir_okay=False))
-@click.argument("reference", type=click.Path(dir_okay=False))
-@click.option("--mask", type=click.Path(dir_okay=False), help="Image file; metrics only where it is non-zero.")
+@click.argument("recon", type=click.Path())
+@click.argument("reference", type=click.Path())
+@click.option("--mask", type=click.Path(), help="Image (any format RECON takes); metrics only where it is non-zero.")
 @click.option("--mu-water", type=float, default=0.0192, show_default=True, help="Water attenuation (1/mm) for HU.")
 @click.option("--only", "names", multiple=True, type=click.Choice(list(REFERENCE_METRICS)),
               help="Compute only these metrics (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 def metrics(recon: str, reference: str, mask: str | None, mu_water: float, names: tuple[str, ...],
             as_json: bool) -> None:
-    """Metrics of RECON against REFERENCE (HDF5 files with /reconstruction, /reference or /image)."""
+    """Metrics of RECON against REFERENCE: each an HDF5 file (/reconstruction, /reference or /image), a DICOM
+    CT series (folder or file; HU -> 1/mm with --mu-water), a TIFF or a NIfTI file."""
     import math
 
     from recon_cli.errors import ConfigError, InputError
-    from recon_cli.io.hdf5 import read_image
+    from recon_cli.io.images import fit_shape, read_any_image
     from recon_cli.metrics import compute_metrics, print_metrics
 
     if not (mu_water > 0 and math.isfinite(mu_water)):
         raise ConfigError(f"must be positive, got {mu_water}", field="--mu-water")
-    x, vx = read_image(recon)
-    r, vr = read_image(reference)
+    x, vx = read_any_image(recon, mu_water)
+    r, vr = read_any_image(reference, mu_water)
+    r = fit_shape(r, x.shape) if fit_shape(r, x.shape) is not None else r
     if x.shape != r.shape:
         raise InputError(f"shape {list(x.shape)} differs from the reference's {list(r.shape)} ({reference})",
                          file=recon)
@@ -34,7 +36,7 @@ def metrics(recon: str, reference: str, mask: str | None, mu_water: float, names
         click.echo(f"warning: voxel sizes differ ({vx} mm vs {vr} mm)", err=True)
     m = None
     if mask is not None:
-        m_img, _ = read_image(mask)
+        m_img, _ = read_any_image(mask, mu_water)
         if tuple(m_img.shape) not in (x.shape, x.shape[-2:]):
             raise InputError(f"mask shape {list(m_img.shape)} differs from the image's {list(x.shape)}", file=mask)
         m = m_img != 0

@@ -14,7 +14,7 @@ import click
 @click.pass_context
 def train(ctx: click.Context, config: str, out_dir: str | None, overrides: tuple[str, ...], resume: bool,
           overwrite: bool) -> None:
-    """Train the network described by CONFIG.yaml (needs PyTorch: pip install recon-cli[train]).
+    """Train the network described by CONFIG.yaml (needs PyTorch: pip install 'recon-ct-cli[train]').
 
     Writes <out>/<name>.pt (PyTorch checkpoint), <name>.onnx (for inference, metadata inside)
     and <name>.json (metadata: geometry, noise, input, metrics, reproduce command).

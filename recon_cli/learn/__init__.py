@@ -1,4 +1,4 @@
-"""Training of learned components (needs PyTorch: ``pip install recon-cli[train]``).
+"""Training of learned components (needs PyTorch: ``pip install 'recon-ct-cli[train]'``).
 
 Sits above the solvers: it runs registered solvers to make training inputs and
 targets. Nothing below (solvers, networks.py) imports this package; trained models
@@ -19,4 +19,4 @@ def require_torch() -> None:
         import torch  # noqa: F401
     except ImportError:
         raise ConfigError("training needs PyTorch, which is not installed; "
-                          "pip install 'recon-cli[train]' (CPU build: see README)", field="train") from None
+                          "pip install 'recon-ct-cli[train]' (CPU build: see README)", field="train") from None

@@ -27,7 +27,7 @@ from typing import Any, Literal, Optional, Sequence, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from recon_cli.errors import ConfigError, InputError
+from recon_cli.errors import ConfigError, ConfigErrors, InputError
 from recon_cli.geometry import FanFlat2D, Geometry, Parallel2D, VolumeGrid
 from recon_cli.phantoms import MU_WATER
 from recon_cli.solvers.registry import SolverRef
@@ -333,22 +333,32 @@ def load_train_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainC
 
 
 def _config_error(exc: ValidationError, source: str, lines: dict, set_paths: list[tuple]) -> ConfigError:
-    errors = exc.errors(include_url=False)
-    err = errors[0]
-    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in ("ConvergedTarget",))
-                and not str(p).startswith("literal["))
+    """Every validation error, one ConfigError line each (ConfigErrors when several), in file order."""
+    errors = [_one_error(err, source, lines, set_paths) for err in exc.errors(include_url=False)]
+    from recon_cli.config import _line_of
+
+    unique = list({e.one_line(): e for e in errors}.values())
+    unique.sort(key=lambda e: (e.file is not None, _line_of(e.file)))
+    return unique[0] if len(unique) == 1 else ConfigErrors(unique)
+
+
+def _one_error(err: dict, source: str, lines: dict, set_paths: list[tuple]) -> ConfigError:
+    from recon_cli.config import _INTERNAL_LOC
+
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and (p in ("ConvergedTarget",)
+                                                                       or _INTERNAL_LOC.match(p))))
     msg = err["msg"]
     if err["type"] == "extra_forbidden":
         msg = f"unknown key '{loc[-1]}'"
     elif err["type"] == "missing":
         msg = "missing required key"
+    elif err["type"] in ("model_type", "model_attributes_type", "dict_type"):
+        msg = "expected a mapping of keys (key: value)"
     elif err["type"] in ("value_error", "assertion_error") and ", " in msg:
         msg = msg.split(", ", 1)[1]
         head, sep, rest = msg.partition(": ")
         if not loc and sep and " " not in head:  # model-level check naming its field "a.b: message"
             loc, msg = tuple(head.split(".")), rest
-    if len(errors) > 1:
-        msg += f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})"
     field = ".".join(str(p) for p in loc) or None
     for sp in sorted(set_paths, key=len, reverse=True):
         if loc[: len(sp)] == sp:

@@ -247,7 +247,8 @@ def load_checkpoint(path: Path) -> dict:
 
 @contextmanager
 def _progress(enabled: bool):
-    """``update(kind, done, total, text)`` driving a rich progress bar on stderr (no-op when disabled)."""
+    """``update(kind, done, total, text)`` driving a rich progress bar on stderr (no-op when disabled);
+    ``done`` may be fractional (epochs: 1.5 = half-way through the second)."""
     if not enabled:
         yield lambda *a, **k: None
         return
@@ -328,7 +329,9 @@ def train(cfg: TrainConfig, *, out_dir: str | os.PathLike | None = None, resume:
                 opt.step()
                 total += float(loss.detach()) * len(xb)
                 count += len(xb)
-                update("epoch", b, n_batches, f"epoch {epoch}/{t_cfg.epochs} loss {total / count:.3e}")
+                # the bar counts epochs (total = epochs); the batch within the epoch is in the text
+                update("epochs", epoch - 1 + b / n_batches, t_cfg.epochs,
+                       f"epoch {epoch}/{t_cfg.epochs}, batch {b}/{n_batches}, loss {total / count:.3e}")
             lr = opt.param_groups[0]["lr"]
             sched.step()
             val = evaluate(model, tensors["val"], arrays["val"], cfg, loss_fn)

@@ -56,7 +56,7 @@ from recon_cli.ops.operator import Operator
 from recon_cli.sinogram import Reconstruction, Sinogram
 from recon_cli.solvers.mmgks import mmgks
 from recon_cli.solvers.pdhg import pdhg
-from recon_cli.solvers.registry import SolverParams, SolverRef, register, run_ref, unit
+from recon_cli.solvers.registry import SolverParams, SolverRef, register, run_stage, unit
 from recon_cli.solvers.regularisation_parameter import noise_norm
 from recon_cli.solvers.tv import choose_lam
 
@@ -187,7 +187,7 @@ def solve_with_psi(op: Operator, sino: Sinogram, params: GraphLaParams, u, callb
 def solve(op: Operator, sino: Sinogram, params: GraphLaParams, callback=None) -> Reconstruction:
     """graphLa+Psi reconstruction of ``sino`` on ``op``'s grid (1/mm)."""
     t0 = time.perf_counter()
-    pre = run_ref(params.psi, op, sino)
+    pre = run_stage("psi", params.psi, op, sino, callback)
     t_psi = time.perf_counter() - t0
     rec = solve_with_psi(op, sino, params, pre.volume, callback)
     # Psi's scalar info, flattened (psi_lam, psi_iterations, ...) so that writers keep it

@@ -166,3 +166,26 @@ def run_ref(ref: SolverRef, op: Operator, sinogram: Sinogram, callback: Callback
             resume_state: dict | None = None) -> Reconstruction:
     """Run a solver named by a SolverRef (for composed solvers)."""
     return run_solver(ref.name, op, sinogram, ref.parsed(), callback, resume_state=resume_state)
+
+
+def run_stage(stage: str, ref: SolverRef, op: Operator, sinogram: Sinogram,
+              callback: Callback | None = None) -> Reconstruction:
+    """Run a solver named by ``ref`` as a stage of another (SV-TV's pre-estimate, graphLa's Psi).
+
+    A callback with ``wants_stages = True`` (a progress report) sees the stage announced by a state
+    at iteration 0, then the stage's own iterations; these states carry ``extra = {'stage', 'solver',
+    'total'}`` (total: the stage's iteration budget or None) and no solver state, and cannot stop the
+    stage. Other callbacks see nothing of it.
+    """
+    if callback is None or not getattr(callback, "wants_stages", False):
+        return run_ref(ref, op, sinogram)
+    total = ref.params.get("iterations") if isinstance(ref.params, dict) else None
+    info = {"stage": stage, "solver": ref.name, "total": total if isinstance(total, int) else None}
+    callback(IterationState(0, None, extra=dict(info)))
+
+    def staged(state: IterationState) -> None:
+        callback(IterationState(state.iteration, state.x, state.objective, state.residual, state.gap,
+                                extra=dict(info)))
+        return None
+
+    return run_ref(ref, op, sinogram, staged)

@@ -35,7 +35,7 @@ from pydantic import Field
 from recon_cli.ops.finite_differences import Gradient, gradient_magnitude
 from recon_cli.ops.operator import Operator
 from recon_cli.sinogram import Reconstruction, Sinogram
-from recon_cli.solvers.registry import SolverRef, register, run_ref, unit
+from recon_cli.solvers.registry import SolverRef, register, run_stage, unit
 from recon_cli.solvers.tv import TV_STATE_ARRAYS, TVParams, make_gradient, solve_weighted
 
 
@@ -151,7 +151,7 @@ def solve(op: Operator, sino: Sinogram, params: SVTVParams, callback=None, *,
     xp = op.xp
     B = make_gradient(op, params)
     if resume_state is None:
-        pre = run_ref(params.pre_estimate, op, sino)
+        pre = run_stage("pre-estimate", params.pre_estimate, op, sino, callback)
         t_pre = time.perf_counter() - t0
         u = xp.asarray(pre.volume, dtype=np.float32)
         del pre
