@@ -19,7 +19,7 @@ from recon_cli.errors import ReconError
 COMMANDS = [
     ("run", "run"), ("validate", "validate"), ("info", "info"), ("simulate", "simulate"),
     ("metrics_cmd", "metrics"), ("solvers_cmd", "solvers"), ("train", "train"), ("batch", "batch"),
-    ("send", "send"),
+    ("send", "send"), ("cache_cmd", "cache"),
 ]
 
 
