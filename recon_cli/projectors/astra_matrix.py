@@ -149,17 +149,20 @@ def load_or_build_matrix(geometry: Geometry, grid: VolumeGrid, projector_type: s
 
 
 def default_threads() -> int:
-    """$RECON_NUM_THREADS, else the number of CPU cores this process may use."""
+    """$RECON_NUM_THREADS, else 1.
+
+    Measured (benchmarks/results/speed.md, 2-core host shared with other jobs): two threads per
+    product were 0.7-0.75x of one on single slices (256^2-1024^2) and gained nothing on stacks;
+    they pay only on an otherwise idle machine with a free core per thread (see
+    benchmarks/README.md). Set RECON_NUM_THREADS=2 there.
+    """
     env = os.environ.get("RECON_NUM_THREADS", "").strip()
     if env:
         try:
             return max(1, int(env))
         except ValueError:
             log.warning("ignoring RECON_NUM_THREADS=%r (not an integer)", env)
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not on Linux
-        return max(1, os.cpu_count() or 1)
+    return 1
 
 
 _POOL: tuple[int, ThreadPoolExecutor] | None = None
