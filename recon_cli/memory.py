@@ -6,7 +6,8 @@ Before the projector is built, the runner estimates the arrays the run will hold
   reference and mask images, the output volume, and metric temporaries (two volumes);
 * ``operator``: the stored rows of ASTRA's projection matrix as one CSR (8 bytes per non-zero
   of the stored views: a float32 value and an int32 index; see projectors/astra_matrix.py),
-  shared by every slice; about 3.3 times that while the matrix is built (not yet in the disk cache). A cached matrix is memory-mapped
+  shared by every slice; about 3.3 times that while the matrix is built (not yet in the disk cache);
+  plus the transformed image/sinogram copies of one product block (at most 32 columns); A cached matrix is memory-mapped
   (file pages, shared between processes) but still counted, to stay on the safe side;
 * ``solver``: per slice, the image- and sinogram-sized float32 arrays the solver keeps
   (its ``state_arrays`` registry hint, default (4, 2)) plus one of each as projector workspace
@@ -266,7 +267,11 @@ def estimate_memory(cfg, sino, device_name: str, projector_kind: str | None = No
     has_reference = sino.reference is not None or cfg.metrics.reference is not None
     data = n_slices * (sinogram * copies + image * (1 + 2 + int(has_reference) + int(cfg.metrics.mask is not None)))
     ptype = None if cfg.projector.type == "auto" else cfg.projector.type
-    operator = _matrix_bytes(geometry, grid, ptype, building=None) if kind == "matrix" else 0
+    operator = 0
+    if kind == "matrix":
+        from recon_cli.projectors.astra_matrix import product_workspace_bytes
+
+        operator = _matrix_bytes(geometry, grid, ptype, building=None) + product_workspace_bytes(geometry, grid, ptype)
     n_image, n_sino = solver_state_arrays(spec)
     per_slice = (n_image + WORKSPACE_ARRAYS[0]) * image + (n_sino + WORKSPACE_ARRAYS[1]) * sinogram
     if device_name == "gpu":

@@ -141,3 +141,18 @@ def test_norm_is_cached_beside_the_matrix(cache_dir, monkeypatch):
     second = AstraMatrixProjector(geometry, VolumeGrid((2, 24, 24), 1.0))
     assert second.norm() == value and not calls  # read from meta.json, no power iteration
     assert AstraMatrixProjector(geometry, grid, use_cache=False).norm() == 0.0 and calls
+
+
+def test_stack_in_blocks_equals_one_product(cache_dir):
+    geometry, grid = fan(60), VolumeGrid((5, 24, 24), 1.0)
+    whole = AstraMatrixProjector(geometry, grid, threads=1)
+    whole.max_columns = 1000  # all 5 slices x 8 transforms in one product
+    blocked = AstraMatrixProjector(geometry, grid, threads=1)
+    blocked.max_columns = 16  # 2 slices per product: blocks of 2, 2, 1
+    assert blocked._blocks(5) == [(0, 2), (2, 4), (4, 5)]
+    rng = np.random.default_rng(4)
+    x = rng.random(grid.shape, dtype=np.float32)
+    y = rng.random(whole.range_shape, dtype=np.float32)
+    assert np.array_equal(blocked.forward(x), whole.forward(x))
+    assert np.array_equal(blocked.adjoint(y), whole.adjoint(y))
+    assert adjoint_mismatch(blocked) < 1e-6

@@ -86,6 +86,19 @@ def estimated_matrix_bytes(geometry: Geometry, grid: VolumeGrid, building: bool 
     return int(estimated_nnz(geometry, grid) * stored * 8 * (3.3 if building else 1))
 
 
+def product_workspace_bytes(geometry: Geometry, grid: VolumeGrid, projector_type: str | None = None) -> int:
+    """Peak bytes of the transformed copies one product block holds (beyond the input and output):
+    up to AstraMatrixProjector.max_columns image-sized columns plus as many stored-view sinograms."""
+    sym = view_symmetry(geometry, grid, projector_type)
+    if sym.is_trivial:
+        return 0
+    n_t = len(sym.transforms)
+    slices = min(grid.n_slices or 1, max(1, AstraMatrixProjector.max_columns // n_t))
+    image = int(np.prod(grid.slice_shape))
+    stored_sino = len(sym.stored) * geometry.detector_count
+    return 4 * slices * n_t * (image + stored_sino)
+
+
 def matrix_cache_path(geometry: Geometry, grid: VolumeGrid, projector_type: str | None = None) -> Path:
     """Folder of the cached matrix: ``<cache_dir>/matrices/<type>_<fingerprint>/``."""
     ptype = astra_projector_type(geometry, projector_type)
@@ -320,23 +333,35 @@ class AstraMatrixProjector(Operator):
             raise ValueError(f"expected a multiple of {n} values, got an array of shape {a.shape}")
         return a.reshape(-1, *shape_2d)
 
+    #: Columns (slices x transforms) of one product: bounds the workspace of transformed copies
+    #: (about 2 x max_columns image- and sinogram-sized float32 arrays) on large stacks.
+    max_columns = 32
+
+    def _blocks(self, nz: int):
+        step = max(1, self.max_columns // len(self.symmetry.transforms))
+        return [(a, min(a + step, nz)) for a in range(0, nz, step)]
+
     def forward(self, x):
         ny, nx = self.grid.slice_shape
         x3 = self._slices(x, (ny, nx))
         nz, npix = x3.shape[0], ny * nx
-        n_views, n_det = self.geometry.n_angles, self.geometry.detector_count
         if self.trivial:
             cols = np.ascontiguousarray(x3.reshape(nz, npix).T)
             return np.ascontiguousarray(self._fwd(cols).T).reshape(self.range_shape)
-        n_t = len(self.symmetry.transforms)
+        out = np.empty((nz, self.geometry.n_angles, self.geometry.detector_count), np.float32)
+        for a, b in self._blocks(nz):
+            self._forward_block(x3[a:b], out[a:b])
+        return out.reshape(self.range_shape)
+
+    def _forward_block(self, x3, out):
+        nz, npix = x3.shape[0], x3.shape[1] * x3.shape[2]
+        n_t, n_det = len(self.symmetry.transforms), self.geometry.detector_count
         cols = np.empty((npix, n_t, nz), np.float32)
         for k, (g, _, _, _) in enumerate(self._plan):
             cols[:, k, :] = transform_image(x3, g).reshape(nz, npix).T
         z = self._fwd(cols.reshape(npix, n_t * nz)).reshape(-1, n_det, n_t, nz)
-        out = np.empty((nz, n_views, n_det), np.float32)
         for k, (_, s, det, views) in enumerate(self._plan):
             out[:, views, :] = z[s, det, k, :].transpose(2, 0, 1)
-        return out.reshape(self.range_shape)
 
     def adjoint(self, y):
         ny, nx = self.grid.slice_shape
@@ -346,15 +371,20 @@ class AstraMatrixProjector(Operator):
         if self.trivial:
             cols = np.ascontiguousarray(y3.reshape(nz, n_views * n_det).T)
             return np.ascontiguousarray(self._adj(cols).T).reshape(self.domain_shape)
-        n_t = len(self.symmetry.transforms)
+        out = np.zeros((nz, ny, nx), np.float32)
+        for a, b in self._blocks(nz):
+            self._adjoint_block(y3[a:b], out[a:b])
+        return out.reshape(self.domain_shape)
+
+    def _adjoint_block(self, y3, out):
+        nz, (ny, nx) = y3.shape[0], self.grid.slice_shape
+        n_t, n_det = len(self.symmetry.transforms), self.geometry.detector_count
         cols = np.zeros((len(self.symmetry.stored), n_det, n_t, nz), np.float32)
         for k, (_, s, det, views) in enumerate(self._plan):
             cols[s, det, k, :] = y3[:, views, :].transpose(1, 2, 0)
         w = self._adj(cols.reshape(-1, n_t * nz)).reshape(ny, nx, n_t, nz)
-        out = np.zeros((nz, ny, nx), np.float32)
         for k, (g, _, _, _) in enumerate(self._plan):
             out += inverse_transform_image(np.moveaxis(w[:, :, k, :], -1, 0), g)
-        return out.reshape(self.domain_shape)
 
     def norm(self, iterations: int = 30, seed: int = 0) -> float:
         """||A||_2 (power iteration), cached in memory and beside the matrix in the disk cache."""
