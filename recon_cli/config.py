@@ -118,7 +118,8 @@ class InputSpec(Strict):
 
 class ProjectorSpec(Strict):
     kind: Literal["auto", "astra", "matrix", "cuda"] = Field(
-        "auto", description="auto: cuda on a GPU, else the cached matrix when it fits in memory, else astra")
+        "auto", description="auto: cuda on a GPU, else the cached matrix when it pays for the run's iterations x "
+                            "slices and fits in memory (docs/cache.md), else astra")
     type: str = Field("auto", description="ASTRA projector type (e.g. line_fanflat, strip, linear) or auto")
 
 

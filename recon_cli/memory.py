@@ -4,9 +4,10 @@ Before the projector is built, the runner estimates the arrays the run will hold
 
 * ``data`` (host): the input sinogram (twice while a preprocessing step makes its copy), the
   reference and mask images, the output volume, and metric temporaries (two volumes);
-* ``operator``: ASTRA's projection matrix and its transpose as CSR (``estimated_nnz * 8`` bytes
-  each: a float32 value and an int32 column index per non-zero), shared by every slice; a third
-  copy while the matrix is built (not yet in the disk cache). A cached matrix is memory-mapped
+* ``operator``: the stored rows of ASTRA's projection matrix as one CSR (8 bytes per non-zero
+  of the stored views: a float32 value and an int32 index; see projectors/astra_matrix.py),
+  shared by every slice; about 3.3 times that while the matrix is built (not yet in the disk cache);
+  plus the transformed image/sinogram copies of one product block (at most 32 columns); A cached matrix is memory-mapped
   (file pages, shared between processes) but still counted, to stay on the safe side;
 * ``solver``: per slice, the image- and sinogram-sized float32 arrays the solver keeps
   (its ``state_arrays`` registry hint, default (4, 2)) plus one of each as projector workspace
@@ -186,13 +187,13 @@ def solver_state_arrays(spec) -> tuple[int, int]:
 
 
 def _matrix_bytes(geometry, grid, projector_type: str | None = None, building: bool | None = False) -> int:
-    """CSR matrix + transpose (8 bytes per non-zero each); while it is being built (not in the disk
-    cache; ``building=None``: look) ASTRA's own copy adds a third (measured: 3.3 x 8 bytes per non-zero)."""
-    from recon_cli.projectors.astra_matrix import estimated_nnz
+    """The stored projection matrix (8 bytes per non-zero of the stored views, one copy); while it is
+    being built (not in the disk cache; ``building=None``: look) ASTRA's copy and SciPy's transpose add more."""
+    from recon_cli.projectors.astra_matrix import estimated_matrix_bytes
 
     if building is None:
         building = not _matrix_cached(geometry, grid, projector_type)
-    return estimated_nnz(geometry, grid) * 8 * (3 if building else 2)
+    return estimated_matrix_bytes(geometry, grid, building=building, projector_type=projector_type)
 
 
 def _matrix_cached(geometry, grid, projector_type: str | None) -> bool:
@@ -205,16 +206,45 @@ def _matrix_cached(geometry, grid, projector_type: str | None) -> bool:
         return False
 
 
-def resolve_projector_kind(kind: str, geometry, grid, device_name: str) -> str:
-    """The projector kind a run will use: 'auto' -> cuda on a GPU; on the CPU the matrix when it is
-    below the projectors' size limit (recon_cli.projectors.MATRIX_BYTES_LIMIT), else astra."""
+def resolve_projector_kind(kind: str, geometry, grid, device_name: str, products: int | None = None) -> str:
+    """The projector kind a run will use: 'auto' -> cuda on a GPU; on the CPU astra when the matrix
+    is above the projectors' size limit (recon_cli.projectors.MATRIX_BYTES_LIMIT), else, given the
+    operator ``products`` per slice the run makes, whichever the cost model
+    (recon_cli.projectors.cost_model) finds cheaper; without ``products``: the matrix."""
     if kind != "auto":
         return kind
     if device_name == "gpu":
         return "cuda"
     from recon_cli.projectors import MATRIX_BYTES_LIMIT
 
-    return "astra" if _matrix_bytes(geometry, grid) > MATRIX_BYTES_LIMIT else "matrix"
+    if _matrix_bytes(geometry, grid) > MATRIX_BYTES_LIMIT:
+        log.info("projector: astra (the matrix would exceed %s)", format_size(MATRIX_BYTES_LIMIT))
+        return "astra"
+    if products is None:
+        return "matrix"
+    from recon_cli.projectors.astra_matrix import estimated_nnz, view_symmetry
+    from recon_cli.projectors.cost_model import choose_cpu_projector
+
+    nnz = estimated_nnz(geometry, grid)
+    stored = len(view_symmetry(geometry, grid).stored) / max(1, geometry.n_angles)
+    choice = choose_cpu_projector(nnz, int(nnz * stored), products, grid.n_slices or 1,
+                                  _matrix_cached(geometry, grid, None))
+    log.info("projector: %s (%s; set projector.kind to override)", choice.kind, choice.reason)
+    return choice.kind
+
+
+def run_products(cfg) -> int:
+    """Operator applications per slice the pipeline's solver makes (for the projector cost model)."""
+    from recon_cli.progress import iteration_budget
+    from recon_cli.projectors.cost_model import estimated_products
+    from recon_cli.solvers.registry import get_solver
+
+    spec = get_solver(cfg.solver.name)
+    try:
+        params = cfg.solver.parsed().model_dump()  # with the defaults filled in
+    except Exception:
+        params = dict(cfg.solver.params or {})
+    return estimated_products(spec.iterative, iteration_budget(params))
 
 
 def estimate_memory(cfg, sino, device_name: str, projector_kind: str | None = None) -> MemoryEstimate:
@@ -228,13 +258,20 @@ def estimate_memory(cfg, sino, device_name: str, projector_kind: str | None = No
     n_slices = grid.n_slices if stack_2d else 1
     image = math.prod(grid.shape) * FLOAT32 // n_slices
     sinogram = int(getattr(sino.data, "size", math.prod(sino.data.shape))) * FLOAT32 // n_slices
-    kind = projector_kind or resolve_projector_kind(cfg.projector.kind, geometry, grid, device_name)
+    if projector_kind is None:
+        products = run_products(cfg) if cfg.projector.kind == "auto" and device_name != "gpu" else None
+        projector_kind = resolve_projector_kind(cfg.projector.kind, geometry, grid, device_name, products)
+    kind = projector_kind
 
     copies = 2 if cfg.preprocess else 1
     has_reference = sino.reference is not None or cfg.metrics.reference is not None
     data = n_slices * (sinogram * copies + image * (1 + 2 + int(has_reference) + int(cfg.metrics.mask is not None)))
     ptype = None if cfg.projector.type == "auto" else cfg.projector.type
-    operator = _matrix_bytes(geometry, grid, ptype, building=None) if kind == "matrix" else 0
+    operator = 0
+    if kind == "matrix":
+        from recon_cli.projectors.astra_matrix import product_workspace_bytes
+
+        operator = _matrix_bytes(geometry, grid, ptype, building=None) + product_workspace_bytes(geometry, grid, ptype)
     n_image, n_sino = solver_state_arrays(spec)
     per_slice = (n_image + WORKSPACE_ARRAYS[0]) * image + (n_sino + WORKSPACE_ARRAYS[1]) * sinogram
     if device_name == "gpu":
@@ -299,7 +336,8 @@ def plan_memory(cfg, sino, device_name: str, max_memory: int | str | None = None
     source = "--max-memory" if given else f"{int(DEFAULT_FRACTION * 100)}% of the available " + \
         ("GPU memory" if device_name == "gpu" else "memory")
     host_limit = default_limit("cpu", jobs) if device_name == "gpu" else None
-    kind = resolve_projector_kind(cfg.projector.kind, sino.geometry, sino.grid, device_name)
+    products = run_products(cfg) if cfg.projector.kind == "auto" and device_name != "gpu" else None
+    kind = resolve_projector_kind(cfg.projector.kind, sino.geometry, sino.grid, device_name, products)
     est = estimate_memory(cfg, sino, device_name, kind)
     try:
         chunks = plan_chunks(est, limit, host_limit=host_limit, limit_source=source)

@@ -99,7 +99,7 @@ def test_estimate_counts_data_matrix_and_solver_state(tmp_path, stack):
     assert est.data == 4 * (sino + 4 * image)
     assert est.projector_kind == "matrix" and est.operator > 0
     assert est.device_peak(4) == est.data + est.operator + 4 * est.per_slice
-    assert "sirt" in est.describe() and "MiB" in est.describe()
+    assert "sirt" in est.describe() and "KiB (matrix)" in est.describe()  # the stored-view matrix: < 1 MiB here
     # a solver without a hint gets the default; coupled solvers are flagged
     coupled = estimate_for(raw_pipeline(stack, tmp_path / "o.h5", "sgp_tv"))
     assert not coupled.slice_independent and coupled.per_slice > est.per_slice

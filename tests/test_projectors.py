@@ -126,7 +126,7 @@ def test_matrix_projector_thread_counts_agree():
     one = AstraMatrixProjector(geometry, grid, threads=1)
     three = AstraMatrixProjector(geometry, grid, threads=3)
     three._fwd.min_work = three._adj.min_work = 0
-    assert three.with_threads(1).threads == 1 and three.with_threads(1).matrix is three.matrix
+    assert three.with_threads(1).threads == 1 and three.with_threads(1).stored is three.stored
     assert np.array_equal(one.forward(x), three.forward(x))
     y = one.forward(x)
     assert np.array_equal(one.adjoint(y), three.adjoint(y))
@@ -138,7 +138,7 @@ def test_matrix_products_stay_float32():
     x = np.ones(grid.shape, np.float64)  # promoted inputs are brought back to float32
     assert op.forward(x).dtype == np.float32
     assert op.adjoint(op.forward(x)).dtype == np.float32
-    assert op.matrix.dtype == op.matrix_t.dtype == np.float32
+    assert op.matrix.dtype == op.matrix_t.dtype == op.stored.dtype == np.float32
 
 
 # ---------------------------------------------------------------- gradient
@@ -169,23 +169,23 @@ def test_matrix_cache_is_reused(cache_dir, monkeypatch):
     (folder,) = _cached_folders(cache_dir)
     assert first.projector_type in folder.name
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        f"{m}.{part}.npy" for m in ("A", "AT") for part in ("data", "indices", "indptr"))
+        [f"M.{part}.npy" for part in ("data", "indices", "indptr")] + ["meta.json"])
     monkeypatch.setattr(astra_matrix, "AstraCPUProjector", _NoBuild)
     second = AstraMatrixProjector(geometry, make_grid(True))  # a stack reuses the slice matrix
     assert (second.matrix != first.matrix).nnz == 0 and (second.matrix_t != first.matrix_t).nnz == 0
-    assert isinstance(second.matrix.data, np.memmap)  # loaded lazily, shared between processes
-    assert second.matrix.dtype == np.float32 and second.matrix.indices.dtype == np.int32
+    assert isinstance(second.stored.data, np.memmap)  # loaded lazily, shared between processes
+    assert second.stored.dtype == np.float32 and second.stored.indices.dtype == np.int32
     x = np.random.default_rng(0).random(second.domain_shape, dtype=np.float32)
     assert np.array_equal(second.forward(x), uncached.forward(x))
     assert np.array_equal(second.adjoint(second.forward(x)), uncached.adjoint(uncached.forward(x)))
 
 
-@pytest.mark.parametrize("damage", ["garbage", "truncated", "missing", "bad index"])
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "missing", "bad index", "changed value"])
 def test_corrupt_matrix_cache_is_rebuilt(cache_dir, caplog, damage):
     geometry, grid = make_geometry("parallel"), make_grid(False)
     first = AstraMatrixProjector(geometry, grid)
     (folder,) = _cached_folders(cache_dir)
-    target = folder / ("AT.indices.npy" if damage == "bad index" else "A.data.npy")
+    target = folder / ("M.indices.npy" if damage == "bad index" else "M.data.npy")
     good = target.read_bytes()
     if damage == "garbage":
         target.write_bytes(b"not a matrix")
@@ -193,10 +193,14 @@ def test_corrupt_matrix_cache_is_rebuilt(cache_dir, caplog, damage):
         target.write_bytes(good[: len(good) // 2])
     elif damage == "missing":
         target.unlink()
-    else:  # a column index past the end must not reach SciPy's products
+    elif damage == "bad index":  # a column index past the end must not reach SciPy's products
         indices = np.load(target)
         indices[len(indices) // 2] = 10**6
         np.save(target, indices)
+    else:  # same shape and dtype, one value changed: only the checksum sees it
+        data = np.load(target)
+        data[len(data) // 2] += 1.0
+        np.save(target, data)
     with caplog.at_level(logging.WARNING, logger="recon_cli.projectors.astra_matrix"):
         second = AstraMatrixProjector(geometry, grid)
     assert "unreadable matrix cache" in caplog.text

@@ -19,11 +19,31 @@ from recon_cli.errors import ReconError
 COMMANDS = [
     ("run", "run"), ("validate", "validate"), ("info", "info"), ("simulate", "simulate"),
     ("metrics_cmd", "metrics"), ("solvers_cmd", "solvers"), ("train", "train"), ("batch", "batch"),
-    ("send", "send"), ("echo", "echo"),
+    ("send", "send"), ("echo", "echo"), ("cache_cmd", "cache"),
 ]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """Imports a command's module only when that command runs (or ``--help`` lists them all), so
+    ``recon --version`` and the light commands start without the solvers and I/O libraries."""
+
+    def list_commands(self, ctx):
+        return sorted(set(super().list_commands(ctx)) | {attr for _, attr in COMMANDS})
+
+    def get_command(self, ctx, name):
+        for module, attr in COMMANDS:
+            if attr == name and name not in self.commands:
+                try:
+                    mod = importlib.import_module(f"recon_cli.cli.{module}")
+                except ModuleNotFoundError as exc:  # command not written yet
+                    if exc.name == f"recon_cli.cli.{module}":
+                        return None
+                    raise
+                self.add_command(getattr(mod, attr))
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="recon-cli")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging and full tracebacks on errors.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors; no progress bars.")
@@ -44,20 +64,6 @@ def cli(ctx: click.Context, verbose: bool, quiet: bool, log_format: str, log_fil
     except OSError as exc:
         raise click.BadParameter(f"cannot open the log file ({exc})", param_hint="--log-file") from None
     install_signal_handlers()  # SIGINT/SIGTERM -> Interrupted: temporary files are removed on the way out
-
-
-def _add_commands() -> None:
-    for module, attr in COMMANDS:
-        try:
-            mod = importlib.import_module(f"recon_cli.cli.{module}")
-        except ModuleNotFoundError as exc:  # command not written yet
-            if exc.name == f"recon_cli.cli.{module}":
-                continue
-            raise
-        cli.add_command(getattr(mod, attr))
-
-
-_add_commands()
 
 
 def main(argv: list[str] | None = None) -> None:

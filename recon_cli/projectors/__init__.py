@@ -1,7 +1,8 @@
 """Projectors behind one Operator interface, and the factory that picks one for a device.
 
 Kinds: ``astra`` (ASTRA's direct CPU 2D projectors), ``matrix`` (ASTRA's matrix as a
-cached CSR, default on the CPU when it fits in memory), ``cuda`` (ASTRA CUDA with CuPy
+cached CSR of the symmetry-stored views, default here on the CPU when it fits in memory; the
+runner decides by recon_cli.projectors.cost_model), ``cuda`` (ASTRA CUDA with CuPy
 arrays, GPU only).
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ log = logging.getLogger(__name__)
 
 PROJECTOR_KINDS = ("auto", "astra", "matrix", "cuda")
 
-#: Above this many bytes (matrix + transpose), 'auto' on the CPU uses ASTRA's direct projector.
+#: Above this many bytes (the stored matrix), 'auto' on the CPU uses ASTRA's direct projector.
 MATRIX_BYTES_LIMIT = 4 * 1024**3
 
 
@@ -37,10 +38,11 @@ def make_projector(geometry: Geometry, grid: VolumeGrid, device: Device, kind: s
     if kind == "cuda":
         raise DeviceError("projector 'cuda' needs device gpu", field="projector")
     from recon_cli.projectors.astra_cpu import AstraCPUProjector
-    from recon_cli.projectors.astra_matrix import AstraMatrixProjector, estimated_nnz
+    from recon_cli.projectors.astra_matrix import AstraMatrixProjector, estimated_matrix_bytes
 
     if kind == "auto":
-        kind = "matrix" if estimated_nnz(geometry, grid) * 8 * 2 <= MATRIX_BYTES_LIMIT else "astra"
+        kind = "matrix" if estimated_matrix_bytes(geometry, grid, projector_type=projector_type) <= MATRIX_BYTES_LIMIT \
+            else "astra"
         log.debug("projector auto -> %s", kind)
     if kind == "matrix":
         return AstraMatrixProjector(geometry, grid, projector_type)

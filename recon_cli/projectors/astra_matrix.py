@@ -1,24 +1,36 @@
-"""ASTRA's own projection matrix as a cached SciPy CSR: fast products on slice stacks.
+"""ASTRA's own projection matrix, cached on disk, applied as SciPy sparse products on slice stacks.
 
-The matrix of a 2D CPU projector is built once per (geometry, grid, projector type),
-saved under the cache directory keyed by a hash of those, and reused. Its transpose
-is kept as a second CSR so that the adjoint is also a row-wise product (faster than
-the CSC view of the transpose, at twice the memory). Both are cached as plain
-``.npy`` arrays and memory-mapped on load: loading costs no time, and processes
-using the same matrix share its pages.
+Only the rows of a few *stored* views are kept (recon_cli.projectors.symmetry): for equally
+spaced views over 2 pi on a square grid, every other view is a stored view applied to a
+quarter-turned or transposed copy of the image, possibly with its detector reversed. One
+product ``A_s @ X``, with X's columns the transformed images, then yields every view, and the
+adjoint is the sum of the inversely transformed columns of ``A_s^T @ Y``: the matrix bytes are
+read once for up to 8 columns (60 views: 8 of 60 stored). Without symmetry every view is stored.
 
-Products stay float32. A stack of slices is one matrix-matrix product with the slices
-as the columns of a C-ordered (n_pixels, n_slices) block. SciPy's CSR products are
-single-threaded but release the GIL, so with ``threads > 1`` the rows are split into
-chunks of equal non-zero count, run on a shared thread pool (see benchmarks/README.md
-for the measured effect).
+ASTRA's ray tracing is not exactly rotation-equivariant at the pixel level, so the rotated
+views differ slightly from ASTRA's own rows for those angles (measured, relative 2-norm against
+the full matrix: <= 1e-5 for forward and adjoint up to 32^2-64^2; at 256^2 forward 1-3e-5 and
+adjoint of a sinogram up to 3e-4 for ``line_fanflat``, 1-3e-5 for the parallel types). The
+symmetric operator is itself an exact adjoint pair. ``strip_fanflat`` (inaccurate in ASTRA's CPU
+version) and ``$RECON_MATRIX_SYMMETRY=off`` store every view.
+
+One copy is stored: ``M = A_s^T`` as a CSR (rows: pixels), float32 values and int32 indices
+(SciPy's kernels take no smaller types). The adjoint is a row-wise product ``M @ Y``; the
+forward product goes through the same storage as a column-wise scatter ``M.T @ X`` into the
+small sinogram block, which measured faster than a CSR of A_s (benchmarks/results/speed.md).
+The matrix is cached by recon_cli.projectors.matrix_cache (memory-mapped, checksummed, LRU
+with a size cap), with the operator norm beside it.
+
+Products stay float32. A stack of slices is one matrix-matrix product with the slices as
+columns. SciPy's sparse products are single-threaded but release the GIL, so with
+``threads > 1`` the rows of M are split into chunks of equal non-zero count on a shared thread
+pool (the forward product then sums the chunks' partial sinograms).
 """
 from __future__ import annotations
 
 import copy
 import logging
 import os
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -28,19 +40,14 @@ import numpy as np
 import scipy.sparse as sp
 
 from recon_cli.geometry import Geometry, VolumeGrid, fingerprint
-from recon_cli.ops.operator import Operator
+from recon_cli.ops.operator import Operator, power_norm
+from recon_cli.projectors import matrix_cache
 from recon_cli.projectors.astra_cpu import AstraCPUProjector, astra_projector_type
+from recon_cli.projectors.matrix_cache import cache_dir  # noqa: F401  (re-exported)
+from recon_cli.projectors.symmetry import ViewSymmetry, find_view_symmetry, inverse_transform_image, \
+    transform_image
 
 log = logging.getLogger(__name__)
-
-
-def cache_dir() -> Path:
-    """$RECON_CACHE_DIR, else $XDG_CACHE_HOME/recon-cli, else ~/.cache/recon-cli."""
-    env = os.environ.get("RECON_CACHE_DIR")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "recon-cli"
 
 
 def estimated_nnz(geometry: Geometry, grid: VolumeGrid) -> int:
@@ -51,112 +58,124 @@ def estimated_nnz(geometry: Geometry, grid: VolumeGrid) -> int:
     return int(geometry.n_angles * n_det_hit * 2 * max(ny, nx))
 
 
-_PARTS = ("data", "indices", "indptr")
+#: ASTRA projector types whose matrix is used with view symmetry. ``strip_fanflat`` is left out:
+#: ASTRA's CPU version is off by 0.4-1.3 % per view (DESIGN.md), so its rotated views differ by 1e-3.
+SYMMETRIC_TYPES = ("line_fanflat", "linear", "strip", "line")
+
+
+def symmetry_enabled() -> bool:
+    """False when $RECON_MATRIX_SYMMETRY is 0/off/false/no (then every view's rows are stored)."""
+    return os.environ.get("RECON_MATRIX_SYMMETRY", "on").strip().lower() not in ("0", "off", "false", "no")
+
+
+def view_symmetry(geometry: Geometry, grid: VolumeGrid, projector_type: str | None = None) -> ViewSymmetry:
+    """The view symmetry the matrix projector uses for this geometry, grid and projector type."""
+    ptype = astra_projector_type(geometry, projector_type)
+    if ptype not in SYMMETRIC_TYPES or not symmetry_enabled():
+        n = geometry.n_angles
+        entries = np.stack([np.arange(n), np.zeros(n, np.int64), np.arange(n), np.zeros(n, np.int64)], axis=1)
+        return ViewSymmetry(n_views=n, stored=tuple(range(n)), transforms=((False, 0),), entries=entries)
+    return find_view_symmetry(geometry.angles, geometry.type, grid.slice_shape)
+
+
+def estimated_matrix_bytes(geometry: Geometry, grid: VolumeGrid, building: bool = False,
+                           projector_type: str | None = None) -> int:
+    """Bytes of the stored matrix (8 per non-zero: float32 value, int32 index; one copy, stored
+    views only); while it is built, ASTRA's own copy and SciPy's conversion add about 2.3 more."""
+    stored = len(view_symmetry(geometry, grid, projector_type).stored) / max(1, geometry.n_angles)
+    return int(estimated_nnz(geometry, grid) * stored * 8 * (3.3 if building else 1))
+
+
+def product_workspace_bytes(geometry: Geometry, grid: VolumeGrid, projector_type: str | None = None) -> int:
+    """Peak bytes of the transformed copies one product block holds (beyond the input and output):
+    up to AstraMatrixProjector.max_columns image-sized columns plus as many stored-view sinograms."""
+    sym = view_symmetry(geometry, grid, projector_type)
+    if sym.is_trivial:
+        return 0
+    n_t = len(sym.transforms)
+    slices = min(grid.n_slices or 1, max(1, AstraMatrixProjector.max_columns // n_t))
+    image = int(np.prod(grid.slice_shape))
+    stored_sino = len(sym.stored) * geometry.detector_count
+    return 4 * slices * n_t * (image + stored_sino)
 
 
 def matrix_cache_path(geometry: Geometry, grid: VolumeGrid, projector_type: str | None = None) -> Path:
     """Folder of the cached matrix: ``<cache_dir>/matrices/<type>_<fingerprint>/``."""
     ptype = astra_projector_type(geometry, projector_type)
-    key = fingerprint(geometry, grid.slice_grid(), extra=ptype)
-    return cache_dir() / "matrices" / f"{ptype}_{key}"
+    stored = ",".join(map(str, view_symmetry(geometry, grid, ptype).stored))
+    key = fingerprint(geometry, grid.slice_grid(), extra=f"{ptype}/stored-views-v2/{stored}")
+    return matrix_cache.matrices_dir() / f"{ptype}_{key}"
 
 
-def _csr(data, indices, indptr, shape) -> sp.csr_matrix:
-    """A CSR on these arrays as they are (memory maps stay memory maps; no copy, no check)."""
-    m = sp.csr_matrix(shape, dtype=np.float32)
-    m.data, m.indices, m.indptr = data, indices, indptr
+def _stored_geometry(geometry: Geometry, stored) -> Geometry:
+    """The geometry of the stored views only."""
+    import dataclasses
+
+    return dataclasses.replace(geometry, angles=np.asarray(geometry.angles)[list(stored)])
+
+
+def _build(geometry: Geometry, grid: VolumeGrid, ptype: str, symmetry: ViewSymmetry) -> sp.csr_matrix:
+    """M = A_s^T as a float32 CSR with int32 indices, A_s the matrix of the stored views."""
+    t0 = time.perf_counter()
+    sub = _stored_geometry(geometry, symmetry.stored)
+    a_s = AstraCPUProjector(sub, grid.slice_grid(), ptype).sparse_matrix()
+    m = a_s.T.tocsr()
+    del a_s
+    m.sort_indices()
+    if m.nnz < 2**31 - 1:  # int32 indices halve the bytes an index costs in every product
+        m.indices, m.indptr = m.indices.astype(np.int32, copy=False), m.indptr.astype(np.int32, copy=False)
+    log.info("built %s projection matrix of %d stored views of %d (%s), nnz=%d in %.1f s", ptype,
+             len(symmetry.stored), geometry.n_angles, "x%.1f symmetry" % symmetry.order, m.nnz,
+             time.perf_counter() - t0)
     return m
 
 
-def _save_csr(folder: Path, name: str, m: sp.csr_matrix) -> None:
-    """``<name>.<part>.npy`` for data, indices, indptr, each written atomically.
-
-    The content only depends on the cache key, so files of two concurrent writers are
-    interchangeable and need no joint atomicity.
-    """
-    folder.mkdir(parents=True, exist_ok=True)
-    for part in _PARTS:
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp.npy")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, getattr(m, part))
-            os.replace(tmp, folder / f"{name}.{part}.npy")
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-
-
-def _load_csr(folder: Path, name: str, shape: tuple[int, int]) -> sp.csr_matrix:
-    """Memory-mapped CSR (read-only, pages shared between processes); ValueError when inconsistent."""
-    data, indices, indptr = (np.load(folder / f"{name}.{part}.npy", mmap_mode="r") for part in _PARTS)
-    nnz = data.shape[0]
-    if (data.dtype != np.float32 or indices.dtype not in (np.int32, np.int64) or indptr.dtype != indices.dtype
-            or indices.shape != (nnz,) or indptr.shape != (shape[0] + 1,)
-            or indptr[0] != 0 or indptr[-1] != nnz):
-        raise ValueError(f"{name}: arrays do not form a float32 CSR of shape {shape}")
-    if nnz and (int(indices.min()) < 0 or int(indices.max()) >= shape[1]):  # one pass, guards the products
-        raise ValueError(f"{name}: column index out of range")
-    return _csr(data, indices, indptr, shape)
-
-
-def _build(geometry: Geometry, grid: VolumeGrid, ptype: str) -> tuple[sp.csr_matrix, sp.csr_matrix]:
-    t0 = time.perf_counter()
-    matrix = AstraCPUProjector(geometry, grid.slice_grid(), ptype).sparse_matrix()
-    matrix.sort_indices()
-    matrix_t = matrix.T.tocsr()
-    for m in (matrix, matrix_t):  # int32 indices halve the bytes an index costs in every product
-        if m.nnz < 2**31 - 1:
-            m.indices, m.indptr = m.indices.astype(np.int32, copy=False), m.indptr.astype(np.int32, copy=False)
-    log.info("built %s projection matrix %s, nnz=%d in %.1f s", ptype, matrix.shape, matrix.nnz,
-             time.perf_counter() - t0)
-    return matrix, matrix_t
-
-
-def load_or_build_matrices(geometry: Geometry, grid: VolumeGrid, projector_type: str | None = None,
-                           use_cache: bool = True) -> tuple[sp.csr_matrix, sp.csr_matrix]:
-    """(A, A^T) as float32 CSRs, A of shape (n_angles*n_det, ny*nx).
-
-    From the cache (memory-mapped) when present and consistent; otherwise built with
-    ASTRA and, with ``use_cache``, saved. An unreadable cache is logged and rebuilt.
-    """
+def load_or_build_stored_matrix(geometry: Geometry, grid: VolumeGrid, projector_type: str | None = None,
+                                use_cache: bool = True) -> tuple[sp.csr_matrix, ViewSymmetry, Path | None]:
+    """(M = A_s^T, symmetry, cache folder or None): from the cache when present and intact."""
     ptype = astra_projector_type(geometry, projector_type)
-    shape = (geometry.n_angles * geometry.detector_count, int(np.prod(grid.slice_shape)))
+    symmetry = view_symmetry(geometry, grid, ptype)
+    shape = (int(np.prod(grid.slice_shape)), len(symmetry.stored) * geometry.detector_count)
     folder = matrix_cache_path(geometry, grid, ptype)
     if use_cache and folder.is_dir():
         try:
-            matrices = _load_csr(folder, "A", shape), _load_csr(folder, "AT", shape[::-1])
+            m, _ = matrix_cache.load_entry(folder, shape)
             log.debug("projection matrix from cache %s", folder)
-            return matrices
+            return m, symmetry, folder
         except Exception as exc:  # missing, truncated or corrupt files: rebuild them
             log.warning("ignoring unreadable matrix cache %s (%s)", folder, exc)
-    matrix, matrix_t = _build(geometry, grid, ptype)
+    m = _build(geometry, grid, ptype, symmetry)
     if use_cache:
         try:
-            _save_csr(folder, "A", matrix)
-            _save_csr(folder, "AT", matrix_t)
+            if not matrix_cache.save_entry(folder, m, {"stored_views": list(symmetry.stored)}):
+                folder = None
         except OSError as exc:
             log.warning("could not cache the projection matrix at %s (%s)", folder, exc)
-    return matrix, matrix_t
+            folder = None
+    return m, symmetry, folder if use_cache else None
 
 
 def load_or_build_matrix(geometry: Geometry, grid: VolumeGrid, projector_type: str | None = None,
                          use_cache: bool = True) -> sp.csr_matrix:
-    """CSR float32 matrix of shape (n_angles*n_det, ny*nx), from the disk cache when present."""
-    return load_or_build_matrices(geometry, grid, projector_type, use_cache)[0]
+    """The full CSR float32 matrix A of shape (n_angles*n_det, ny*nx) (expanded from the stored views)."""
+    return AstraMatrixProjector(geometry, grid, projector_type, use_cache, threads=1).matrix
 
 
 def default_threads() -> int:
-    """$RECON_NUM_THREADS, else the number of CPU cores this process may use."""
+    """$RECON_NUM_THREADS, else 1.
+
+    Measured (benchmarks/results/speed.md, 2-core host shared with other jobs): two threads per
+    product were 0.7-0.75x of one on single slices (256^2-1024^2) and gained nothing on stacks;
+    they pay only on an otherwise idle machine with a free core per thread (see
+    benchmarks/README.md). Set RECON_NUM_THREADS=2 there.
+    """
     env = os.environ.get("RECON_NUM_THREADS", "").strip()
     if env:
         try:
             return max(1, int(env))
         except ValueError:
             log.warning("ignoring RECON_NUM_THREADS=%r (not an integer)", env)
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not on Linux
-        return max(1, os.cpu_count() or 1)
+    return 1
 
 
 _POOL: tuple[int, ThreadPoolExecutor] | None = None
@@ -216,10 +235,52 @@ class CSRProduct:
         return out
 
 
-class AstraMatrixProjector(Operator):
-    """Same operator as AstraCPUProjector, applied as CSR products on whole slice stacks.
+class TransposedCSRProduct:
+    """v -> M.T @ v for a CSR M (a column-wise scatter through M's storage), optionally on threads.
 
+    With threads and at least as many columns in v as threads, the columns of v are split
+    between threads (each result column is computed exactly as without threads); a single
+    column is split by rows of M (the columns of M.T), each thread scattering into its own
+    output block, and the blocks are summed (equal up to rounding).
+    """
+
+    min_work = CSRProduct.min_work
+
+    def __init__(self, m: sp.csr_matrix, threads: int = 1):
+        self.m = m
+        self.mt = m.T  # a CSC on the same arrays, no copy
+        self.threads = max(1, int(threads))
+        self.chunks = row_chunks(m, self.threads) if self.threads > 1 else None
+
+    def __call__(self, v: np.ndarray) -> np.ndarray:
+        k = v.shape[1] if v.ndim == 2 else 1
+        if self.chunks is None or len(self.chunks) == 1 or self.m.nnz * k < self.min_work * len(self.chunks):
+            return self.mt @ v
+        if k >= self.threads:
+            cuts = np.linspace(0, k, self.threads + 1).astype(int)
+            out = np.empty((self.m.shape[1], k), dtype=np.result_type(self.m.dtype, v.dtype))
+
+            def run(ab):
+                a, b = ab
+                out[:, a:b] = self.mt @ np.ascontiguousarray(v[:, a:b])
+
+            for _ in _pool(self.threads).map(run, zip(cuts[:-1], cuts[1:])):
+                pass
+            return out
+        parts = list(_pool(len(self.chunks)).map(lambda c: c[2].T @ v[c[0]:c[1]], self.chunks))
+        out = parts[0]
+        for p in parts[1:]:
+            out += p
+        return out
+
+
+class AstraMatrixProjector(Operator):
+    """Same operator as AstraCPUProjector, applied as sparse products on whole slice stacks.
+
+    x of shape grid.shape ((ny, nx) or (nz, ny, nx)), y of shape geometry.sinogram_shape(nz).
     ``threads``: worker threads per product (default :func:`default_threads`; 1 = plain SciPy).
+    ``stored``: the one matrix kept, M = A_s^T (rows: pixels; columns: detector bins of the
+    stored views); ``symmetry``: how the other views follow from the stored ones.
     """
 
     def __init__(self, geometry: Geometry, grid: VolumeGrid, projector_type: str | None = None,
@@ -228,37 +289,156 @@ class AstraMatrixProjector(Operator):
         self.projector_type = astra_projector_type(geometry, projector_type)
         self.domain_shape = grid.shape
         self.range_shape = geometry.sinogram_shape(grid.n_slices)
-        self.matrix, self.matrix_t = load_or_build_matrices(geometry, grid, self.projector_type, use_cache)
+        self.stored, self.symmetry, self._cache_folder = load_or_build_stored_matrix(
+            geometry, grid, self.projector_type, use_cache)
         self.threads = default_threads() if threads is None else max(1, int(threads))
-        self._fwd = CSRProduct(self.matrix, self.threads)
-        self._adj = CSRProduct(self.matrix_t, self.threads)
+        self._fwd = TransposedCSRProduct(self.stored, self.threads)
+        self._adj = CSRProduct(self.stored, self.threads)
+        self._plan = self._scatter_plan()
+
+    def _scatter_plan(self):
+        """Per transform k: (transform, stored positions (L, 1), detector indices (L, n_det), views (L,))."""
+        n_det = self.geometry.detector_count
+        ramp = np.arange(n_det)
+        plan = []
+        e = self.symmetry.entries
+        for k, g in enumerate(self.symmetry.transforms):
+            sel = e[e[:, 1] == k]
+            det = np.where(sel[:, 3:4] == 1, ramp[::-1], ramp)
+            plan.append((g, sel[:, 0:1], det, sel[:, 2]))
+        return plan
 
     def with_threads(self, threads: int) -> "AstraMatrixProjector":
-        """The same operator (sharing the matrices) with another thread count."""
+        """The same operator (sharing the stored matrix) with another thread count."""
         other = copy.copy(self)
         other.threads = max(1, int(threads))
-        other._fwd = CSRProduct(self.matrix, other.threads)
-        other._adj = CSRProduct(self.matrix_t, other.threads)
+        other._fwd = TransposedCSRProduct(self.stored, other.threads)
+        other._adj = CSRProduct(self.stored, other.threads)
         return other
 
     @property
     def nbytes(self) -> int:
-        """Memory held by the matrix and its transpose."""
-        return sum(m.data.nbytes + m.indices.nbytes + m.indptr.nbytes for m in (self.matrix, self.matrix_t))
+        """Memory held by the stored matrix."""
+        m = self.stored
+        return m.data.nbytes + m.indices.nbytes + m.indptr.nbytes
 
-    @staticmethod
-    def _product(prod: CSRProduct, x, out_shape) -> np.ndarray:
-        n_in = prod.m.shape[1]
-        x = np.asarray(x, dtype=np.float32)
-        if x.size == n_in:  # one slice
-            return prod(x.reshape(-1)).reshape(out_shape)
-        if x.size % n_in:
-            raise ValueError(f"expected a multiple of {n_in} values, got an array of shape {x.shape}")
-        columns = np.ascontiguousarray(x.reshape(-1, n_in).T)  # (n_in, n_slices), C order
-        return np.ascontiguousarray(prod(columns).T).reshape(out_shape)
+    @property
+    def trivial(self) -> bool:
+        return self.symmetry.is_trivial
+
+    def _slices(self, a, shape_2d):
+        a = np.asarray(a, dtype=np.float32)
+        n = shape_2d[0] * shape_2d[1]
+        if a.size % n:
+            raise ValueError(f"expected a multiple of {n} values, got an array of shape {a.shape}")
+        return a.reshape(-1, *shape_2d)
+
+    #: Columns (slices x transforms) of one product: bounds the workspace of transformed copies
+    #: (about 2 x max_columns image- and sinogram-sized float32 arrays) on large stacks.
+    max_columns = 32
+
+    def _blocks(self, nz: int):
+        step = max(1, self.max_columns // len(self.symmetry.transforms))
+        return [(a, min(a + step, nz)) for a in range(0, nz, step)]
 
     def forward(self, x):
-        return self._product(self._fwd, x, self.range_shape)
+        ny, nx = self.grid.slice_shape
+        x3 = self._slices(x, (ny, nx))
+        nz, npix = x3.shape[0], ny * nx
+        if self.trivial:
+            cols = np.ascontiguousarray(x3.reshape(nz, npix).T)
+            return np.ascontiguousarray(self._fwd(cols).T).reshape(self.range_shape)
+        out = np.empty((nz, self.geometry.n_angles, self.geometry.detector_count), np.float32)
+        for a, b in self._blocks(nz):
+            self._forward_block(x3[a:b], out[a:b])
+        return out.reshape(self.range_shape)
+
+    def _forward_block(self, x3, out):
+        nz, npix = x3.shape[0], x3.shape[1] * x3.shape[2]
+        n_t, n_det = len(self.symmetry.transforms), self.geometry.detector_count
+        cols = np.empty((npix, n_t, nz), np.float32)
+        for k, (g, _, _, _) in enumerate(self._plan):
+            cols[:, k, :] = transform_image(x3, g).reshape(nz, npix).T
+        z = self._fwd(cols.reshape(npix, n_t * nz)).reshape(-1, n_det, n_t, nz)
+        for k, (_, s, det, views) in enumerate(self._plan):
+            out[:, views, :] = z[s, det, k, :].transpose(2, 0, 1)
 
     def adjoint(self, y):
-        return self._product(self._adj, y, self.domain_shape)
+        ny, nx = self.grid.slice_shape
+        n_views, n_det = self.geometry.n_angles, self.geometry.detector_count
+        y3 = self._slices(y, (n_views, n_det))
+        nz = y3.shape[0]
+        if self.trivial:
+            cols = np.ascontiguousarray(y3.reshape(nz, n_views * n_det).T)
+            return np.ascontiguousarray(self._adj(cols).T).reshape(self.domain_shape)
+        out = np.zeros((nz, ny, nx), np.float32)
+        for a, b in self._blocks(nz):
+            self._adjoint_block(y3[a:b], out[a:b])
+        return out.reshape(self.domain_shape)
+
+    def _adjoint_block(self, y3, out):
+        nz, (ny, nx) = y3.shape[0], self.grid.slice_shape
+        n_t, n_det = len(self.symmetry.transforms), self.geometry.detector_count
+        cols = np.zeros((len(self.symmetry.stored), n_det, n_t, nz), np.float32)
+        for k, (_, s, det, views) in enumerate(self._plan):
+            cols[s, det, k, :] = y3[:, views, :].transpose(1, 2, 0)
+        w = self._adj(cols.reshape(-1, n_t * nz)).reshape(ny, nx, n_t, nz)
+        for k, (g, _, _, _) in enumerate(self._plan):
+            out += inverse_transform_image(np.moveaxis(w[:, :, k, :], -1, 0), g)
+
+    def norm(self, iterations: int = 30, seed: int = 0) -> float:
+        """||A||_2 (power iteration), cached in memory and beside the matrix in the disk cache."""
+        cached = getattr(self, "_norm_cache", None)
+        if cached is not None:
+            return cached
+        key = f"norm_{iterations}_{seed}"
+        value = None
+        if self._cache_folder is not None:
+            try:
+                value = matrix_cache.read_meta(self._cache_folder).get(key)
+            except (OSError, ValueError):
+                value = None
+        if value is None:
+            # on one slice: the norm of a stack of independent slices is that of one slice
+            one = self if self.grid.n_slices is None else _single_slice(self)
+            value = power_norm(one, iterations=iterations, seed=seed)
+            if self._cache_folder is not None:
+                matrix_cache.update_meta(self._cache_folder, **{key: value})
+        self._norm_cache = float(value)
+        return self._norm_cache
+
+    @property
+    def matrix(self) -> sp.csr_matrix:
+        """The full matrix A (n_angles*n_det, ny*nx) as a CSR, expanded from the stored views (tests, tools)."""
+        a_s = self.stored.T.tocsr()
+        if self.trivial:
+            return a_s
+        ny, nx = self.grid.slice_shape
+        n_det = self.geometry.detector_count
+        pixels = np.arange(ny * nx).reshape(ny, nx)
+        blocks = [None] * self.geometry.n_angles
+        for k, (g, s, det, views) in enumerate(self._plan):
+            perm = transform_image(pixels, g).ravel()  # g(x).ravel() == x.ravel()[perm]
+            inv = np.empty_like(perm)
+            inv[perm] = np.arange(perm.size)
+            for s_k, d_k, u in zip(s[:, 0], det, views):
+                rows = a_s[int(s_k) * n_det + d_k]
+                blocks[int(u)] = rows[:, inv]
+        out = sp.vstack(blocks, format="csr").astype(np.float32)
+        out.sort_indices()
+        return out
+
+    @property
+    def matrix_t(self) -> sp.csr_matrix:
+        """A^T as a CSR (expanded; tests, tools)."""
+        return self.matrix.T.tocsr()
+
+
+def _single_slice(op: AstraMatrixProjector) -> AstraMatrixProjector:
+    """The same operator on one slice (sharing the stored matrix)."""
+    one = copy.copy(op)
+    one.grid = op.grid.slice_grid()
+    one.domain_shape = one.grid.shape
+    one.range_shape = op.geometry.sinogram_shape()
+    one.__dict__.pop("_norm_cache", None)
+    return one

@@ -42,7 +42,6 @@ import math
 import time
 
 import numpy as np
-from scipy.optimize import brentq
 
 from recon_cli.backend import to_numpy
 from recon_cli.ops.operator import Operator
@@ -136,6 +135,8 @@ def discrepancy_lam(G_K, h, yy: float, G_L, target: float, span: float = 1e14) -
     f_hi = f(hi)
     if f_hi <= 0:
         return math.exp(hi), False
+    from scipy.optimize import brentq  # lazy: 0.3-1 s of import, only needed here
+
     root = brentq(f, lo, hi, xtol=1e-6, rtol=1e-10, maxiter=200)
     return math.exp(root), True
 

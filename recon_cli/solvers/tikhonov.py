@@ -45,7 +45,6 @@ import time
 from typing import Literal, Union
 
 import numpy as np
-from scipy.optimize import minimize_scalar
 
 from recon_cli.backend import to_numpy
 from recon_cli.ops.finite_differences import Gradient
@@ -198,6 +197,8 @@ def projected_gcv(B: np.ndarray, beta: float, G_D: np.ndarray, omega: float = 1.
     lo, hi = logs[max(i - 1, 0)], logs[min(i + 1, n_grid - 1)]
     best = logs[i]
     if hi > lo:
+        from scipy.optimize import minimize_scalar  # lazy: 0.3-1 s of import, only needed here
+
         res = minimize_scalar(lambda t: evaluate(t)[0], bounds=(lo, hi), method="bounded",
                               options={"xatol": 1e-4})
         if res.fun <= values[i]:
