@@ -88,6 +88,6 @@ def test_short_lists_and_unknown_values_in_plain_words(tmp_path, capsys):
             "preprocess: [{step: nope}]\nmetrics: {list: [x]}\n")
     assert validate_errors(tmp_path, capsys, text) == [
         "2: input.grid_shape.1: missing list item 1 (too few items)",
-        "4: preprocess.0: unknown step 'nope'; valid steps: log_transform",
+        "4: preprocess.0: unknown step 'nope'; valid steps: log_transform, remove_stripes",
         "5: metrics.list.0: unknown value 'x'; valid values: psnr, ssim, rel_err, rmse, hu_rmse, residual, wall_time",
     ]

@@ -40,7 +40,7 @@ def locate(name: str) -> Path:
     found = get_testdata_file(name, download=False)
     if not found:
         raise InputError("pydicom test file not found locally; install pydicom-data "
-                         "(pip install 'recon-cli[train]')", file=name, field="data.sources.names")
+                         "(pip install 'recon-ct-cli[train]')", file=name, field="data.sources.names")
     return Path(found)
 
 

@@ -105,6 +105,13 @@ def solver_names() -> list[str]:
     return sorted(REGISTRY)
 
 
+def default_params(name: str) -> dict:
+    """The default parameters of solver ``name`` as JSON values (fields without a default left out)."""
+    model = get_solver(name).params_model
+    return {k: f.default for k, f in model.model_fields.items() if not f.is_required()
+            and isinstance(f.default, (int, float, str, bool, type(None), list, dict))}
+
+
 def get_solver(name: str) -> SolverSpec:
     """The registered solver, or ConfigError with the closest valid name."""
     _load_all()

@@ -72,6 +72,10 @@ def _robust_std(d: np.ndarray) -> float:
 #: variance of one value of white noise after normalisation.
 NOISE_DIFFERENCE_ORDER = 4
 
+#: The noise model's two parts are fitted only when the usable groups span at least this factor in
+#: exp(level); below it the noise is taken as Poisson alone (see estimate_noise_model).
+MIN_GAIN_SPAN = 2.0
+
 
 @dataclass(frozen=True)
 class NoiseModel:
@@ -159,6 +163,12 @@ def estimate_noise_model(y, *, order: int = NOISE_DIFFERENCE_ORDER, n_groups: in
         if np.array_equal(new_keep, keep):
             break
         keep = new_keep
+    if gain[keep].max() < MIN_GAIN_SPAN * gain[keep].min():
+        # the groups free of the object's structure all sit at one signal level (textured bodies at high
+        # dose: only the air around the object is left), where a and b cannot be told apart: take the
+        # noise as Poisson, CT's physics after -log (an additive-only fit would put the air's variance
+        # everywhere and miss the body's exp(y) growth: 2x low on a textured phantom at I0 1e6)
+        coef = np.array([0.0, float(np.median(variance[keep] / gain[keep]))])
     return NoiseModel(gaussian=float(coef[0]), poisson=float(coef[1]) * math.exp(-shift))
 
 
@@ -288,11 +298,13 @@ def discrepancy_search(evaluate: Callable[[float, Any], tuple[float, Any]], targ
 
     def run(lam: float) -> float:
         warm = None
-        if trace:
-            warm = min(trace, key=lambda t: abs(math.log(t[0] / lam)))[2]
+        kept = [t for t in trace if t[2] is not None]
+        if kept:
+            warm = min(kept, key=lambda t: abs(math.log(t[0] / lam)))[2]
         r, state = evaluate(lam, warm)
         trace.append((lam, float(r), state))
         log.debug("discrepancy search: lam=%.4g residual=%.4g target=%.4g", lam, r, target)
+        _keep_useful_states(trace, target)
         return float(r)
 
     def mismatch(r: float) -> float:
@@ -346,6 +358,22 @@ def discrepancy_search(evaluate: Callable[[float, Any], tuple[float, Any]], targ
                 lo = (lo[0], lo[1] / 2)
             side = 1
     return _result(trace, target, False)
+
+
+def _keep_useful_states(trace: list, target: float) -> None:
+    """Drop the warm states (memory: a solver state each) of all but the evaluations a later one can
+    start from or the search can return: the closest residuals below and above the target, the one
+    closest to it, and the latest."""
+    below = [i for i, t in enumerate(trace) if t[1] < target]
+    above = [i for i, t in enumerate(trace) if t[1] >= target]
+    keep = {len(trace) - 1, min(range(len(trace)), key=lambda i: abs(math.log(max(trace[i][1], 1e-300) / target)))}
+    if below:
+        keep.add(max(below, key=lambda i: trace[i][1]))
+    if above:
+        keep.add(min(above, key=lambda i: trace[i][1]))
+    for i, t in enumerate(trace):
+        if i not in keep and t[2] is not None:
+            trace[i] = (t[0], t[1], None)
 
 
 def _result(trace, target: float, converged: bool) -> SearchResult:

@@ -37,11 +37,12 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from recon_cli.networks import _norm_json, conditions_for, load_model
+from recon_cli.networks import conditions_for, load_model, param_differences
 from recon_cli.ops.operator import Operator
 from recon_cli.sinogram import Reconstruction, Sinogram
 from recon_cli.solvers.learned_guard import IMPLAUSIBLE_FACTOR, guard_output
-from recon_cli.solvers.registry import IterationState, SolverParams, SolverRef, get_solver, register, run_ref, unit
+from recon_cli.solvers.registry import (IterationState, SolverParams, SolverRef, default_params, get_solver,
+                                       register, run_ref, unit)
 
 log = logging.getLogger(__name__)
 
@@ -161,10 +162,11 @@ def _params_without_iterations(params: dict | None) -> dict:
     return {k: v for k, v in (params or {}).items() if k != ITERATIONS_KEY and v is not None}
 
 
-def _param_differences(want: dict, have: dict) -> list[str]:
-    """Names of parameters (iteration count excluded) whose values differ."""
+def _param_differences(want: dict, have: dict, name: str) -> list[str]:
+    """Names of parameters of solver ``name`` (iteration count excluded) whose values differ; a missing
+    one counts as its default (networks.param_differences)."""
     want, have = _params_without_iterations(want), _params_without_iterations(have)
-    return sorted(k for k in set(want) | set(have) if _norm_json(want.get(k)) != _norm_json(have.get(k)))
+    return param_differences(want, have, default_params(name))
 
 
 def rising_mismatches(meta: dict, ref: SolverRef, k: int) -> list[tuple[str, str]]:
@@ -184,11 +186,12 @@ def rising_mismatches(meta: dict, ref: SolverRef, k: int) -> list[tuple[str, str
     trained_k = trained_params.get(ITERATIONS_KEY)
     if trained_k is not None and int(trained_k) != int(k):
         found.append(("k", f"trained on {trained_k} iterations, got k={k}"))
-    for name in _param_differences(trained_params, have.get("params") or {}):
+    for name in _param_differences(trained_params, have.get("params") or {}, have["name"]):
         found.append((f"iterative.params.{name}", f"{have['name']} {name}={have['params'].get(name)!r} "
                                                   f"(trained {trained_params.get(name)!r})"))
     conv = target.get("solver") or {}
-    if conv.get("name") != trained_in.get("name") or _param_differences(trained_params, conv.get("params")):
+    if conv.get("name") != trained_in.get("name") or _param_differences(trained_params, conv.get("params"),
+                                                                          have["name"]):
         found.append(("target", f"the model's target solver {conv.get('name')!r} is not its input solver "
                                 f"{trained_in.get('name')!r} with the same parameters"))
     return found

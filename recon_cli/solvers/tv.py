@@ -198,9 +198,10 @@ def solve_weighted(op: Operator, sino: Sinogram, params, weights=None, callback=
 #: The PDHG loop holds 15 and 5: x, x_prev, s, B x, B xbar (2 each: D has 2 components), the dual
 #: projection's 2 work arrays, B x_{k+1} (2) and the B^T s / K^T q temporaries; q, K x, K xbar,
 #: K x_{k+1} and the CSR product's temporary (tracemalloc on 128^2, 60 and 360 views: 15.0 and 4.1).
-#: ``lam: auto`` (the default) keeps every trial's warm state (x, q, s: 3 + 1) until the search
-#: ends, plus a rescaled s (2): allowed for up to 6 trials (4-6 with the default parameters on the
-#: sample data; each further trial adds (3, 1)). A fixed lam needs about half of this.
+#: ``lam: auto`` (the default) keeps the warm states (x, q, s: 3 + 1) of at most four trials (the
+#: closest residuals below and above the target, the closest to it and the latest:
+#: regularisation_parameter._keep_useful_states) plus the running one and a rescaled s (2), whatever
+#: the number of trials. A fixed lam needs about half of this.
 TV_STATE_ARRAYS = (32, 10)
 
 

@@ -22,7 +22,7 @@ from pydantic import Field
 from recon_cli.networks import conditions_for, load_model
 from recon_cli.sinogram import Reconstruction
 from recon_cli.solvers.learned_guard import IMPLAUSIBLE_FACTOR, guard_output
-from recon_cli.solvers.registry import SolverParams, SolverRef, get_solver, register, run_ref, unit
+from recon_cli.solvers.registry import SolverParams, SolverRef, default_params, get_solver, register, run_ref, unit
 
 
 class UNetParams(SolverParams):
@@ -66,7 +66,7 @@ def solve(op, sino, params: UNetParams, callback=None) -> Reconstruction:
     ref = _input_ref(params, model)
     expected = ref.model_dump(mode="json", exclude_none=True)
     mismatches = model.check_fits(sino.geometry, sino.grid, expected_input=expected, noise=sino.metadata,
-                                  override=params.allow_mismatch)
+                                  override=params.allow_mismatch, input_defaults=default_params(ref.name))
     first = run_ref(ref, op, sino, callback)
     t1 = time.perf_counter()
     network_out = model.apply(first.volume, voxel_size=sino.grid.voxel_size, conditions=conditions_for(sino))
