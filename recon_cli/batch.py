@@ -95,6 +95,7 @@ class BatchSettings:
     scheduler: str | None = None
     workers: int | None = None
     retries: int | None = None
+    timeout: float | None = None  # seconds per input (local executor); None: no limit, jobs=1 runs in-process
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -389,6 +390,8 @@ def run_batch(settings: BatchSettings, inputs: Sequence[str], outdir: str | Path
         try:
             if settings.executor != "local":
                 _run_on_executor(settings, items, record)
+            elif settings.timeout:
+                stop_signal = _run_watched(settings, items, range(len(items)), jobs, record)
             elif jobs == 1:
                 for i, item in enumerate(items):
                     record(i, run_item(settings, item, cfg))
@@ -398,7 +401,7 @@ def run_batch(settings: BatchSettings, inputs: Sequence[str], outdir: str | Path
             else:
                 stop_signal = _run_parallel(settings, items, jobs, record)
             if settings.executor == "local" and stop_signal is None:
-                _retry_failed(settings, items, results, record, cfg)
+                stop_signal = _retry_failed(settings, items, results, record, cfg)
         except Interrupted as exc:
             stop_signal = exc.signum
     for i, item in enumerate(items):
@@ -460,15 +463,72 @@ def _run_parallel(settings: BatchSettings, items: list[BatchItem], jobs: int,
     return stop
 
 
-def _retry_failed(settings: BatchSettings, items: list[BatchItem], results: list, record, cfg) -> None:
-    """Local executor: run failed inputs again, one at a time, up to ``settings.retries`` times."""
+def _run_watched(settings: BatchSettings, items: list[BatchItem], indices, jobs: int,
+                 record: Callable[[int, ItemResult], None]) -> int | None:
+    """Run ``items[indices]`` on ``jobs`` worker processes, each input stopped after ``settings.timeout``
+    seconds (recon_cli.watchdog: a hung input is killed, even one deaf to SIGTERM). Returns the signal
+    number if the batch was stopped."""
+    from recon_cli.watchdog import run_watched
+
+    indices = list(indices)
+    stop: dict[str, int | None] = {"signal": None}
+
+    def on_done(outcome) -> bool:
+        i = indices[outcome.index]
+        item = items[i]
+        if outcome.kind == "ok":
+            res = outcome.value
+        elif outcome.kind == "timeout":
+            res = ItemResult(item.input, item.output, "failed",
+                             f"timed out after {settings.timeout:g} s (--timeout); the worker was stopped")
+            _remove_stale_temporaries(item.output)
+        elif outcome.kind == "died":
+            res = ItemResult(item.input, item.output, "failed",
+                             "the worker process died (killed by the system, e.g. out of memory?)")
+            _remove_stale_temporaries(item.output)
+        else:
+            res = ItemResult(item.input, item.output, "failed", str(outcome.value))
+        res.seconds = res.seconds or outcome.seconds
+        record(i, res)
+        if res.status == "interrupted" and stop["signal"] is None:
+            stop["signal"] = res.signal
+            return True
+        return False
+
+    signum = run_watched([(settings, items[i]) for i in indices], _watched_run, on_done, n_workers=jobs,
+                         timeout=settings.timeout, initializer=_worker_init, initargs=(settings,))
+    return signum or stop["signal"]
+
+
+def _watched_run(task: tuple[BatchSettings, BatchItem]) -> ItemResult:
+    settings, item = task
+    return run_item(settings, item)
+
+
+def _remove_stale_temporaries(output: str) -> None:
+    """The temporary files a killed worker left next to the outputs of ``output`` (any format)."""
+    from recon_cli.io.atomic import remove_stale_temporaries
+
+    if output:
+        remove_stale_temporaries(Path(output).parent, stem=Path(output).stem)
+
+
+def _retry_failed(settings: BatchSettings, items: list[BatchItem], results: list, record, cfg) -> int | None:
+    """Local executor: run failed inputs again, one at a time, up to ``settings.retries`` times.
+    Returns the signal number if the batch was stopped meanwhile."""
     for attempt in range(int(settings.retries or 0)):
         again = [i for i, r in enumerate(results) if r is not None and r.status == "failed" and not items[i].error]
         if not again:
-            return
+            return None
         log.info("retry %d: %d failed inputs", attempt + 1, len(again))
+        if settings.timeout:
+            signum = _run_watched(settings, items, again, 1, record)
+            if signum is not None:
+                return signum
+            continue
         for i in again:
             record(i, run_item(settings, items[i], cfg))
+    return None
 
 
 _unit_ready = {"done": False}

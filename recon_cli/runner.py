@@ -62,11 +62,15 @@ def run_pipeline(cfg: PipelineConfig, *, input_override: str | None = None, outp
     check_files(cfg, from_command_line={"input": input_override is not None})
     pacs_record = cfg.pacs_record_path()
     check_outputs({**outputs, **({"pacs": pacs_record} if pacs_record else {})}, input_path, overwrite)
+    check_log_file_apart(cfg, outputs)
     device = select_device(cfg.device)
     log.info("device: %s", device.name)
 
     sino = read_input(cfg)
     sino = apply_preprocess(sino, cfg.preprocess)
+    from recon_cli.health import check_finite_output, check_sinogram
+
+    check_sinogram(sino.data, file=str(input_path), field=_data_field(cfg, sino))
     reference = load_reference(cfg, sino)
     metric_names = select_metrics(cfg, reference is not None)
     mask = load_mask(cfg, sino)
@@ -86,6 +90,7 @@ def run_pipeline(cfg: PipelineConfig, *, input_override: str | None = None, outp
         solved = solve_in_chunks(cfg, sino, device, plan, writer, progress=progress,
                                  want_residual="residual" in metric_names)
     volume, wall_time, projector = solved.volume, solved.wall_time, solved.projector
+    check_finite_output(volume, f"solver {cfg.solver.name}")
 
     from recon_cli.metrics import compute_metrics
 
@@ -130,6 +135,23 @@ def check_files(cfg: PipelineConfig, from_command_line: dict[str, bool] | None =
         raise ConfigError(f"{value}: {what}", file=cfg.where(*key_path), field=".".join(key_path))
 
 
+def check_log_file_apart(cfg: PipelineConfig, outputs: dict[str, Path]) -> None:
+    """Refuse a --log-file that is the input, the reference, the mask or an output (InputError)."""
+    from recon_cli.logging_setup import check_not_log_file
+
+    try:
+        check_not_log_file([cfg.input.path, cfg.metrics.reference, cfg.metrics.mask, *outputs.values()])
+    except ValueError as exc:
+        raise InputError(str(exc), field="--log-file") from None
+
+
+def _data_field(cfg: PipelineConfig, sino: Sinogram) -> str:
+    """How to name the sinogram in messages: its dataset, or the step that made it."""
+    if cfg.preprocess:
+        return "sinogram after preprocess"
+    return str(sino.metadata.get("data_field") or "/sinogram")
+
+
 def check_outputs(outputs: dict[str, Path], input_path: Path, overwrite: bool) -> None:
     """Refuse before computing anything: an existing output without ``overwrite``, or an output on the input.
 
@@ -166,11 +188,16 @@ def read_input(cfg: PipelineConfig) -> Sinogram:
 
 def load_reference(cfg: PipelineConfig, sino: Sinogram) -> np.ndarray | None:
     """metrics.reference file, else the input's /reference, else None; shape checked against the grid."""
+    from recon_cli.health import check_reference
+
     if cfg.metrics.reference is None:
+        if sino.reference is not None:
+            check_reference(sino.reference, file=str(cfg.input.path), field="/reference")
         return sino.reference
     from recon_cli.io.hdf5 import read_image
 
     image, voxel_size = read_image(cfg.metrics.reference)
+    check_reference(image, file=cfg.metrics.reference, field="metrics.reference")
     if tuple(image.shape) != tuple(sino.grid.shape):
         raise InputError(f"reference shape {list(image.shape)} differs from the reconstruction grid "
                          f"{list(sino.grid.shape)}", file=cfg.metrics.reference, field="metrics.reference")

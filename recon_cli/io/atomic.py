@@ -5,8 +5,12 @@ A failed writer leaves neither a partial output nor a temporary file behind.
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import socket
+import time
 import uuid
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -42,6 +46,76 @@ def check_writable(path, overwrite: bool = False) -> None:
         raise InputError(f"cannot write here: folder {parent} is not writable", file=str(target))
 
 
+#: Longest file name (bytes) on common file systems (ext4, XFS, APFS, NTFS in UTF-16 units).
+MAX_NAME_BYTES = 255
+#: Temporary names: ``.<name>.<host>-<pid>-<random>.tmp`` (``<name>`` shortened to fit MAX_NAME_BYTES).
+_TMP_RE = re.compile(r"^\.(?P<name>.*)\.(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-[0-9a-f]{8}\.tmp$")
+#: Temporaries of earlier versions (``.<name>.<random12>.tmp``), and of other hosts, count as stale after this.
+_STALE_AFTER_S = 24 * 3600
+
+
+def _host_tag() -> str:
+    return f"{zlib.crc32(socket.gethostname().encode()):08x}"
+
+
+def temporary_name(name: str) -> str:
+    """The temporary name for a final file ``name``, at most MAX_NAME_BYTES bytes (UTF-8)."""
+    suffix = f".{_host_tag()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+    room = MAX_NAME_BYTES - 1 - len(suffix.encode())
+    encoded = name.encode("utf-8", "surrogateescape")
+    if len(encoded) > room:
+        name = encoded[:room].decode("utf-8", "ignore")  # drops a multi-byte character cut in half
+    return f".{name}{suffix}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder, name: str | None = None, stem: str | None = None) -> list[Path]:
+    """Remove the temporary files that killed runs left in ``folder`` (for the output ``name``, or for
+    every output whose name starts with ``stem``, or all); returns what was removed.
+
+    A temporary is stale when the process that wrote it (same host) is gone, or, for temporaries of
+    other hosts and of earlier versions, when it is older than a day. Never raises.
+    """
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    host, now = _host_tag(), time.time()
+    for entry in entries:
+        if not (entry.name.startswith(".") and entry.name.endswith(".tmp")):
+            continue
+        match = _TMP_RE.match(entry.name)
+        base = match.group("name") if match else re.sub(r"\.[0-9a-f]{12}\.tmp$", "", entry.name[1:])
+        if base == entry.name[1:]:
+            continue  # not one of ours
+        if name is not None and base != name and not (name.startswith(base) and len(base.encode()) >= 200):
+            continue  # another output's (a shortened long name is a prefix of 200 bytes or more)
+        if stem is not None and not base.startswith(stem):
+            continue
+        try:
+            age = now - entry.stat(follow_symlinks=False).st_mtime
+        except OSError:
+            continue
+        if match and match.group("host") == host:
+            stale = not _pid_alive(int(match.group("pid")))
+        else:
+            stale = age > _STALE_AFTER_S
+        if stale:
+            _remove(Path(entry.path))
+            removed.append(Path(entry.path))
+    return removed
+
+
 @contextmanager
 def atomic_path(path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it to ``path`` when the block succeeds.
@@ -58,7 +132,8 @@ def atomic_path(path, overwrite: bool = False) -> Iterator[Path]:
     except OSError as exc:
         raise InputError(f"cannot create the output folder {target.parent} ({exc.strerror or exc})",
                          file=str(target)) from None
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.tmp")
+    remove_stale_temporaries(target.parent, name=target.name)  # left by a run that was killed
+    tmp = target.with_name(temporary_name(target.name))
     try:
         yield tmp
         if not tmp.exists():

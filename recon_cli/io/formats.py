@@ -105,11 +105,26 @@ def _is_nifti(path: Path, head: bytes) -> bool:
     return len(head) >= 348 and head[344:348] in (b"n+1\x00", b"ni1\x00")
 
 
+def check_regular_file(path) -> None:
+    """InputError for a path that exists but is neither a folder nor a regular file: reading a FIFO
+    blocks until a writer appears (forever), a device may never end."""
+    import stat
+
+    try:
+        mode = Path(path).stat().st_mode
+    except OSError:
+        return
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        kind = "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a device or socket"
+        raise InputError(f"is {kind}, not a regular file", file=str(path))
+
+
 def detect_format(path) -> str:
     """The format of ``path`` by content (see the module docstring); InputError when none fits."""
     p = Path(path)
     if not p.exists():
         raise InputError("file not found", file=str(p))
+    check_regular_file(p)
     if p.is_dir():
         from recon_cli.io.dicom_ctpd import is_ctpd_folder
 

@@ -51,6 +51,9 @@ def _open(path: str) -> Iterator[Any]:
         raise InputError("file not found", file=path)
     if p.is_dir():
         raise InputError("is a folder, expected an HDF5 file", file=path)
+    from recon_cli.io.formats import check_regular_file
+
+    check_regular_file(p)
     try:
         is_hdf5 = h5py.is_hdf5(path)
     except OSError as exc:
@@ -288,7 +291,10 @@ def _read_grid(f, path: str) -> VolumeGrid:
     shape = tuple(_number(v, "/volume@shape", path, integer=True) for v in raw.tolist())
     check_fits_memory(shape, 4, path, "/volume@shape", "a float32 reconstruction grid")
     voxel_size = _number(_scalar_attr(group, "voxel_size", path), "/volume@voxel_size", path)
-    return VolumeGrid(shape, voxel_size)
+    try:
+        return VolumeGrid(shape, voxel_size)
+    except InputError as exc:
+        raise InputError(exc.message, file=path, field="/volume@" + (exc.field or "shape").split("/")[-1]) from None
 
 
 def _read_noise(ds, path: str) -> dict[str, float]:
