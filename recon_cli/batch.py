@@ -482,6 +482,11 @@ def _run_watched(settings: BatchSettings, items: list[BatchItem], indices, jobs:
             res = ItemResult(item.input, item.output, "failed",
                              f"timed out after {settings.timeout:g} s (--timeout); the worker was stopped")
             _remove_stale_temporaries(item.output)
+        elif outcome.kind == "killed":
+            res = ItemResult(item.input, item.output, "interrupted",
+                             f"the batch was stopped; this input did not stop within {outcome.value:g} s and "
+                             "its worker was killed")
+            _remove_stale_temporaries(item.output)
         elif outcome.kind == "died":
             res = ItemResult(item.input, item.output, "failed",
                              "the worker process died (killed by the system, e.g. out of memory?)")

@@ -20,6 +20,8 @@ from recon_cli.errors import InputError
 #: Largest |angle| accepted (radians, about 1600 turns). ASTRA's geometry check loops forever
 #: (ignoring SIGTERM) on angles of ~1e8 rad; nothing real comes near this bound.
 MAX_ABS_ANGLE = 1.0e4
+#: Largest range of the angles (radians): two full turns. 0..180 or 0..360 "radians" are degrees.
+MAX_ANGLE_SPAN = 4 * np.pi + 1e-6
 #: Lengths (detector spacing, distances, voxel size) accepted, in mm: 1 nm to 100 m. Outside this range
 #: ASTRA fails with messages naming no field, or the projector's numbers overflow / vanish.
 MIN_LENGTH_MM, MAX_LENGTH_MM = 1.0e-6, 1.0e5
@@ -38,7 +40,11 @@ def _angles(a) -> np.ndarray:
     if worst > MAX_ABS_ANGLE:
         raise InputError(f"an angle of {worst:.3g} rad is out of range (|angle| <= {MAX_ABS_ANGLE:g} rad); "
                          "angles are radians, not degrees or encoder counts", field="geometry/angles")
-    if arr.size > 1 and float(np.ptp(arr)) == 0.0:
+    span = float(np.ptp(arr))
+    if span > MAX_ANGLE_SPAN:
+        raise InputError(f"the angles span {span:.4g} rad ({span / (2 * np.pi):.1f} turns): are they degrees? "
+                         "give radians (at most two turns)", field="geometry/angles")
+    if arr.size > 1 and span == 0.0:
         raise InputError(f"all {arr.size} angles are equal ({arr[0]:.6g} rad): the views carry no "
                          "tomographic information", field="geometry/angles")
     return arr

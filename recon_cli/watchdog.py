@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 @dataclass
 class Outcome:
     """What became of one task: ``kind`` 'ok' (``value`` is target's return), 'timeout' (``value`` the
-    seconds allowed), 'died' (``value`` the worker's exit code) or 'error' (``value`` a one-line text)."""
+    seconds allowed), 'died' (``value`` the worker's exit code), 'killed' (the parent was interrupted and
+    the worker did not stop within ``value`` seconds) or 'error' (``value`` a one-line text)."""
 
     index: int
     kind: str
@@ -189,7 +190,7 @@ def run_watched(tasks: Sequence[Any], target: Callable[[Any], Any], on_done: Cal
             index = slot.index
             slot.stop(0.0, signal_first=False)
             slot.index = index
-            finish(slot, "died", None)
+            finish(slot, "killed", grace)
         return exc.signum
     finally:
         for slot in slots:
