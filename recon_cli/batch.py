@@ -2,8 +2,8 @@
 
 Inputs are paths (files, or folders such as DICOM series), glob patterns (``data/*.h5``,
 ``**`` recursive) or manifest CSV files (a ``path`` column and an optional ``output``
-column; relative input paths are relative to the manifest's folder, relative outputs to
-OUTDIR). Each input gets ``OUTDIR/<input stem>.h5`` (plus the pipeline's other formats); equal
+column; relative input paths are relative to the manifest's folder, outputs are relative to
+OUTDIR and must stay inside it: absolute outputs and '..' are refused for that input). Each input gets ``OUTDIR/<input stem>.h5`` (plus the pipeline's other formats); equal
 stems are told apart by their parent folder's name.
 
 A failure in one input does not stop the others. ``--jobs N`` runs N inputs at once in
@@ -138,6 +138,26 @@ def _stem(path: Path) -> str:
     return path.stem if path.suffix and not path.is_dir() else name
 
 
+def _outside(out: str, outdir: Path) -> str | None:
+    """Why a manifest's output may not be used (absolute, or leaving OUTDIR), or None when it is fine."""
+    from recon_cli.config import check_safe_name
+
+    path = Path(out)
+    if path.is_absolute() or path.drive:
+        return f"manifest output {out!r} is an absolute path; outputs stay inside OUTDIR ({outdir})"
+    if ".." in path.parts:
+        return f"manifest output {out!r} leaves OUTDIR ({outdir}); outputs stay inside it"
+    try:
+        for part in path.parts:
+            check_safe_name(part)
+    except ValueError as exc:
+        return f"manifest output {out!r}: {exc}"
+    base = outdir.resolve()
+    if base not in (outdir / path).resolve().parents:  # a symbolic link inside OUTDIR pointing out
+        return f"manifest output {out!r} resolves outside OUTDIR ({outdir}); outputs stay inside it"
+    return None
+
+
 def expand_inputs(args: Sequence[str], outdir: str | Path) -> list[BatchItem]:
     """Paths, globs and manifests -> items with their outputs in ``outdir`` (order kept, duplicates dropped)."""
     outdir = Path(outdir)
@@ -172,7 +192,11 @@ def expand_inputs(args: Sequence[str], outdir: str | Path) -> list[BatchItem]:
             items.append(BatchItem(src, "", error))
             continue
         if out is not None:
-            target = Path(out) if Path(out).is_absolute() else outdir / out
+            problem = _outside(out, outdir)
+            if problem:
+                items.append(BatchItem(src, "", problem))
+                continue
+            target = outdir / out
             if target.suffix.lower() not in (".h5", ".hdf5", ".nxs"):
                 target = target.with_name(target.name + ".h5")
         else:
@@ -200,18 +224,30 @@ def item_config(settings: BatchSettings, item: BatchItem, cfg=None):
     return with_overrides(cfg, {"input.path": item.input, "output.path": item.output, "device": settings.device})
 
 
-def stored_pipeline_hash(path: str | Path) -> str | None:
-    """``/provenance@pipeline_sha256`` of a reconstruction file, or None when it has none or is unreadable."""
+def stored_pipeline_hash(path: str | Path, key: str = "pipeline_sha256") -> str | None:
+    """``/provenance@<key>`` (default the pipeline's hash; ``input_sha256`` the input's) of a
+    reconstruction file, or None when it has none or is unreadable."""
     import h5py
 
     try:
         with h5py.File(path, "r") as f:
-            value = f["provenance"].attrs.get("pipeline_sha256") if "provenance" in f else None
+            value = f["provenance"].attrs.get(key) if "provenance" in f else None
     except Exception:
         return None
     if isinstance(value, bytes):
         value = value.decode()
     return str(value) if value is not None else None
+
+
+def _same_input(h5: Path, input_path: str) -> bool:
+    """The output was made from the input's present content (its recorded input hash matches)."""
+    from recon_cli.io.formats import input_digest
+
+    stored = stored_pipeline_hash(h5, "input_sha256")
+    try:
+        return stored is not None and stored == input_digest(input_path)
+    except OSError:
+        return False
 
 
 def stored_metrics(path: str | Path) -> dict[str, float]:
@@ -237,7 +273,10 @@ def previous_outcome(cfg_item, force: bool) -> tuple[str, str] | None:
     stored = stored_pipeline_hash(h5) if h5 is not None and h5.exists() else None
     same = stored is not None and stored == config_hash(cfg_item)
     if same and len(existing) == len(outputs) and not force:
-        return "skip", "outputs exist from the same pipeline"
+        if _same_input(h5, cfg_item.input.path):
+            return "skip", "outputs exist from the same pipeline"
+        log.info("%s: the input changed since %s was made; running it again", cfg_item.input.path, h5)
+        return None
     if force or same:
         return None
     if stored is not None:

@@ -245,3 +245,258 @@ def test_batch_with_a_hanging_input_under_timeout_90_ends_with_a_summary(tmp_pat
     status = {Path(i["input"]).name: i["status"] for i in summary["items"]}
     assert status == {"a.h5": "ok", "hang.h5": "interrupted", "b.h5": "interrupted"}
     assert leftovers(out) == []
+
+
+# ----------------------------------------------------------------------------- 2. silently wrong results
+
+
+def _fbp_image(tmp_path: Path, case: Path, name: str = "out") -> np.ndarray:
+    out = tmp_path / f"{name}.h5"
+    code, _, err = cli(["-q", "run", pipeline(tmp_path / f"{name}.yaml", case), "-o", out], tmp_path)
+    assert code == 0, err
+    with h5py.File(out, "r") as f:
+        return f["reconstruction"][()]
+
+
+def test_fbp_with_permuted_views_equals_fbp_in_order(tmp_path, clean_case):
+    base = read_case(clean_case)
+    rng = np.random.default_rng(3)
+    order = rng.permutation(N_ANGLES)
+    shuffled = variant(clean_case, tmp_path / "shuffled.h5", angles=base["angles"][order],
+                       data=base["data"][order])
+    in_order = _fbp_image(tmp_path, clean_case, "in_order")
+    permuted = _fbp_image(tmp_path, shuffled, "permuted")
+    assert psnr(in_order, base["reference"]) > 20
+    np.testing.assert_allclose(permuted, in_order, atol=1e-6 * float(np.abs(in_order).max()))
+
+
+@pytest.mark.parametrize("change, field, words", [
+    ("one_bin_1e37", "/sinogram", "beyond"),
+    ("scaled_1e30", "/sinogram", "beyond"),
+    ("float64_3e38", "/sinogram", "NaN or Inf"),
+    ("all_zero", "/sinogram", "constant"),
+    ("constant", "/sinogram", "constant"),
+    ("brighter_than_flat", "/sinogram", "brighter than the flat field"),
+    ("all_equal_angles", "/geometry/angles", "are equal"),
+    ("pixel_1e-30", "/geometry@detector_spacing", "out of the supported range"),
+    ("voxel_1e30", "/volume@voxel_size", "out of the supported range"),
+    ("voxel_1e-30", "/volume@voxel_size", "out of the supported range"),
+    ("reference_constant", "/reference", "constant"),
+    ("reference_zero", "/reference", "constant"),
+])
+def test_data_that_cannot_give_an_image_is_refused_before_computing(tmp_path, clean_case, change, field, words):
+    case = read_case(clean_case)
+    data = case["data"].astype(np.float64)
+    if change == "one_bin_1e37":
+        data[10, 20] = 1e37
+    elif change == "scaled_1e30":
+        data = data * 1e30
+    elif change == "float64_3e38":
+        data[5, 5] = 3e39
+    elif change == "all_zero":
+        data[:] = 0
+    elif change == "constant":
+        data[:] = 1.5
+    elif change == "brighter_than_flat":
+        data = -data - 0.05
+    elif change == "all_equal_angles":
+        case["angles"] = np.full(N_ANGLES, 0.3)
+    elif change == "pixel_1e-30":
+        case["geometry"]["detector_spacing"] = 1e-30
+    elif change == "voxel_1e30":
+        case["voxel_size"] = 1e30
+    elif change == "voxel_1e-30":
+        case["voxel_size"] = 1e-30
+    elif change == "reference_constant":
+        case["reference"] = np.full((N, N), 0.02)
+    elif change == "reference_zero":
+        case["reference"] = np.zeros((N, N))
+    path = tmp_path / f"{change}.h5"
+    with np.errstate(over="ignore"), h5py.File(write_raw(path, {**case, "data": data.astype(np.float32)}), "a") as f:
+        if change == "float64_3e38":
+            del f["sinogram"]
+            f.create_dataset("sinogram", data=data)
+    out = tmp_path / "out.h5"
+    code, _, err = cli(["run", pipeline(tmp_path / "p.yaml", path, formats=["hdf5", "png"]), "-o", out], tmp_path)
+    line = one_line_error(err)
+    assert code == 2, err
+    assert str(path) in line and field in line and words in line, line
+    assert not out.exists() and not (tmp_path / "out.png").exists() and leftovers(tmp_path) == []
+
+
+def test_constant_reference_file_is_refused_naming_it(tmp_path, clean_case):
+    ref = tmp_path / "ref.h5"
+    with h5py.File(ref, "w") as f:
+        f.create_dataset("reference", data=np.zeros((N, N), np.float32)).attrs["voxel_size"] = 1.0
+    pipe = pipeline(tmp_path / "p.yaml", clean_case, metrics={"reference": str(ref), "list": ["psnr"]})
+    code, _, err = cli(["run", pipe, "-o", tmp_path / "o.h5"], tmp_path)
+    line = one_line_error(err)
+    assert code == 2 and str(ref) in line and "constant" in line
+    assert not (tmp_path / "o.h5").exists()
+
+
+def test_non_finite_solver_output_is_never_written(tmp_path, clean_case):
+    """A solver that diverges to Inf: exit 1 naming the solver stage, nothing written."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(textwrap.dedent('''
+        import numpy as np
+        import recon_cli.solvers.fbp as fbp
+        _volume = fbp.fbp_volume
+        def diverging(*args, **kwargs):
+            image = _volume(*args, **kwargs)
+            image[0, 0] = np.inf
+            return image
+        fbp.fbp_volume = diverging
+    '''))
+    out = tmp_path / "o.h5"
+    code, _, err = cli(["run", pipeline(tmp_path / "p.yaml", clean_case, formats=["hdf5", "png"]), "-o", out],
+                       tmp_path, env={"PYTHONPATH": str(site)})
+    line = one_line_error(err)
+    assert code == 1 and "solver fbp" in line and "non-finite" in line
+    assert not out.exists() and not (tmp_path / "o.png").exists()
+
+
+def test_batch_reruns_an_input_whose_content_changed(tmp_path, clean_case):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    target = folder / "case.h5"
+    target.write_bytes(clean_case.read_bytes())
+    pipe = pipeline(tmp_path / "p.yaml", target)
+    out = tmp_path / "out"
+    assert cli(["-q", "batch", pipe, target, "-o", out, "--timeout", "0"], tmp_path)[0] == 0
+    first = json.loads((out / "batch_summary.json").read_text())["items"][0]
+    assert first["status"] == "ok"
+    # same content again: skipped
+    assert cli(["-q", "batch", pipe, target, "-o", out, "--timeout", "0"], tmp_path)[0] == 0
+    assert json.loads((out / "batch_summary.json").read_text())["items"][0]["status"] == "skipped"
+    # new content under the same name: run again, and the output follows the new data
+    base = read_case(clean_case)
+    variant(clean_case, target, data=base["data"] * 0.5, reference=base["reference"] * 0.5)
+    assert cli(["-q", "batch", pipe, target, "-o", out, "--timeout", "0"], tmp_path)[0] == 0
+    again = json.loads((out / "batch_summary.json").read_text())["items"][0]
+    assert again["status"] == "ok"
+    from recon_cli.provenance import file_sha256
+
+    with h5py.File(out / "case.h5", "r") as f:
+        assert f["provenance"].attrs["input_sha256"] == file_sha256(target)
+
+
+# ----------------------------------------------------------------------------- 3. reading what it must not
+
+
+def _external_variants(clean: Path, folder: Path) -> dict[str, Path]:
+    """The clean case with /sinogram in external raw storage, /reference behind an ExternalLink,
+    and /sinogram as a virtual dataset over another file."""
+    case = read_case(clean)
+    data = np.ascontiguousarray(case["data"], np.float32)
+    host_file = folder / "host_file.bin"  # stands for any file of the host (/etc/shadow, a key, ...)
+    host_file.write_bytes(data.tobytes())
+    out = {}
+    out["external_storage"] = write_raw(folder / "external_storage.h5", {**case, "reference": None})
+    with h5py.File(out["external_storage"], "a") as f:
+        del f["sinogram"]
+        f.create_dataset("sinogram", shape=data.shape, dtype=np.float32,
+                         external=[(str(host_file), 0, data.nbytes)])
+    other = folder / "other.h5"
+    with h5py.File(other, "w") as f:
+        f.create_dataset("reference", data=case["reference"])
+        f.create_dataset("sinogram", data=data)
+    out["external_link"] = write_raw(folder / "external_link.h5", {**case, "reference": None})
+    with h5py.File(out["external_link"], "a") as f:
+        f["reference"] = h5py.ExternalLink(str(other), "/reference")
+    out["virtual"] = write_raw(folder / "virtual.h5", {**case, "reference": None})
+    with h5py.File(out["virtual"], "a") as f:
+        del f["sinogram"]
+        layout = h5py.VirtualLayout(shape=data.shape, dtype=np.float32)
+        layout[:] = h5py.VirtualSource(str(other), "sinogram", shape=data.shape)
+        f.create_virtual_dataset("sinogram", layout)
+    return out
+
+
+@pytest.mark.parametrize("kind, field, words", [("external_storage", "/sinogram", "external raw storage"),
+                                                ("external_link", "/reference", "external link"),
+                                                ("virtual", "/sinogram", "virtual dataset source")])
+def test_hdf5_reaching_other_files_is_refused(tmp_path, clean_case, kind, field, words):
+    path = _external_variants(clean_case, tmp_path)[kind]
+    out = tmp_path / "o.h5"
+    code, _, err = cli(["run", pipeline(tmp_path / "p.yaml", path), "-o", out], tmp_path)
+    line = one_line_error(err)
+    assert code == 2 and str(path) in line and field in line and words in line
+    assert "RECON_ALLOW_EXTERNAL_HDF5" in line and not out.exists()
+    code, out_text, err = cli(["info", path], tmp_path)
+    assert code == 2 and words in one_line_error(err)
+
+
+def test_trusted_external_hdf5_is_read_and_hashed_with_what_it_read(tmp_path, clean_case):
+    from recon_cli.provenance import file_sha256
+
+    path = _external_variants(clean_case, tmp_path)["external_storage"]
+    out = tmp_path / "o.h5"
+    env = {"RECON_ALLOW_EXTERNAL_HDF5": "1"}
+    code, _, err = cli(["-q", "run", pipeline(tmp_path / "p.yaml", path), "-o", out], tmp_path, env=env)
+    assert code == 0, err
+    with h5py.File(out, "r") as f:
+        recorded = f["provenance"].attrs["input_sha256"]
+    assert recorded != file_sha256(path)
+    (tmp_path / "host_file.bin").write_bytes(b"\0" * (tmp_path / "host_file.bin").stat().st_size)
+    from recon_cli.io.formats import input_digest
+
+    os.environ["RECON_ALLOW_EXTERNAL_HDF5"] = "1"
+    try:
+        assert input_digest(path) != recorded  # the hash follows the external bytes
+    finally:
+        del os.environ["RECON_ALLOW_EXTERNAL_HDF5"]
+
+
+def test_log_file_equal_to_the_input_is_refused_and_the_input_unchanged(tmp_path, clean_case):
+    case = tmp_path / "case.h5"
+    case.write_bytes(clean_case.read_bytes())
+    before = case.read_bytes()
+    pipe = pipeline(tmp_path / "p.yaml", case)
+    for args in (["--log-file", case, "run", pipe, "-o", tmp_path / "o.h5"],
+                 ["--log-file", case, "info", case],
+                 ["--log-file", tmp_path / "o.h5", "run", pipe, "-o", tmp_path / "o.h5"]):
+        code, _, err = cli(args, tmp_path)
+        assert code == 2 and "--log-file" in err and "Traceback" not in err
+    # the input named only in the pipeline (not on the command line)
+    code, _, err = cli(["--log-file", case, "run", pipe, "-o", tmp_path / "o.h5"], tmp_path)
+    assert code == 2
+    code, _, err = cli(["--log-file", "./case.h5", "run", pipe, "-o", tmp_path / "o.h5"], tmp_path)
+    assert code == 2 and "log" in err
+    assert case.read_bytes() == before and not (tmp_path / "o.h5").exists()
+
+
+@pytest.mark.parametrize("name, words", [("../../escaped", "not a path"), ("/tmp/abs", "not a path"),
+                                         ("evil\nname", "control characters"),
+                                         ("esc\x1b[31mred", "control characters"), ("..", "start with")])
+def test_pipeline_name_cannot_leave_the_output_folder_or_carry_control_characters(tmp_path, clean_case, name,
+                                                                                  words):
+    pipe = tmp_path / "p.yaml"
+    pipe.write_text(yaml.safe_dump({"name": name, "input": {"path": str(clean_case)}, "solver": {"name": "fbp"},
+                                    "output": {"formats": ["hdf5", "dicom"]}}))
+    code, _, err = cli(["run", pipe], tmp_path)
+    line = one_line_error(err)
+    assert code == 2 and "name" in line and words in line
+    assert "\x1b" not in err
+    assert not (tmp_path / "out").exists() and not (tmp_path.parent / "escaped.h5").exists()
+
+
+@pytest.mark.parametrize("output", ["../escaped", "/tmp/recon-hostile-abs", "sub/../../escaped"])
+def test_manifest_outputs_stay_inside_the_batch_folder(tmp_path, clean_case, output):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"path,output\n{clean_case},{output}\n")
+    out = tmp_path / "out"
+    code, _, err = cli(["-q", "batch", pipeline(tmp_path / "p.yaml", clean_case), manifest, "-o", out],
+                       tmp_path)
+    assert code == 1
+    item = json.loads((out / "batch_summary.json").read_text())["items"][0]
+    assert item["status"] == "failed" and "OUTDIR" in item["error"]
+    assert not (tmp_path / "escaped.h5").exists() and not Path("/tmp/recon-hostile-abs.h5").exists()
+
+
+def test_dicom_text_values_are_sanitised(tmp_path):
+    from recon_cli.io.dicom_writer import dicom_text
+
+    assert dicom_text("evil\nname\x1b[31m", 64) == "evil name [31m"
+    assert len(dicom_text("x" * 100, 64)) == 64

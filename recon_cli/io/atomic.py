@@ -35,6 +35,10 @@ def check_writable(path, overwrite: bool = False) -> None:
     ancestor is a file or a folder that is not writable (so the output cannot be made there).
     """
     target = Path(path)
+    if len(target.name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+        raise InputError(f"file name of {len(target.name.encode('utf-8', 'surrogateescape'))} bytes is longer "
+                         f"than the {MAX_NAME_BYTES} file systems allow; choose a shorter output name",
+                         file=str(target))
     if target.exists() and not overwrite:
         raise InputError("exists; use --overwrite", file=str(target))
     parent = target.parent

@@ -159,6 +159,9 @@ def _hdf5_kind(path: Path) -> str:
 
     try:
         with h5py.File(path, "r") as f:
+            from recon_cli.io.hdf5_external import check_self_contained
+
+            check_self_contained(f, str(path))  # before following any link to another file
             if "layout_version" in f.attrs:
                 return "hdf5"
             layout = detect_layout(f)
@@ -263,13 +266,33 @@ def describe(path, show_phi: bool = False) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- provenance
 
 
+def _is_hdf5_file(path: Path) -> bool:
+    import h5py
+
+    try:
+        return bool(h5py.is_hdf5(path))
+    except OSError:
+        return False
+
+
 def input_digest(path) -> str:
-    """SHA-256 (hex) of a file's bytes, or of a folder: its files' relative names and digests, sorted."""
+    """SHA-256 (hex) of a file's bytes, or of a folder: its files' relative names and digests, sorted.
+
+    An HDF5 file that refers to other files (allowed with RECON_ALLOW_EXTERNAL_HDF5=1) hashes its own
+    digest together with each referenced file's path and digest, so the hash covers what was read."""
     from recon_cli.provenance import file_sha256
 
     p = Path(path)
     if p.is_file():
-        return file_sha256(p)
+        from recon_cli.io.hdf5_external import external_files
+
+        extra = external_files(p) if _is_hdf5_file(p) else []
+        if not extra:
+            return file_sha256(p)
+        digest = hashlib.sha256(file_sha256(p).encode() + b"\n")  # an opted-in input that reads other files
+        for f in extra:
+            digest.update(str(f).encode() + b"\0" + file_sha256(f).encode() + b"\n")
+        return digest.hexdigest()
     digest = hashlib.sha256()
     for f in sorted(q for q in p.rglob("*") if q.is_file()):
         digest.update(f.relative_to(p).as_posix().encode() + b"\0" + file_sha256(f).encode() + b"\n")

@@ -67,6 +67,9 @@ def _open(path: str) -> Iterator[Any]:
             raise
         raise InputError(f"cannot open as HDF5, file truncated or corrupt ({_short(exc)})", file=path) from exc
     try:
+        from recon_cli.io.hdf5_external import check_self_contained
+
+        check_self_contained(f, path)
         yield f
     except _H5PY_ERRORS as exc:  # unreadable chunks, headers or datatypes of a damaged file
         if not _raised_by_h5py(exc):
