@@ -129,6 +129,20 @@ def redact(text: Any) -> str:
     return pattern.sub(REDACTED, text) if pattern is not None else text
 
 
+#: In free text (descriptions, comments): a record number (5 or more digits, letters allowed in front,
+#: as in MRN0012345) or a labelled identifier ("MRN: X", "patient: Jane Doe", "name=Doe^Jane").
+_FREE_TEXT_ID = re.compile(
+    r"(?i)\b(?:mrn|record|patient(?:\s*(?:id|name))?|name|dob|born|id)\b\s*[:#=]?\s*"
+    r"[A-Za-z0-9^',.-]+(?:[ ^][A-Z][A-Za-z'-]+)?"
+    r"|\b[A-Za-z]{0,4}\d{5,}\b")
+
+
+def redact_free_text(text: Any) -> str:
+    """Free text (a StudyDescription, ImageComments) with registered identifiers redacted, and with
+    anything that looks like one: record numbers, and values labelled MRN / patient / name / DOB / ID."""
+    return _FREE_TEXT_ID.sub(REDACTED, redact(text))
+
+
 class RedactPHIFilter(logging.Filter):
     """Rewrites a record's message (with its arguments merged in) with identifiers redacted."""
 

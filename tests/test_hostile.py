@@ -500,3 +500,72 @@ def test_dicom_text_values_are_sanitised(tmp_path):
 
     assert dicom_text("evil\nname\x1b[31m", 64) == "evil name [31m"
     assert len(dicom_text("x" * 100, 64)) == 64
+
+
+# ----------------------------------------------------------------------------- 4. PHI
+
+
+def _series(tmp_path: Path, identity: dict, **write) -> list[Path]:
+    from recon_cli.io.dicom_writer import write_series_hu
+
+    z, y, x = np.meshgrid(np.arange(4), np.arange(48), np.arange(48), indexing="ij")
+    hu = (-1000.0 + 900.0 * (((y - 24) ** 2 + (x - 24) ** 2) < 300) + z).astype(np.float32)
+    return write_series_hu(tmp_path / "series", hu, (2.0, 1.0, 1.0), identity=identity, **write)
+
+
+def _edit(path: Path, **changes) -> None:
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    for key, value in changes.items():
+        setattr(ds, key, value)
+    ds.save_as(path)
+
+
+IDENTITY_A = {"PatientName": "Doe^Jane", "PatientID": "MRN-314159", "PatientBirthDate": "19700101"}
+
+
+def test_series_mixing_two_patients_is_refused_without_naming_them(tmp_path):
+    files = _series(tmp_path, IDENTITY_A)
+    _edit(files[2], PatientName="Roe^Richard", PatientID="MRN-271828")
+    pipe = tmp_path / "p.yaml"
+    pipe.write_text(yaml.safe_dump({"name": "mixed", "input": {"path": str(tmp_path / "series")},
+                                    "solver": {"name": "fbp"}, "output": {"formats": ["hdf5", "dicom"]}}))
+    code, out, err = cli(["run", pipe, "-o", tmp_path / "o.h5"], tmp_path)
+    line = one_line_error(err)
+    assert code == 2 and "mixes patients" in line and "PatientID" in line
+    for secret in ("Doe", "Jane", "Roe", "Richard", "314159", "271828"):
+        assert secret not in err and secret not in out
+    assert not (tmp_path / "o.h5").exists() and not (tmp_path / "o_dicom").exists()
+    code, out, err = cli(["info", tmp_path / "series", "--json"], tmp_path)
+    assert "mixes patients" in out
+    for secret in ("Doe", "Jane", "Roe", "Richard", "314159", "271828"):
+        assert secret not in out
+
+
+def test_info_redacts_identifiers_inside_free_text_descriptions(tmp_path):
+    files = _series(tmp_path, {**IDENTITY_A, "StudyDescription": "CT head Jane Doe MRN 8675309"},
+                    series_description="follow-up DOE^JANE record 5550123")
+    code, out, _ = cli(["info", tmp_path / "series", "--json"], tmp_path)
+    assert code == 0
+    for secret in ("Jane", "JANE", "Doe", "DOE", "8675309", "5550123", "314159", "1970"):
+        assert secret not in out, secret
+    assert "CT head" in out and "follow-up" in out
+    code, out, _ = cli(["info", tmp_path / "series", "--json", "--show-phi"], tmp_path)
+    assert "8675309" in out and "Doe^Jane" in out
+
+
+def test_absurd_dicom_image_size_is_refused_before_allocating(tmp_path):
+    files = _series(tmp_path, IDENTITY_A)
+    for f in files:
+        _edit(f, Rows=65535, Columns=65535)
+    pipe = tmp_path / "p.yaml"
+    pipe.write_text(yaml.safe_dump({"name": "big", "input": {"path": str(tmp_path / "series")},
+                                    "solver": {"name": "fbp"}}))
+
+    def limit_memory():
+        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))  # a 48 GiB allocation would fail hard
+
+    code, _, err = cli(["run", pipe, "-o", tmp_path / "o.h5"], tmp_path, preexec_fn=limit_memory)
+    line = one_line_error(err)
+    assert code == 2 and "Rows" in line and "65535" in line
