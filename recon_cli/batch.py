@@ -411,7 +411,13 @@ def run_batch(settings: BatchSettings, inputs: Sequence[str], outdir: str | Path
     items = expand_inputs(inputs, outdir)
     if not items:
         raise ConfigError("no inputs given", field="INPUTS")
-    outdir.mkdir(parents=True, exist_ok=True)
+    from recon_cli.io.atomic import check_writable
+
+    check_writable(outdir / f"{SUMMARY_NAME}.csv", overwrite=True)  # an unwritable OUTDIR: one line, exit 2
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the output folder ({exc.strerror or exc})", file=str(outdir)) from None
     started = _utc_now()
     results: list[ItemResult | None] = [None] * len(items)
     jobs = max(1, min(int(settings.jobs), len(items)))

@@ -80,7 +80,7 @@ def run_pipeline(cfg: PipelineConfig, *, input_override: str | None = None, outp
 
     plan = plan_memory(cfg, sino, device.name, max_memory, jobs=jobs)
     digest = input_digest(input_path)
-    writer = prepare_checkpoint(cfg, outputs, digest, device, plan, resume)
+    writer = prepare_checkpoint(cfg, outputs, digest, device, plan, resume, grid_shape=sino.grid.shape)
     if executor is not None:
         from recon_cli.stack_units import solve_on_executor
 
@@ -157,9 +157,10 @@ def check_outputs(outputs: dict[str, Path], input_path: Path, overwrite: bool) -
 
     The ``dicom`` output is a folder: with ``overwrite`` only a folder of .dcm files is replaced.
     """
-    from recon_cli.io.atomic import check_writable
+    from recon_cli.io.atomic import check_name_length, check_writable
 
     for fmt, path in outputs.items():
+        check_name_length(path)
         if path.exists() and input_path.exists() and path.resolve() == input_path.resolve():
             raise InputError("output would replace the input file; choose another output path", file=str(path))
         if fmt == "dicom" and input_path.exists() and path.resolve() in input_path.resolve().parents:
@@ -404,7 +405,7 @@ class Solved:
 
 
 def prepare_checkpoint(cfg: PipelineConfig, outputs: dict[str, Path], input_sha256: str, device: Device,
-                       plan, resume: bool | str = False):
+                       plan, resume: bool | str = False, grid_shape: tuple[int, ...] | None = None):
     """The CheckpointWriter of this run: a fresh checkpoint, or (``resume``) the one on disk.
 
     ``resume=True`` refuses a checkpoint of another pipeline, input, solver or device (ConfigError
@@ -412,8 +413,9 @@ def prepare_checkpoint(cfg: PipelineConfig, outputs: dict[str, Path], input_sha2
     ``resume='auto'`` uses a matching checkpoint and ignores any other. A resumed stack keeps the
     chunks it was started with (``plan.chunks`` is replaced).
     """
-    from recon_cli.checkpoint import (Checkpoint, CheckpointWriter, check_key, checkpoint_every, checkpoint_path,
-                                      load_checkpoint, run_key)
+    from recon_cli.checkpoint import (Checkpoint, CheckpointWriter, check_fits_run, check_key, checkpoint_every,
+                                      checkpoint_path, load_checkpoint, run_key)
+    from recon_cli.progress import iteration_budget
     from recon_cli.solvers.registry import get_solver
 
     every = checkpoint_every(cfg, get_solver(cfg.solver.name))
@@ -423,6 +425,8 @@ def prepare_checkpoint(cfg: PipelineConfig, outputs: dict[str, Path], input_sha2
         try:
             ckpt = load_checkpoint(path)
             check_key(ckpt, key, path)
+            if grid_shape is not None:
+                check_fits_run(ckpt, grid_shape, iteration_budget(cfg.solver.params), path)
         except (ConfigError, InputError) as exc:
             if resume != "auto":
                 raise
@@ -500,7 +504,13 @@ def solve_in_chunks(cfg: PipelineConfig, sino: Sinogram, device: Device, plan, w
         t0 = time.perf_counter()
         with solver_progress(label, budget, enabled=progress) as bar:
             callback = combine(bar, writer.callback if writer.enabled else None)
-            rec = run_ref(cfg.solver, op, part_dev, callback=callback, resume_state=resume_state)
+            try:
+                rec = run_ref(cfg.solver, op, part_dev, callback=callback, resume_state=resume_state)
+            except (ValueError, TypeError, KeyError, IndexError) as exc:
+                if resume_state is None:
+                    raise
+                raise InputError(f"the solver state does not fit this run ({type(exc).__name__}: {exc}); delete "
+                                 "it to start again", file=str(writer.path)) from None
         wall_time += time.perf_counter() - t0
         if tuple(rec.volume.shape) != tuple(part.grid.shape):
             raise RuntimeError(f"solver {cfg.solver.name!r} returned shape {list(rec.volume.shape)}, "

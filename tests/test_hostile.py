@@ -569,3 +569,164 @@ def test_absurd_dicom_image_size_is_refused_before_allocating(tmp_path):
     code, _, err = cli(["run", pipe, "-o", tmp_path / "o.h5"], tmp_path, preexec_fn=limit_memory)
     line = one_line_error(err)
     assert code == 2 and "Rows" in line and "65535" in line
+
+
+# ----------------------------------------------------------------------------- 5. crashes and tracebacks
+
+
+def _file_size_limit(limit: int):
+    """preexec_fn: files cannot grow past ``limit`` bytes (writes fail with EFBIG, like a full disk)."""
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+@pytest.mark.parametrize("formats", [["hdf5"], ["dicom"], ["hdf5", "png", "dicom"], ["tiff"]])
+def test_full_disk_while_writing_is_one_line_and_leaves_nothing(tmp_path, clean_case, formats):
+    out = tmp_path / "out"
+    out.mkdir()
+    pipe = pipeline(tmp_path / "p.yaml", clean_case, formats=formats)
+    code, _, err = cli(["run", pipe, "-o", out / "o.h5"], tmp_path, preexec_fn=_file_size_limit(2048))
+    line = one_line_error(err)
+    assert code == 1, err
+    assert "disk full" in line or "free" in line
+    assert list(out.iterdir()) == []
+
+
+def test_full_disk_under_log_file_is_one_line_and_exit_1(tmp_path, clean_case):
+    log = tmp_path / "run.log"
+    log.write_text("x" * 16384)  # at the limit: every log write fails
+    pipe = pipeline(tmp_path / "p.yaml", clean_case, formats=["png"])
+    code, _, err = cli(["--log-file", log, "run", pipe, "-o", tmp_path / "o.h5"], tmp_path,
+                       preexec_fn=_file_size_limit(16384))
+    assert code == 1, err
+    assert "Traceback" not in err and "Logging error" not in err
+    lines = [l for l in err.splitlines() if "log file" in l]
+    assert len(lines) == 1 and str(log) in lines[0]
+
+
+def test_output_names_up_to_the_file_system_limit_work(tmp_path, clean_case):
+    """Names of 235-252 characters used to fail after computing (the temporary name passed 255)."""
+    out = tmp_path / ("n" * 249 + ".h5")
+    pipe = pipeline(tmp_path / "p.yaml", clean_case, formats=["hdf5", "png"])
+    code, _, err = cli(["-q", "run", pipe, "-o", out], tmp_path)
+    assert code == 0, err
+    assert out.is_file() and out.with_suffix(".png").is_file() and leftovers(tmp_path) == []
+    too_long = tmp_path / ("n" * 250 + ".h5")
+    code, _, err = cli(["run", pipeline(tmp_path / "p2.yaml", clean_case, formats=["hdf5", "nifti"]),
+                        "-o", too_long], tmp_path)
+    line = one_line_error(err)
+    assert code == 2 and "255" in line and not too_long.exists()
+
+
+def test_stale_temporary_files_of_a_killed_run_are_cleaned_on_the_next_run(tmp_path, clean_case):
+    out = tmp_path / "o.h5"
+    dead_pid = 4_000_000  # above pid_max: never a live process
+    from recon_cli.io.atomic import _host_tag
+
+    stale = [tmp_path / f".o.h5.{_host_tag()}-{dead_pid}-0123abcd.tmp", tmp_path / ".o.png.0123456789ab.tmp"]
+    for p in stale:
+        p.write_bytes(b"partial")
+    os.utime(stale[1], (0, 0))  # an old-style temporary from long ago
+    live = tmp_path / f".o.h5.{_host_tag()}-{os.getpid()}-0123abcd.tmp"  # a running writer's: kept
+    live.write_bytes(b"in progress")
+    code, _, err = cli(["-q", "run", pipeline(tmp_path / "p.yaml", clean_case, formats=["hdf5", "png"]),
+                        "-o", out], tmp_path)
+    assert code == 0, err
+    assert not any(p.exists() for p in stale) and live.exists()
+
+
+def test_sigkill_while_writing_leaves_no_temporary_after_the_next_run(tmp_path, clean_case):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(textwrap.dedent('''
+        import os, signal
+        import recon_cli.io.png as png
+        def killed(*args, **kwargs):
+            os.kill(os.getpid(), signal.SIGKILL)
+        png.write_png = killed
+    '''))
+    pipe = pipeline(tmp_path / "p.yaml", clean_case, formats=["hdf5", "dicom", "png"])
+    out = tmp_path / "o.h5"
+    code, _, _ = cli(["run", pipe, "-o", out], tmp_path, env={"PYTHONPATH": str(site)})
+    assert code == -signal.SIGKILL
+    code, _, err = cli(["-q", "run", pipe, "-o", out, "--overwrite"], tmp_path)
+    assert code == 0, err
+    assert leftovers(tmp_path) == [] and out.is_file() and (tmp_path / "o_dicom").is_dir()
+
+
+@pytest.mark.parametrize("args, option", [(["--I0", "1e30"], "I0"), (["--seed", "-1"], "seed"),
+                                          (["--upsample", "1000"], "upsample"), (["--arc", "1e20"], "arc"),
+                                          (["--voxel-size", "1e30"], "voxel-size"),
+                                          (["--detector-spacing", "1e-30"], "detector-spacing")])
+def test_simulate_bad_parameters_are_one_line(tmp_path, args, option):
+    code, _, err = cli(["simulate", tmp_path / "s.h5", "--size", "32", *args], tmp_path, timeout=60)
+    line = one_line_error(err)
+    assert code == 2 and option in line, err
+    assert not (tmp_path / "s.h5").exists()
+
+
+def test_batch_into_a_read_only_folder_is_one_line(tmp_path, clean_case):
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders")
+    out = tmp_path / "ro"
+    out.mkdir()
+    out.chmod(0o555)
+    try:
+        code, _, err = cli(["batch", pipeline(tmp_path / "p.yaml", clean_case), clean_case, "-o", out], tmp_path)
+    finally:
+        out.chmod(0o755)
+    line = one_line_error(err)
+    assert code == 2 and str(out) in line and "writable" in line
+
+
+def test_large_yaml_is_refused_quickly(tmp_path):
+    big = tmp_path / "big.yaml"
+    big.write_text("name: x\nlist:\n" + "  - 1\n" * 2_000_000)
+    code, _, err = cli(["validate", big], tmp_path, timeout=30)
+    line = one_line_error(err)
+    assert code == 2 and "larger than" in line
+
+
+def test_alias_bomb_is_refused_quickly(tmp_path):
+    bomb = tmp_path / "bomb.yaml"
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 12):
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]")
+    bomb.write_text("\n".join(lines) + "\nname: x\n")
+    code, _, err = cli(["validate", bomb], tmp_path, timeout=30)
+    assert code == 2 and "values" in one_line_error(err)
+
+
+@pytest.mark.parametrize("state, words", [({"iteration": 10**9}, "iteration"),
+                                          ({"iteration": 3, "x": np.zeros((10, 10), np.float32)}, "solver image"),
+                                          ({"iteration": -4}, "iteration")])
+def test_bad_checkpoint_is_one_line_before_computing(tmp_path, clean_case, state, words):
+    from recon_cli.checkpoint import Checkpoint, checkpoint_path, run_key, save_checkpoint
+    from recon_cli.config import load_config
+    from recon_cli.io.formats import input_digest
+
+    out = tmp_path / "o.h5"
+    pipe = pipeline(tmp_path / "p.yaml", clean_case, solver="sirt", output=out)
+    pipe.write_text(pipe.read_text().replace("name: sirt", "name: sirt\n  params: {iterations: 20}"))
+    cfg = load_config(pipe)
+    state = {"x": np.zeros((N, N), np.float32), "history": {"residual": [1.0] * 3}, **state}
+    path = checkpoint_path(cfg, out)
+    save_checkpoint(path, Checkpoint(key=run_key(cfg, input_digest(clean_case), "cpu"), chunks=[(0, 1)],
+                                     state=state))
+    code, _, err = cli(["run", pipe, "--resume"], tmp_path)
+    line = one_line_error(err)
+    assert code == 2 and str(path) in line and words in line, err
+    assert not out.exists()
+
+
+def test_batch_into_an_unwritable_folder_is_one_line(tmp_path, clean_case, monkeypatch, capsys):
+    """(In-process: the test may run as root, for whom every folder is writable.)"""
+    out = tmp_path / "ro"
+    out.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if Path(p) == out else real_access(p, mode, **kw))
+    code, _, err = recon(capsys, "batch", pipeline(tmp_path / "p.yaml", clean_case), clean_case, "-o", out)
+    line = one_line_error(err)
+    assert code == 2 and str(out) in line and "not writable" in line

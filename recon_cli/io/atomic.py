@@ -15,7 +15,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from recon_cli.errors import InputError
+from recon_cli.errors import InputError, RunError
+
+#: errno values of a full disk / file size limit / quota.
+_DISK_FULL = {getattr(__import__("errno"), n) for n in ("ENOSPC", "EFBIG", "EDQUOT") if hasattr(__import__("errno"), n)}
 
 
 def _remove(path: Path) -> None:
@@ -28,6 +31,14 @@ def _remove(path: Path) -> None:
             pass
 
 
+def check_name_length(path) -> None:
+    """InputError when the last part of ``path`` is longer than MAX_NAME_BYTES (the OS would refuse it)."""
+    name = Path(path).name.encode("utf-8", "surrogateescape")
+    if len(name) > MAX_NAME_BYTES:
+        raise InputError(f"file name of {len(name)} bytes is longer than the {MAX_NAME_BYTES} file systems "
+                         "allow; choose a shorter output name", file=str(path))
+
+
 def check_writable(path, overwrite: bool = False) -> None:
     """Refuse an output path that cannot be written, before anything is computed (creates nothing).
 
@@ -35,10 +46,7 @@ def check_writable(path, overwrite: bool = False) -> None:
     ancestor is a file or a folder that is not writable (so the output cannot be made there).
     """
     target = Path(path)
-    if len(target.name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
-        raise InputError(f"file name of {len(target.name.encode('utf-8', 'surrogateescape'))} bytes is longer "
-                         f"than the {MAX_NAME_BYTES} file systems allow; choose a shorter output name",
-                         file=str(target))
+    check_name_length(target)
     if target.exists() and not overwrite:
         raise InputError("exists; use --overwrite", file=str(target))
     parent = target.parent
@@ -147,6 +155,37 @@ def atomic_path(path, overwrite: bool = False) -> Iterator[Path]:
         if tmp.is_dir() and target.is_dir():
             shutil.rmtree(target)
         os.replace(tmp, target)
+    except OSError as exc:
+        _remove(tmp)
+        if exc.errno in _DISK_FULL or _disk_full_text(exc):
+            raise RunError(f"cannot write: {exc.strerror or 'no space left'} (disk full or file size limit); "
+                           "nothing was left behind", file=str(target)) from None
+        raise
     except BaseException:
         _remove(tmp)
         raise
+
+
+def _disk_full_text(exc: BaseException) -> bool:
+    """Libraries that wrap the OS error in their own text (HDF5, pydicom) still name it."""
+    text = str(exc).lower()
+    return any(t in text for t in ("no space left", "file too large", "disk quota")) or \
+        bool(re.search(r"\d+ requested and \d+ written", text))  # tifffile's short write
+
+
+def write_bytes_atomic(path, data, overwrite: bool = False) -> None:
+    """Write ``data`` (bytes-like) to ``path`` atomically; refused early (RunError) when the folder's
+    file system has less free space than ``data`` needs."""
+    target = Path(path)
+    size = memoryview(data).nbytes
+    try:
+        free = shutil.disk_usage(target.parent if target.parent.exists() else Path.cwd()).free
+    except OSError:
+        free = None
+    if free is not None and free < size:
+        raise RunError(f"cannot write {size} bytes: only {free} bytes free on its file system", file=str(target))
+    with atomic_path(target, overwrite=overwrite) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())

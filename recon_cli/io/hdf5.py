@@ -383,6 +383,27 @@ def _create(f, name: str, data: np.ndarray):
     return f.create_dataset(name, data=data, compression="gzip", compression_opts=4, shuffle=True)
 
 
+@contextmanager
+def _h5_file_atomic(path: str, overwrite: bool) -> Iterator[Any]:
+    """An HDF5 file built in memory, then written to ``path`` atomically with plain file I/O.
+
+    HDF5 writing straight to a disk that fills up crashes the process (h5py 3.16: a segfault when
+    the file is closed after a failed write). Built in memory, the file reaches the disk through
+    :func:`recon_cli.io.atomic.write_bytes_atomic`: a full disk is one RunError, and nothing is left.
+    """
+    import io
+
+    import h5py
+
+    from recon_cli.io.atomic import check_writable, write_bytes_atomic
+
+    check_writable(path, overwrite)  # refuse before building anything
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:
+        yield f
+    write_bytes_atomic(path, buffer.getbuffer(), overwrite=overwrite)
+
+
 def write_sinogram(path, sino: Sinogram, overwrite: bool = False) -> None:
     """Write ``sino`` as a layout-v1 file (atomic). Shapes are checked first; nothing is written on error."""
     import h5py
@@ -396,22 +417,21 @@ def write_sinogram(path, sino: Sinogram, overwrite: bool = False) -> None:
     metadata = dict(sino.metadata or {})
     noise = {k: float(metadata.pop(k)) for k in NOISE_ATTRS if metadata.get(k) is not None}
     metadata.pop("source", None)
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["layout_version"] = LAYOUT_VERSION
-            ds = _create(f, "sinogram", data)
-            for key, value in noise.items():
-                ds.attrs[key] = value
-            geo = f.create_group("geometry")
-            _write_attrs(geo, sino.geometry.attrs())
-            geo.create_dataset("angles", data=np.asarray(sino.geometry.angles, dtype=np.float64))
-            vol = f.create_group("volume")
-            vol.attrs["shape"] = np.asarray(sino.grid.shape, dtype=np.int64)
-            vol.attrs["voxel_size"] = float(sino.grid.voxel_size)
-            if reference is not None:
-                _create(f, "reference", reference).attrs["units"] = "1/mm"
-            if metadata:
-                _write_attrs(f.create_group("metadata"), metadata)
+    with _h5_file_atomic(path, overwrite) as f:
+        f.attrs["layout_version"] = LAYOUT_VERSION
+        ds = _create(f, "sinogram", data)
+        for key, value in noise.items():
+            ds.attrs[key] = value
+        geo = f.create_group("geometry")
+        _write_attrs(geo, sino.geometry.attrs())
+        geo.create_dataset("angles", data=np.asarray(sino.geometry.angles, dtype=np.float64))
+        vol = f.create_group("volume")
+        vol.attrs["shape"] = np.asarray(sino.grid.shape, dtype=np.int64)
+        vol.attrs["voxel_size"] = float(sino.grid.voxel_size)
+        if reference is not None:
+            _create(f, "reference", reference).attrs["units"] = "1/mm"
+        if metadata:
+            _write_attrs(f.create_group("metadata"), metadata)
 
 
 # ---------------------------------------------------------------- public API: reconstructions
@@ -441,18 +461,17 @@ def write_reconstruction(path, volume, voxel_size: float, *, metrics: dict, prov
     info = dict(info or {})
     if history is None and isinstance(info.get("history"), dict):
         history = info.pop("history")
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["layout_version"] = LAYOUT_VERSION
-            ds = _create(f, "reconstruction", image)
-            ds.attrs["voxel_size"] = float(voxel_size)
-            ds.attrs["units"] = "1/mm"
-            _write_attrs(f.create_group("metrics"), metrics)
-            _write_attrs(f.create_group("provenance"), provenance)
-            _write_attrs(f.create_group("info"), info)
-            hist = f.create_group("history")
-            for name, values in (history or {}).items():
-                hist.create_dataset(str(name).replace("/", "_"), data=_history_array(values))
+    with _h5_file_atomic(path, overwrite) as f:
+        f.attrs["layout_version"] = LAYOUT_VERSION
+        ds = _create(f, "reconstruction", image)
+        ds.attrs["voxel_size"] = float(voxel_size)
+        ds.attrs["units"] = "1/mm"
+        _write_attrs(f.create_group("metrics"), metrics)
+        _write_attrs(f.create_group("provenance"), provenance)
+        _write_attrs(f.create_group("info"), info)
+        hist = f.create_group("history")
+        for name, values in (history or {}).items():
+            hist.create_dataset(str(name).replace("/", "_"), data=_history_array(values))
 
 
 def read_image(path) -> tuple[np.ndarray, float]:
