@@ -169,7 +169,8 @@ def test_matrix_cache_is_reused(cache_dir, monkeypatch):
     (folder,) = _cached_folders(cache_dir)
     assert first.projector_type in folder.name
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        f"{m}.{part}.npy" for m in ("A", "AT") for part in ("data", "indices", "indptr"))
+        [f"{m}.{part}.npy" for m in ("A", "AT") for part in ("data", "indices", "indptr")]
+        + ["A.crc32.json", "AT.crc32.json"])
     monkeypatch.setattr(astra_matrix, "AstraCPUProjector", _NoBuild)
     second = AstraMatrixProjector(geometry, make_grid(True))  # a stack reuses the slice matrix
     assert (second.matrix != first.matrix).nnz == 0 and (second.matrix_t != first.matrix_t).nnz == 0

@@ -84,6 +84,41 @@ def _save_csr(folder: Path, name: str, m: sp.csr_matrix) -> None:
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+    _write_checksums(folder, name, {part: _crc(getattr(m, part)) for part in _PARTS})
+
+
+def _crc(array: np.ndarray) -> str:
+    """CRC-32 of an array's bytes (hex): catches a damaged cache file, at several GB/s."""
+    import zlib
+
+    return f"{zlib.crc32(memoryview(np.ascontiguousarray(array)).cast('B')):08x}"
+
+
+def _write_checksums(folder: Path, name: str, sums: dict[str, str]) -> None:
+    """``<name>.crc32.json``, written after the arrays it vouches for (atomically)."""
+    import json
+
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp.json")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(sums, f)
+        os.replace(tmp, folder / f"{name}.crc32.json")
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _verify_checksums(folder: Path, name: str, arrays: dict[str, np.ndarray]) -> None:
+    """ValueError when ``<name>.crc32.json`` is missing or an array's CRC differs from it."""
+    import json
+
+    try:
+        sums = json.loads((folder / f"{name}.crc32.json").read_text())
+    except (OSError, ValueError):
+        raise ValueError(f"{name}: no checksum file (written by an older version, or interrupted)") from None
+    for part, array in arrays.items():
+        if sums.get(part) != _crc(array):
+            raise ValueError(f"{name}.{part}: checksum mismatch (the file was damaged)")
 
 
 def _load_csr(folder: Path, name: str, shape: tuple[int, int]) -> sp.csr_matrix:
@@ -96,6 +131,7 @@ def _load_csr(folder: Path, name: str, shape: tuple[int, int]) -> sp.csr_matrix:
         raise ValueError(f"{name}: arrays do not form a float32 CSR of shape {shape}")
     if nnz and (int(indices.min()) < 0 or int(indices.max()) >= shape[1]):  # one pass, guards the products
         raise ValueError(f"{name}: column index out of range")
+    _verify_checksums(folder, name, {"data": data, "indices": indices, "indptr": indptr})
     return _csr(data, indices, indptr, shape)
 
 
