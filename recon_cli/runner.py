@@ -157,10 +157,15 @@ def check_outputs(outputs: dict[str, Path], input_path: Path, overwrite: bool) -
 
     The ``dicom`` output is a folder: with ``overwrite`` only a folder of .dcm files is replaced.
     """
-    from recon_cli.io.atomic import check_name_length, check_writable
+    from recon_cli.io.atomic import check_name_length, check_writable, remove_partial_outputs
 
-    for fmt, path in outputs.items():
+    for path in outputs.values():
         check_name_length(path)
+    removed = remove_partial_outputs(list(outputs.values()))
+    if removed:
+        log.warning("removed the partial outputs of an earlier run that was killed while writing: %s",
+                    ", ".join(str(p) for p in removed))
+    for fmt, path in outputs.items():
         if path.exists() and input_path.exists() and path.resolve() == input_path.resolve():
             raise InputError("output would replace the input file; choose another output path", file=str(path))
         if fmt == "dicom" and input_path.exists() and path.resolve() in input_path.resolve().parents:
@@ -351,7 +356,19 @@ def write_outputs(cfg: PipelineConfig, outputs: dict[str, Path], volume: np.ndar
 
     ``dicom_source``: Sinogram.metadata["dicom"] of a DICOM input; ``recon_facts``: see :func:`recon_facts`.
     """
+    from recon_cli.io.atomic import output_set
+
     written: list[Path] = []
+    with output_set(list(outputs.values())):
+        _write_each(cfg, outputs, volume, voxel_size, written, metrics=metrics, provenance=provenance,
+                    history=history, info=info, overwrite=overwrite, dicom_source=dicom_source,
+                    recon_facts=recon_facts)
+
+
+def _write_each(cfg: PipelineConfig, outputs: dict[str, Path], volume: np.ndarray, voxel_size: float,
+                written: list[Path], *, metrics: dict, provenance: dict, history: dict, info: dict, overwrite: bool,
+                dicom_source: dict | None, recon_facts: dict | None) -> None:
+    """The body of :func:`write_outputs`: each format in turn; on failure the ones written are removed."""
     try:
         for fmt, path in outputs.items():
             if fmt == "hdf5":

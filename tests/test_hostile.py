@@ -637,7 +637,7 @@ def test_stale_temporary_files_of_a_killed_run_are_cleaned_on_the_next_run(tmp_p
     assert not any(p.exists() for p in stale) and live.exists()
 
 
-def test_sigkill_while_writing_leaves_no_temporary_after_the_next_run(tmp_path, clean_case):
+def test_sigkill_while_writing_leaves_no_partial_set_after_the_next_run(tmp_path, clean_case):
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(textwrap.dedent('''
@@ -651,9 +651,12 @@ def test_sigkill_while_writing_leaves_no_temporary_after_the_next_run(tmp_path, 
     out = tmp_path / "o.h5"
     code, _, _ = cli(["run", pipe, "-o", out], tmp_path, env={"PYTHONPATH": str(site)})
     assert code == -signal.SIGKILL
-    code, _, err = cli(["-q", "run", pipe, "-o", out, "--overwrite"], tmp_path)
+    assert out.is_file() and (tmp_path / "o_dicom").is_dir() and not (tmp_path / "o.png").exists()
+    code, _, err = cli(["run", pipe, "-o", out], tmp_path)  # no --overwrite needed: the partial set goes
     assert code == 0, err
+    assert "removed the partial outputs" in err
     assert leftovers(tmp_path) == [] and out.is_file() and (tmp_path / "o_dicom").is_dir()
+    assert (tmp_path / "o.png").is_file()
 
 
 @pytest.mark.parametrize("args, option", [(["--I0", "1e30"], "I0"), (["--seed", "-1"], "seed"),

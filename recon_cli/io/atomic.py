@@ -189,3 +189,60 @@ def write_bytes_atomic(path, data, overwrite: bool = False) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+
+
+# ----------------------------------------------------------------------------- sets of outputs
+
+
+def _set_marker(paths: list[Path]) -> Path:
+    import hashlib
+
+    first = Path(paths[0])
+    digest = hashlib.sha256("\0".join(str(Path(p).name) for p in paths).encode()).hexdigest()[:16]
+    return first.parent / f".recon-writing-{digest}.json"
+
+
+def remove_partial_outputs(paths) -> list[Path]:
+    """Remove what a killed run left of the output set ``paths`` (see :func:`output_set`): when its
+    marker names a process of this host that is gone (or is over a day old from elsewhere), the outputs
+    it lists are a partial set; they and the marker are removed. Returns the paths removed."""
+    import json
+
+    paths = [Path(p) for p in paths]
+    if not paths:
+        return []
+    marker = _set_marker(paths)
+    try:
+        record = json.loads(marker.read_text(encoding="utf-8"))
+        age = time.time() - marker.stat().st_mtime
+    except (OSError, ValueError):
+        return []
+    alive = _pid_alive(int(record.get("pid", 0))) if record.get("host") == _host_tag() else age < _STALE_AFTER_S
+    if alive:
+        return []
+    removed = []
+    for name in record.get("outputs", []):
+        path = Path(name)
+        if path in paths and (path.exists() or path.is_symlink()):
+            _remove(path)
+            removed.append(path)
+    _remove(marker)
+    return removed
+
+
+@contextmanager
+def output_set(paths) -> Iterator[None]:
+    """Mark the outputs ``paths`` as being written while the block runs: a process killed (SIGKILL,
+    power loss) between two of them leaves the marker, and the next run removes the partial set
+    (:func:`remove_partial_outputs`) instead of keeping some outputs of a run that never finished."""
+    import json
+
+    paths = [Path(p) for p in paths]
+    marker = _set_marker(paths)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"pid": os.getpid(), "host": _host_tag(), "outputs": [str(p) for p in paths]}),
+                      encoding="utf-8")
+    try:
+        yield
+    finally:
+        _remove(marker)
