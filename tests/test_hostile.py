@@ -235,7 +235,7 @@ def test_batch_with_a_hanging_input_under_timeout_90_ends_with_a_summary(tmp_pat
     pipe = pipeline(tmp_path / "p.yaml", inputs[0])
     out = tmp_path / "out"
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", **hang_env}
-    proc = subprocess.run(["timeout", "20", sys.executable, "-m", "recon_cli", "-q", "batch", str(pipe),
+    proc = subprocess.run(["timeout", "-k", "40", "20", sys.executable, "-m", "recon_cli", "-q", "batch", str(pipe),
                            *map(str, inputs), "-o", str(out)], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=90)
     assert proc.returncode == 124, proc.stderr  # timeout's code; recon itself ended (no SIGKILL: 137)
@@ -753,3 +753,42 @@ def test_matrix_cache_entry_with_valid_structure_but_damaged_values_is_rebuilt(c
     assert "checksum mismatch" in caplog.text
     assert (second.matrix != first.matrix).nnz == 0
     assert target.read_bytes() == good
+
+
+def _dxchange(path: Path, theta, *, units: str | None = None, brighter: bool = False) -> Path:
+    """A small DXchange scan (2 rows x 32 columns) of a disk; ``brighter``: projections above the flat."""
+    n_det = 32
+    u = np.arange(n_det) - (n_det - 1) / 2
+    chord = 2 * np.sqrt(np.clip(10.0**2 - u**2, 0, None)) * 0.02  # line integrals of a disk
+    frames = 1000.0 * np.exp(-chord)[None, None, :] * np.ones((len(theta), 2, 1))
+    flat = np.full((3, 2, n_det), 1000.0 if not brighter else 500.0)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("exchange/data", data=frames.astype(np.float32))
+        f.create_dataset("exchange/data_white", data=flat.astype(np.float32))
+        f.create_dataset("exchange/data_dark", data=np.zeros((1, 2, n_det), np.float32))
+        ds = f.create_dataset("exchange/theta", data=np.asarray(theta, np.float64))
+        if units:
+            ds.attrs["units"] = units
+        f.create_dataset("measurement/instrument/detector/actual_pixel_size_x", data=1000.0).attrs["units"] = "um"
+    return path
+
+
+@pytest.mark.parametrize("theta, units, words", [
+    (np.linspace(0, 180, 45, endpoint=False), "rad", "degrees"),  # degrees labelled as radians
+    (np.r_[np.linspace(0, np.pi, 44, endpoint=False), 1e8], "rad", "out of range"),
+    (np.r_[np.linspace(0, 180, 44, endpoint=False), 6e9], None, "out of range"),
+])
+def test_dxchange_theta_in_the_wrong_unit_is_refused_quickly(tmp_path, theta, units, words):
+    path = _dxchange(tmp_path / "scan.h5", theta, units=units)
+    pipe = pipeline(tmp_path / "p.yaml", path, input={"path": str(path), "rows": 0})
+    code, _, err = cli(["run", pipe, "-o", tmp_path / "o.h5"], tmp_path, timeout=60)
+    line = one_line_error(err)
+    assert code == 2 and words in line and str(path) in line, err
+
+
+def test_dxchange_brighter_than_flat_field_is_refused(tmp_path):
+    path = _dxchange(tmp_path / "scan.h5", np.linspace(0, 180, 45, endpoint=False), brighter=True)
+    pipe = pipeline(tmp_path / "p.yaml", path, input={"path": str(path), "rows": 0})
+    code, _, err = cli(["run", pipe, "-o", tmp_path / "o.h5"], tmp_path, timeout=60)
+    line = one_line_error(err)
+    assert code == 2 and "brighter than the flat field" in line and str(path) in line

@@ -199,7 +199,12 @@ def read_input(path, format: str = "auto", *, mu_water: float | None = None, **o
                          file=path, field=f"input.{extra[0]}")
     if fmt in HU_FORMATS and mu_water is not None:
         given["mu_water"] = float(mu_water)
-    return reader(path, **given)
+    try:
+        return reader(path, **given)
+    except InputError as exc:
+        if exc.file is None:  # raised below the reader (geometry, grid): name the file it came from
+            raise InputError(exc.message, file=path, field=exc.field) from None
+        raise
 
 
 # ----------------------------------------------------------------------------- recon info
