@@ -87,6 +87,8 @@ def pipeline(path: Path, input_path, *, name: str = "hostile", solver: str = "fb
 def cli(args, cwd: Path, *, timeout: float = 120, env: dict | None = None, preexec_fn=None):
     """``python -m recon_cli ARGS`` in a subprocess; (exit code, stdout, stderr). A hang fails the test."""
     full_env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", **(env or {})}
+    if env and "PYTHONPATH" in env and os.environ.get("PYTHONPATH"):  # keep the caller's path after ours
+        full_env["PYTHONPATH"] = os.pathsep.join([env["PYTHONPATH"], os.environ["PYTHONPATH"]])
     proc = subprocess.run([sys.executable, "-m", "recon_cli", *map(str, args)], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout, preexec_fn=preexec_fn)
     return proc.returncode, proc.stdout, proc.stderr
@@ -726,13 +728,22 @@ def test_bad_checkpoint_is_one_line_before_computing(tmp_path, clean_case, state
 
 def test_batch_into_an_unwritable_folder_is_one_line(tmp_path, clean_case, monkeypatch, capsys):
     """(In-process: the test may run as root, for whom every folder is writable.)"""
-    out = tmp_path / "ro"
-    out.mkdir()
-    real_access = os.access
-    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if Path(p) == out else real_access(p, mode, **kw))
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    out = read_only / "batch"
+    real_access, real_mkdir = os.access, Path.mkdir
+
+    def mkdir(self, *args, **kwargs):
+        if read_only in (self, *self.parents):
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if Path(p) == read_only
+                        else real_access(p, mode, **kw))
+    monkeypatch.setattr(Path, "mkdir", mkdir)
     code, _, err = recon(capsys, "batch", pipeline(tmp_path / "p.yaml", clean_case), clean_case, "-o", out)
     line = one_line_error(err)
-    assert code == 2 and str(out) in line and "not writable" in line
+    assert code == 2 and str(out) in line and "not writable" in line and "PermissionError" not in line
 
 
 def test_matrix_cache_entry_with_valid_structure_but_damaged_values_is_rebuilt(cache_dir, caplog):
