@@ -406,8 +406,6 @@ def _h5_file_atomic(path: str, overwrite: bool) -> Iterator[Any]:
 
 def write_sinogram(path, sino: Sinogram, overwrite: bool = False) -> None:
     """Write ``sino`` as a layout-v1 file (atomic). Shapes are checked first; nothing is written on error."""
-    import h5py
-
     path = str(path)
     data = np.ascontiguousarray(to_numpy(sino.data), dtype=np.float32)
     reference = None if sino.reference is None else np.ascontiguousarray(to_numpy(sino.reference), dtype=np.float32)
@@ -451,8 +449,6 @@ def write_reconstruction(path, volume, voxel_size: float, *, metrics: dict, prov
     ``/history/<name>``: float64 per-iteration values (None -> NaN). If ``history`` is None and
     ``info`` has a dict under "history", that one is written and left out of ``/info``.
     """
-    import h5py
-
     path = str(path)
     image = np.ascontiguousarray(to_numpy(volume), dtype=np.float32)
     if image.ndim not in (2, 3):
