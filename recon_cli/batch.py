@@ -2,8 +2,8 @@
 
 Inputs are paths (files, or folders such as DICOM series), glob patterns (``data/*.h5``,
 ``**`` recursive) or manifest CSV files (a ``path`` column and an optional ``output``
-column; relative input paths are relative to the manifest's folder, relative outputs to
-OUTDIR). Each input gets ``OUTDIR/<input stem>.h5`` (plus the pipeline's other formats); equal
+column; relative input paths are relative to the manifest's folder, outputs are relative to
+OUTDIR and must stay inside it: absolute outputs and '..' are refused for that input). Each input gets ``OUTDIR/<input stem>.h5`` (plus the pipeline's other formats); equal
 stems are told apart by their parent folder's name.
 
 A failure in one input does not stop the others. ``--jobs N`` runs N inputs at once in
@@ -95,6 +95,7 @@ class BatchSettings:
     scheduler: str | None = None
     workers: int | None = None
     retries: int | None = None
+    timeout: float | None = None  # seconds per input (local executor); None: no limit, jobs=1 runs in-process
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -141,6 +142,26 @@ def _stem(path: Path) -> str:
 NO_MATCH = "no input matches this pattern"
 
 
+def _outside(out: str, outdir: Path) -> str | None:
+    """Why a manifest's output may not be used (absolute, or leaving OUTDIR), or None when it is fine."""
+    from recon_cli.config import check_safe_name
+
+    path = Path(out)
+    if path.is_absolute() or path.drive:
+        return f"manifest output {out!r} is an absolute path; outputs stay inside OUTDIR ({outdir})"
+    if ".." in path.parts:
+        return f"manifest output {out!r} leaves OUTDIR ({outdir}); outputs stay inside it"
+    try:
+        for part in path.parts:
+            check_safe_name(part)
+    except ValueError as exc:
+        return f"manifest output {out!r}: {exc}"
+    base = outdir.resolve()
+    if base not in (outdir / path).resolve().parents:  # a symbolic link inside OUTDIR pointing out
+        return f"manifest output {out!r} resolves outside OUTDIR ({outdir}); outputs stay inside it"
+    return None
+
+
 def expand_inputs(args: Sequence[str], outdir: str | Path) -> list[BatchItem]:
     """Paths, globs and manifests -> items with their outputs in ``outdir`` (order kept, duplicates dropped)."""
     outdir = Path(outdir)
@@ -175,7 +196,11 @@ def expand_inputs(args: Sequence[str], outdir: str | Path) -> list[BatchItem]:
             items.append(BatchItem(src, "", error))
             continue
         if out is not None:
-            target = Path(out) if Path(out).is_absolute() else outdir / out
+            problem = _outside(out, outdir)
+            if problem:
+                items.append(BatchItem(src, "", problem))
+                continue
+            target = outdir / out
             if target.suffix.lower() not in (".h5", ".hdf5", ".nxs"):
                 target = target.with_name(target.name + ".h5")
         else:
@@ -203,18 +228,30 @@ def item_config(settings: BatchSettings, item: BatchItem, cfg=None):
     return with_overrides(cfg, {"input.path": item.input, "output.path": item.output, "device": settings.device})
 
 
-def stored_pipeline_hash(path: str | Path) -> str | None:
-    """``/provenance@pipeline_sha256`` of a reconstruction file, or None when it has none or is unreadable."""
+def stored_pipeline_hash(path: str | Path, key: str = "pipeline_sha256") -> str | None:
+    """``/provenance@<key>`` (default the pipeline's hash; ``input_sha256`` the input's) of a
+    reconstruction file, or None when it has none or is unreadable."""
     import h5py
 
     try:
         with h5py.File(path, "r") as f:
-            value = f["provenance"].attrs.get("pipeline_sha256") if "provenance" in f else None
+            value = f["provenance"].attrs.get(key) if "provenance" in f else None
     except Exception:
         return None
     if isinstance(value, bytes):
         value = value.decode()
     return str(value) if value is not None else None
+
+
+def _same_input(h5: Path, input_path: str) -> bool:
+    """The output was made from the input's present content (its recorded input hash matches)."""
+    from recon_cli.io.formats import input_digest
+
+    stored = stored_pipeline_hash(h5, "input_sha256")
+    try:
+        return stored is not None and stored == input_digest(input_path)
+    except OSError:
+        return False
 
 
 def stored_metrics(path: str | Path) -> dict[str, float]:
@@ -240,7 +277,10 @@ def previous_outcome(cfg_item, force: bool) -> tuple[str, str] | None:
     stored = stored_pipeline_hash(h5) if h5 is not None and h5.exists() else None
     same = stored is not None and stored == config_hash(cfg_item)
     if same and len(existing) == len(outputs) and not force:
-        return "skip", "outputs exist from the same pipeline"
+        if _same_input(h5, cfg_item.input.path):
+            return "skip", "outputs exist from the same pipeline"
+        log.info("%s: the input changed since %s was made; running it again", cfg_item.input.path, h5)
+        return None
     if force or same:
         return None
     if stored is not None:
@@ -377,7 +417,13 @@ def run_batch(settings: BatchSettings, inputs: Sequence[str], outdir: str | Path
         raise ConfigError("no inputs given", field="INPUTS")
     if all(item.error == NO_MATCH for item in items):  # nothing to run: a usage error (exit 2), no summary
         raise ConfigError(f"no input matches {', '.join(repr(item.input) for item in items)}", field="INPUTS")
-    outdir.mkdir(parents=True, exist_ok=True)
+    from recon_cli.io.atomic import check_writable
+
+    check_writable(outdir / f"{SUMMARY_NAME}.csv", overwrite=True)  # an unwritable OUTDIR: one line, exit 2
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the output folder ({exc.strerror or exc})", file=str(outdir)) from None
     started = _utc_now()
     results: list[ItemResult | None] = [None] * len(items)
     jobs = max(1, min(int(settings.jobs), len(items)))
@@ -395,6 +441,8 @@ def run_batch(settings: BatchSettings, inputs: Sequence[str], outdir: str | Path
         try:
             if settings.executor != "local":
                 _run_on_executor(settings, items, record)
+            elif settings.timeout:
+                stop_signal = _run_watched(settings, items, range(len(items)), jobs, record)
             elif jobs == 1:
                 for i, item in enumerate(items):
                     record(i, run_item(settings, item, cfg))
@@ -404,7 +452,7 @@ def run_batch(settings: BatchSettings, inputs: Sequence[str], outdir: str | Path
             else:
                 stop_signal = _run_parallel(settings, items, jobs, record)
             if settings.executor == "local" and stop_signal is None:
-                _retry_failed(settings, items, results, record, cfg)
+                stop_signal = _retry_failed(settings, items, results, record, cfg)
         except Interrupted as exc:
             stop_signal = exc.signum
     for i, item in enumerate(items):
@@ -466,15 +514,77 @@ def _run_parallel(settings: BatchSettings, items: list[BatchItem], jobs: int,
     return stop
 
 
-def _retry_failed(settings: BatchSettings, items: list[BatchItem], results: list, record, cfg) -> None:
-    """Local executor: run failed inputs again, one at a time, up to ``settings.retries`` times."""
+def _run_watched(settings: BatchSettings, items: list[BatchItem], indices, jobs: int,
+                 record: Callable[[int, ItemResult], None]) -> int | None:
+    """Run ``items[indices]`` on ``jobs`` worker processes, each input stopped after ``settings.timeout``
+    seconds (recon_cli.watchdog: a hung input is killed, even one deaf to SIGTERM). Returns the signal
+    number if the batch was stopped."""
+    from recon_cli.watchdog import run_watched
+
+    indices = list(indices)
+    stop: dict[str, int | None] = {"signal": None}
+
+    def on_done(outcome) -> bool:
+        i = indices[outcome.index]
+        item = items[i]
+        if outcome.kind == "ok":
+            res = outcome.value
+        elif outcome.kind == "timeout":
+            res = ItemResult(item.input, item.output, "failed",
+                             f"timed out after {settings.timeout:g} s (--timeout); the worker was stopped")
+            _remove_stale_temporaries(item.output)
+        elif outcome.kind == "killed":
+            res = ItemResult(item.input, item.output, "interrupted",
+                             f"the batch was stopped; this input did not stop within {outcome.value:g} s and "
+                             "its worker was killed")
+            _remove_stale_temporaries(item.output)
+        elif outcome.kind == "died":
+            res = ItemResult(item.input, item.output, "failed",
+                             "the worker process died (killed by the system, e.g. out of memory?)")
+            _remove_stale_temporaries(item.output)
+        else:
+            res = ItemResult(item.input, item.output, "failed", str(outcome.value))
+        res.seconds = res.seconds or outcome.seconds
+        record(i, res)
+        if res.status == "interrupted" and stop["signal"] is None:
+            stop["signal"] = res.signal
+            return True
+        return False
+
+    signum = run_watched([(settings, items[i]) for i in indices], _watched_run, on_done, n_workers=jobs,
+                         timeout=settings.timeout, initializer=_worker_init, initargs=(settings,))
+    return signum or stop["signal"]
+
+
+def _watched_run(task: tuple[BatchSettings, BatchItem]) -> ItemResult:
+    settings, item = task
+    return run_item(settings, item)
+
+
+def _remove_stale_temporaries(output: str) -> None:
+    """The temporary files a killed worker left next to the outputs of ``output`` (any format)."""
+    from recon_cli.io.atomic import remove_stale_temporaries
+
+    if output:
+        remove_stale_temporaries(Path(output).parent, stem=Path(output).stem)
+
+
+def _retry_failed(settings: BatchSettings, items: list[BatchItem], results: list, record, cfg) -> int | None:
+    """Local executor: run failed inputs again, one at a time, up to ``settings.retries`` times.
+    Returns the signal number if the batch was stopped meanwhile."""
     for attempt in range(int(settings.retries or 0)):
         again = [i for i, r in enumerate(results) if r is not None and r.status == "failed" and not items[i].error]
         if not again:
-            return
+            return None
         log.info("retry %d: %d failed inputs", attempt + 1, len(again))
+        if settings.timeout:
+            signum = _run_watched(settings, items, again, 1, record)
+            if signum is not None:
+                return signum
+            continue
         for i in again:
             record(i, run_item(settings, items[i], cfg))
+    return None
 
 
 _unit_ready = {"done": False}

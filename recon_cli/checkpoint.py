@@ -209,6 +209,42 @@ def check_key(ckpt: Checkpoint, key: dict[str, str], path: Path) -> None:
                               file=str(path), field="--resume")
 
 
+def check_fits_run(ckpt: Checkpoint, grid_shape: tuple[int, ...], budget: int | None, path: Path) -> None:
+    """InputError (naming the file) when a checkpoint whose key matches still cannot belong to this run:
+    chunks that do not tile the slices, finished slices or a solver image of the wrong shape, an
+    iteration count outside 0..budget. Checked before any computing."""
+    def bad(what: str) -> InputError:
+        return InputError(f"does not fit this run: {what}; delete it to start again", file=str(path))
+
+    shape = tuple(int(s) for s in grid_shape)
+    n_slices = shape[0] if len(shape) == 3 else 1
+    chunks = ckpt.chunks or [(0, n_slices)]
+    try:
+        chunks = [(int(a), int(b)) for a, b in chunks]
+    except (TypeError, ValueError):
+        raise bad(f"chunks {ckpt.chunks!r} are not pairs of integers") from None
+    if chunks[0][0] != 0 or chunks[-1][1] != n_slices or any(a >= b for a, b in chunks) \
+            or any(b != c for (_, b), (c, _) in zip(chunks, chunks[1:])):
+        raise bad(f"chunks {chunks} do not tile the {n_slices} slices")
+    if not 0 <= ckpt.chunk < len(chunks):
+        raise bad(f"chunk {ckpt.chunk} of {len(chunks)}")
+    if ckpt.chunk > 0:
+        want = (chunks[ckpt.chunk - 1][1], *shape[-2:])
+        got = None if ckpt.done_volume is None else tuple(np.shape(ckpt.done_volume))
+        if got != want:
+            raise bad(f"finished slices of shape {list(got) if got else None}, expected {list(want)}")
+    if ckpt.state is not None:
+        iteration = ckpt.state.get("iteration", 0)
+        if isinstance(iteration, bool) or not isinstance(iteration, (int, np.integer)) or iteration < 0 \
+                or (budget is not None and iteration > budget):
+            raise bad(f"iteration {iteration!r} is outside 0..{budget if budget is not None else 'n'}")
+        a, b = chunks[ckpt.chunk]
+        size = (b - a) * int(np.prod(shape[-2:])) if len(shape) == 3 else int(np.prod(shape))
+        x = ckpt.state.get("x")
+        if x is not None and int(np.size(x)) != size:
+            raise bad(f"solver image of {int(np.size(x))} values, expected {size}")
+
+
 def remove_checkpoint(path: Path) -> None:
     """Delete a finished run's checkpoint (and its folder when that is left empty)."""
     try:

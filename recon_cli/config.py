@@ -232,6 +232,12 @@ class PipelineConfig(Strict):
     _source: Optional[str] = PrivateAttr(default=None)
     _lines: dict = PrivateAttr(default_factory=dict)
 
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        """The name makes the default output path and the DICOM SeriesDescription: one file name, printable."""
+        return check_safe_name(value)
+
     @model_validator(mode="after")
     def _default_output(self):
         if self.output.path is None:
@@ -268,6 +274,25 @@ class PipelineConfig(Strict):
         return stem.with_name(stem.name + ".pacs.json")
 
 
+#: Longest pipeline name (bytes, UTF-8): leaves room for suffixes and temporary names within 255.
+MAX_NAME_BYTES = 200
+
+
+def check_safe_name(value: str) -> str:
+    """``value`` if it is usable as one file name and a DICOM text value; ValueError otherwise
+    (path separators, '..', a leading dot, control characters such as newlines or escape codes)."""
+    bad = [c for c in value if ord(c) < 32 or ord(c) == 127 or 0x80 <= ord(c) < 0xA0]
+    if bad:
+        raise ValueError(f"must not contain control characters (found {ascii(bad[0])})")
+    if "/" in value or "\\" in value:
+        raise ValueError("must be a name, not a path (no '/' or '\\')")
+    if value.strip() in ("", ".", "..") or value.startswith("."):
+        raise ValueError(f"must not start with '.' (got {value!r})")
+    if len(value.encode("utf-8")) > MAX_NAME_BYTES:
+        raise ValueError(f"must be at most {MAX_NAME_BYTES} bytes long (got {len(value.encode('utf-8'))})")
+    return value
+
+
 # ----------------------------------------------------------------------------- loading
 
 
@@ -298,6 +323,9 @@ _Loader.add_implicit_resolver(
 #: aliases are expanded. They refuse recursive aliases, alias bombs and runaway nesting up front.
 MAX_YAML_DEPTH = 64
 MAX_YAML_VALUES = 100_000
+#: Largest pipeline file (bytes): pipelines are a few hundred bytes; a multi-megabyte document would
+#: take minutes to parse before the other limits could refuse it.
+MAX_YAML_BYTES = 1 << 20
 
 
 def _yaml_refusal(problem: str, where) -> yaml.MarkedYAMLError:
@@ -343,7 +371,10 @@ def _expanded_size(node: yaml.Node, depth: int, on_path: set, sizes: dict) -> in
 
 
 def yaml_compose(text: str) -> yaml.Node | None:
-    """The node graph of YAML text, checked against MAX_YAML_DEPTH / MAX_YAML_VALUES; yaml.YAMLError otherwise."""
+    """The node graph of YAML text, checked against MAX_YAML_BYTES / MAX_YAML_DEPTH / MAX_YAML_VALUES;
+    yaml.YAMLError otherwise."""
+    if len(text) > MAX_YAML_BYTES:
+        raise yaml.YAMLError(f"document of {len(text)} characters is larger than the {MAX_YAML_BYTES} allowed")
     _check_depth(text)
     try:
         node = yaml.compose(text, Loader=_Loader)
@@ -368,6 +399,14 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> PipelineConf
     path = Path(path)
     source = str(path)
     try:
+        import stat
+
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError("is not a regular file (a folder, FIFO or device)", file=source)
+        if info.st_size > MAX_YAML_BYTES:
+            raise ConfigError(f"pipeline file of {info.st_size} bytes is larger than the {MAX_YAML_BYTES} "
+                              "allowed", file=source)
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError("pipeline file not found", file=source) from None

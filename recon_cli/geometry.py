@@ -17,12 +17,36 @@ import numpy as np
 from recon_cli.errors import InputError
 
 
+#: Largest |angle| accepted (radians, about 1600 turns). ASTRA's geometry check loops forever
+#: (ignoring SIGTERM) on angles of ~1e8 rad; nothing real comes near this bound.
+MAX_ABS_ANGLE = 1.0e4
+#: Largest range of the angles (radians): two full turns. 0..180 or 0..360 "radians" are degrees.
+MAX_ANGLE_SPAN = 4 * np.pi + 1e-6
+#: Lengths (detector spacing, distances, voxel size) accepted, in mm: 1 nm to 100 m. Outside this range
+#: ASTRA fails with messages naming no field, or the projector's numbers overflow / vanish.
+MIN_LENGTH_MM, MAX_LENGTH_MM = 1.0e-6, 1.0e5
+#: Most detector columns / rows per geometry.
+MAX_DETECTOR_COUNT = 1 << 20
+
+
 def _angles(a) -> np.ndarray:
+    """Angles (radians) as float64: finite, |angle| <= MAX_ABS_ANGLE, not all equal (InputError otherwise)."""
     arr = np.ascontiguousarray(np.asarray(a, dtype=np.float64).ravel())
     if arr.size == 0:
         raise InputError("angles must not be empty", field="geometry/angles")
     if not np.all(np.isfinite(arr)):
         raise InputError("angles contain NaN or Inf", field="geometry/angles")
+    worst = float(np.max(np.abs(arr)))
+    if worst > MAX_ABS_ANGLE:
+        raise InputError(f"an angle of {worst:.3g} rad is out of range (|angle| <= {MAX_ABS_ANGLE:g} rad); "
+                         "angles are radians, not degrees or encoder counts", field="geometry/angles")
+    span = float(np.ptp(arr))
+    if span > MAX_ANGLE_SPAN:
+        raise InputError(f"the angles span {span:.4g} rad ({span / (2 * np.pi):.1f} turns): are they degrees? "
+                         "give radians (at most two turns)", field="geometry/angles")
+    if arr.size > 1 and span == 0.0:
+        raise InputError(f"all {arr.size} angles are equal ({arr[0]:.6g} rad): the views carry no "
+                         "tomographic information", field="geometry/angles")
     return arr
 
 
@@ -30,6 +54,19 @@ def _positive(name: str, value: float) -> float:
     value = float(value)
     if not np.isfinite(value) or value <= 0:
         raise InputError(f"must be a positive number of mm, got {value}", field=f"geometry/{name}")
+    if not MIN_LENGTH_MM <= value <= MAX_LENGTH_MM:
+        raise InputError(f"{value:.3g} mm is out of the supported range [{MIN_LENGTH_MM:g}, {MAX_LENGTH_MM:g}] mm",
+                         field=f"geometry/{name}")
+    return value
+
+
+def _count(name: str, value) -> int:
+    """A positive detector count <= MAX_DETECTOR_COUNT."""
+    value = int(value)
+    if value <= 0:
+        raise InputError("must be positive", field=f"geometry/{name}")
+    if value > MAX_DETECTOR_COUNT:
+        raise InputError(f"{value} is more than the {MAX_DETECTOR_COUNT} supported", field=f"geometry/{name}")
     return value
 
 
@@ -46,9 +83,7 @@ class Parallel2D:
     def __post_init__(self):
         object.__setattr__(self, "angles", _angles(self.angles))
         object.__setattr__(self, "detector_spacing", _positive("detector_spacing", self.detector_spacing))
-        object.__setattr__(self, "detector_count", int(self.detector_count))
-        if self.detector_count <= 0:
-            raise InputError("must be positive", field="geometry/detector_count")
+        object.__setattr__(self, "detector_count", _count("detector_count", self.detector_count))
 
     @property
     def n_angles(self) -> int:
@@ -108,7 +143,7 @@ class Parallel3D(Parallel2D):
 
     def __post_init__(self):
         super().__post_init__()
-        object.__setattr__(self, "detector_rows", int(self.detector_rows))
+        object.__setattr__(self, "detector_rows", _count("detector_rows", self.detector_rows))
         object.__setattr__(self, "detector_row_spacing", _positive("detector_row_spacing", self.detector_row_spacing))
 
     def to_astra(self) -> dict:
@@ -193,7 +228,10 @@ class VolumeGrid:
             raise InputError(f"must be [ny, nx] or [nz, ny, nx] with positive sizes, got {list(shape)}",
                              field="volume/shape")
         object.__setattr__(self, "shape", shape)
-        object.__setattr__(self, "voxel_size", _positive("voxel_size", self.voxel_size))
+        try:
+            object.__setattr__(self, "voxel_size", _positive("voxel_size", self.voxel_size))
+        except InputError as exc:
+            raise InputError(exc.message, field="volume/voxel_size") from None
 
     @property
     def slice_shape(self) -> tuple[int, int]:

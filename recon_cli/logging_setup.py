@@ -131,6 +131,20 @@ def redact(text: Any) -> str:
     return pattern.sub(REDACTED, text) if pattern is not None else text
 
 
+#: In free text (descriptions, comments): a record number (5 or more digits, letters allowed in front,
+#: as in MRN0012345) or a labelled identifier ("MRN: X", "patient: Jane Doe", "name=Doe^Jane").
+_FREE_TEXT_ID = re.compile(
+    r"(?i)\b(?:mrn|record|patient(?:\s*(?:id|name))?|name|dob|born|id)\b\s*[:#=]?\s*"
+    r"[A-Za-z0-9^',.-]+(?:[ ^][A-Z][A-Za-z'-]+)?"
+    r"|\b[A-Za-z]{0,4}\d{5,}\b")
+
+
+def redact_free_text(text: Any) -> str:
+    """Free text (a StudyDescription, ImageComments) with registered identifiers redacted, and with
+    anything that looks like one: record numbers, and values labelled MRN / patient / name / DOB / ID."""
+    return _FREE_TEXT_ID.sub(REDACTED, redact(text))
+
+
 class RedactPHIFilter(logging.Filter):
     """Rewrites a record's message (with its arguments merged in) with identifiers redacted."""
 
@@ -197,7 +211,67 @@ class _StreamHandler(logging.StreamHandler, _OurHandler):
 
 
 class _FileHandler(logging.FileHandler, _OurHandler):
-    pass
+    """Opens the file at the first record; a failed write (full disk, quota) is remembered and told
+    once in one line on stderr, instead of logging's traceback per record (see :func:`log_file_error`)."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        exc = sys.exc_info()[1]
+        if _file_errors.get(self.baseFilename) is None:
+            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+            _file_errors[self.baseFilename] = reason
+            try:
+                sys.stderr.write(f"Error: cannot write the log file {self.baseFilename} ({reason}); "
+                                 "the log is incomplete\n")
+            except Exception:  # noqa: BLE001 - nowhere left to report
+                pass
+
+
+#: log file -> the first error met writing it.
+_file_errors: dict[str, str] = {}
+
+
+def log_file_error() -> str | None:
+    """One line describing the first failed write to a log file in this process, or None."""
+    for path, reason in _file_errors.items():
+        return f"cannot write the log file {path} ({reason}); the log is incomplete"
+    return None
+
+
+def log_file_paths() -> list[Path]:
+    """The files the root logger writes to (installed by configure_logging)."""
+    return [Path(h.baseFilename) for h in logging.getLogger().handlers if isinstance(h, _FileHandler)]
+
+
+def check_log_file(path: str | Path) -> None:
+    """Refuse (OSError) a log file that exists and is not a regular file: appending to a FIFO blocks
+    until a reader appears, a device or socket is no log."""
+    import os
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else \
+            "a device or socket"
+        raise OSError(f"{path} is {kind}, not a regular file")
+
+
+def check_not_log_file(paths: Iterable[str | Path], what: str = "an input or output") -> None:
+    """Refuse (ValueError) when one of ``paths`` is the log file (appending would change an input,
+    or the output would replace the log)."""
+    logs = {_resolved(p) for p in log_file_paths()}
+    for path in paths:
+        if path is not None and _resolved(path) in logs:
+            raise ValueError(f"{path} is also the --log-file; the log must not be {what}")
+
+
+def _resolved(path) -> str:
+    try:
+        return str(Path(path).expanduser().resolve())
+    except (OSError, RuntimeError):
+        return str(Path(path).absolute())
 
 
 def make_formatter(fmt: str, *, for_file: bool = False) -> logging.Formatter:
@@ -216,6 +290,7 @@ def configure_logging(level: int = logging.INFO, fmt: str = "text", log_file: st
     UTF-8, parent folders created) at ``min(level, INFO)``, so ``--quiet`` quiets only the console.
     """
     fmt = fmt or "text"
+    _file_errors.clear()
     root = logging.getLogger()
     for handler in list(root.handlers):
         if isinstance(handler, _OurHandler):
@@ -232,8 +307,11 @@ def configure_logging(level: int = logging.INFO, fmt: str = "text", log_file: st
         root.addHandler(console)
     if log_file is not None:
         path = Path(log_file)
+        check_log_file(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        file_handler = _FileHandler(path, mode="a", encoding="utf-8")
+        file_handler = _FileHandler(path, mode="a", encoding="utf-8", delay=True)
+        if not path.exists():
+            path.touch()  # an unwritable place is reported now, not at the first record
         file_level = min(level, logging.INFO)
         file_handler.setLevel(file_level)
         file_handler.setFormatter(make_formatter(fmt, for_file=True))

@@ -63,6 +63,7 @@ def run_pipeline(cfg: PipelineConfig, *, input_override: str | None = None, outp
     check_files(cfg, from_command_line={"input": input_override is not None})
     pacs_record = cfg.pacs_record_path()
     check_outputs({**outputs, **({"pacs": pacs_record} if pacs_record else {})}, input_path, overwrite)
+    check_log_file_apart(cfg, outputs)
     device = select_device(cfg.device)
     log.info("device: %s", device.name)
 
@@ -71,6 +72,9 @@ def run_pipeline(cfg: PipelineConfig, *, input_override: str | None = None, outp
     log_stage("read", str(input_path), path=str(input_path))
     sino = read_input(cfg)
     sino = apply_preprocess(sino, cfg.preprocess)
+    from recon_cli.health import check_finite_output, check_sinogram
+
+    check_sinogram(sino.data, file=str(input_path), field=_data_field(cfg, sino))
     reference = load_reference(cfg, sino)
     metric_names = select_metrics(cfg, reference is not None)
     mask = load_mask(cfg, sino)
@@ -80,7 +84,7 @@ def run_pipeline(cfg: PipelineConfig, *, input_override: str | None = None, outp
 
     plan = plan_memory(cfg, sino, device.name, max_memory, jobs=jobs)
     digest = input_digest(input_path)
-    writer = prepare_checkpoint(cfg, outputs, digest, device, plan, resume)
+    writer = prepare_checkpoint(cfg, outputs, digest, device, plan, resume, grid_shape=sino.grid.shape)
     budget = iteration_budget(cfg.solver.params)
     log_stage("solve", cfg.solver.name + (f" ({budget} iterations)" if budget else "") +
               (f", {len(plan.chunks)} chunks" if len(plan.chunks) > 1 else ""), solver=cfg.solver.name, total=budget)
@@ -94,6 +98,7 @@ def run_pipeline(cfg: PipelineConfig, *, input_override: str | None = None, outp
             solved = solve_in_chunks(cfg, sino, device, plan, writer, progress=progress,
                                      want_residual="residual" in metric_names)
     volume, wall_time, projector = solved.volume, solved.wall_time, solved.projector
+    check_finite_output(volume, f"solver {cfg.solver.name}")
 
     from recon_cli.metrics import compute_metrics
 
@@ -196,13 +201,36 @@ def shipped_models() -> list[str]:
     return sorted(p.stem for p in PACKAGED_MODELS.glob("*.onnx"))
 
 
+def check_log_file_apart(cfg: PipelineConfig, outputs: dict[str, Path]) -> None:
+    """Refuse a --log-file that is the input, the reference, the mask or an output (InputError)."""
+    from recon_cli.logging_setup import check_not_log_file
+
+    try:
+        check_not_log_file([cfg.input.path, cfg.metrics.reference, cfg.metrics.mask, *outputs.values()])
+    except ValueError as exc:
+        raise InputError(str(exc), field="--log-file") from None
+
+
+def _data_field(cfg: PipelineConfig, sino: Sinogram) -> str:
+    """How to name the sinogram in messages: its dataset, or the step that made it."""
+    if cfg.preprocess:
+        return "sinogram after preprocess"
+    return str(sino.metadata.get("data_field") or "/sinogram")
+
+
 def check_outputs(outputs: dict[str, Path], input_path: Path, overwrite: bool) -> None:
     """Refuse before computing anything: an existing output without ``overwrite``, or an output on the input.
 
     The ``dicom`` output is a folder: with ``overwrite`` only a folder of .dcm files is replaced.
     """
-    from recon_cli.io.atomic import check_writable
+    from recon_cli.io.atomic import check_name_length, check_writable, remove_partial_outputs
 
+    for path in outputs.values():
+        check_name_length(path)
+    removed = remove_partial_outputs(list(outputs.values()))
+    if removed:
+        log.warning("removed the partial outputs of an earlier run that was killed while writing: %s",
+                    ", ".join(str(p) for p in removed))
     for fmt, path in outputs.items():
         if path.exists() and input_path.exists() and path.resolve() == input_path.resolve():
             raise InputError("output would replace the input file; choose another output path", file=str(path))
@@ -232,13 +260,18 @@ def read_input(cfg: PipelineConfig) -> Sinogram:
 
 def load_reference(cfg: PipelineConfig, sino: Sinogram) -> np.ndarray | None:
     """metrics.reference file, else the input's /reference, else None; shape checked against the grid."""
+    from recon_cli.health import check_reference
+
     if cfg.metrics.reference is None:
+        if sino.reference is not None:
+            check_reference(sino.reference, file=str(cfg.input.path), field="/reference")
         return sino.reference
     from recon_cli.io.images import fit_shape, read_any_image
 
     image, voxel_size = read_any_image(cfg.metrics.reference, cfg.metrics.mu_water)
     image = fit_shape(image, tuple(sino.grid.shape)) if fit_shape(image, tuple(sino.grid.shape)) is not None \
         else image
+    check_reference(image, file=cfg.metrics.reference, field="metrics.reference")
     if tuple(image.shape) != tuple(sino.grid.shape):
         raise InputError(f"reference shape {list(image.shape)} differs from the reconstruction grid "
                          f"{list(sino.grid.shape)}", file=cfg.metrics.reference, field="metrics.reference")
@@ -406,7 +439,19 @@ def write_outputs(cfg: PipelineConfig, outputs: dict[str, Path], volume: np.ndar
 
     ``dicom_source``: Sinogram.metadata["dicom"] of a DICOM input; ``recon_facts``: see :func:`recon_facts`.
     """
+    from recon_cli.io.atomic import output_set
+
     written: list[Path] = []
+    with output_set(list(outputs.values())):
+        _write_each(cfg, outputs, volume, voxel_size, written, metrics=metrics, provenance=provenance,
+                    history=history, info=info, overwrite=overwrite, dicom_source=dicom_source,
+                    recon_facts=recon_facts)
+
+
+def _write_each(cfg: PipelineConfig, outputs: dict[str, Path], volume: np.ndarray, voxel_size: float,
+                written: list[Path], *, metrics: dict, provenance: dict, history: dict, info: dict, overwrite: bool,
+                dicom_source: dict | None, recon_facts: dict | None) -> None:
+    """The body of :func:`write_outputs`: each format in turn; on failure the ones written are removed."""
     try:
         for fmt, path in outputs.items():
             if fmt == "hdf5":
@@ -464,7 +509,7 @@ class Solved:
 
 
 def prepare_checkpoint(cfg: PipelineConfig, outputs: dict[str, Path], input_sha256: str, device: Device,
-                       plan, resume: bool | str = False):
+                       plan, resume: bool | str = False, grid_shape: tuple[int, ...] | None = None):
     """The CheckpointWriter of this run: a fresh checkpoint, or (``resume``) the one on disk.
 
     ``resume=True`` refuses a checkpoint of another pipeline, input, solver or device (ConfigError
@@ -472,8 +517,9 @@ def prepare_checkpoint(cfg: PipelineConfig, outputs: dict[str, Path], input_sha2
     ``resume='auto'`` uses a matching checkpoint and ignores any other. A resumed stack keeps the
     chunks it was started with (``plan.chunks`` is replaced).
     """
-    from recon_cli.checkpoint import (Checkpoint, CheckpointWriter, check_key, checkpoint_every, checkpoint_path,
-                                      load_checkpoint, run_key)
+    from recon_cli.checkpoint import (Checkpoint, CheckpointWriter, check_fits_run, check_key, checkpoint_every,
+                                      checkpoint_path, load_checkpoint, run_key)
+    from recon_cli.progress import iteration_budget
     from recon_cli.solvers.registry import get_solver
 
     every = checkpoint_every(cfg, get_solver(cfg.solver.name))
@@ -483,6 +529,8 @@ def prepare_checkpoint(cfg: PipelineConfig, outputs: dict[str, Path], input_sha2
         try:
             ckpt = load_checkpoint(path)
             check_key(ckpt, key, path)
+            if grid_shape is not None:
+                check_fits_run(ckpt, grid_shape, iteration_budget(cfg.solver.params), path)
         except (ConfigError, InputError) as exc:
             if resume != "auto":
                 raise
@@ -560,7 +608,13 @@ def solve_in_chunks(cfg: PipelineConfig, sino: Sinogram, device: Device, plan, w
         t0 = time.perf_counter()
         with solver_progress(label, budget, enabled=progress) as bar:
             callback = combine(bar, writer.callback if writer.enabled else None)
-            rec = run_ref(cfg.solver, op, part_dev, callback=callback, resume_state=resume_state)
+            try:
+                rec = run_ref(cfg.solver, op, part_dev, callback=callback, resume_state=resume_state)
+            except (ValueError, TypeError, KeyError, IndexError) as exc:
+                if resume_state is None:
+                    raise
+                raise InputError(f"the solver state does not fit this run ({type(exc).__name__}: {exc}); delete "
+                                 "it to start again", file=str(writer.path)) from None
         wall_time += time.perf_counter() - t0
         if tuple(rec.volume.shape) != tuple(part.grid.shape):
             raise RuntimeError(f"solver {cfg.solver.name!r} returned shape {list(rec.volume.shape)}, "

@@ -5,6 +5,10 @@ import click
 
 from recon_cli.cli.executor_options import executor_options, executor_spec
 
+#: Default time limit per input (seconds): far above any 2D run here, short enough that a hung input
+#: cannot hold a nightly batch.
+DEFAULT_TIMEOUT_S = 3600.0
+
 
 @click.command("batch")
 @click.argument("pipeline", type=click.Path(dir_okay=False))
@@ -23,10 +27,14 @@ from recon_cli.cli.executor_options import executor_options, executor_spec
 @click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), help="Replaces the pipeline's device.")
 @click.option("--max-memory", metavar="SIZE",
               help="Memory limit per input, e.g. 2G (default: 80% of the available memory / jobs).")
+@click.option("--timeout", "timeout", default=DEFAULT_TIMEOUT_S, show_default=True, type=click.FloatRange(min=0),
+              metavar="SECONDS", help="Time limit per input: an input still running after it is stopped (killed "
+              "if it does not stop) and reported as failed; 0: no limit. Local executor only.")
 @executor_options
 @click.pass_context
 def batch(ctx: click.Context, pipeline: str, inputs: tuple[str, ...], outdir: str, jobs: int, force: bool,
-          overrides: tuple[str, ...], sweeps: tuple[str, ...], device: str | None, max_memory: str | None, executor: str,
+          overrides: tuple[str, ...], sweeps: tuple[str, ...], device: str | None, max_memory: str | None,
+          timeout: float, executor: str,
           scheduler: str | None, workers: int | None, retries: int | None) -> None:
     """Run PIPELINE.yaml on every input (paths, globs such as 'data/*.h5', or manifest CSVs with a
     'path' column). A failed input does not stop the others; exit code 0 only when all succeed.
@@ -47,7 +55,8 @@ def batch(ctx: click.Context, pipeline: str, inputs: tuple[str, ...], outdir: st
         max_memory=parse_size(max_memory) if max_memory is not None else None, force=force, jobs=jobs,
         command_line=command_line(ctx), log_level=level_for(bool(obj.get("verbose")), quiet),
         log_format=obj.get("log_format") or "text", log_file=obj.get("log_file"),
-        executor=spec.kind, scheduler=spec.scheduler, workers=spec.workers, retries=spec.retries)
+        executor=spec.kind, scheduler=spec.scheduler, workers=spec.workers, retries=spec.retries,
+        timeout=timeout or None)
     if sweeps:
         from recon_cli.sweep import run_sweep
 

@@ -63,7 +63,35 @@ def cli(ctx: click.Context, verbose: bool, quiet: bool, log_format: str, log_fil
         configure_logging(level_for(verbose, quiet), log_format, log_file)
     except OSError as exc:
         raise click.BadParameter(f"cannot open the log file ({exc})", param_hint="--log-file") from None
+
     install_signal_handlers()  # SIGINT/SIGTERM -> Interrupted: temporary files are removed on the way out
+
+
+def _log_file_in_arguments(args: list[str]) -> str | None:
+    """--log-file must not be one of the command's files (appending to an input changes it; an output
+    would replace the log): the message when another argument, or the value of a KEY=VALUE override,
+    names the same file as --log-file; else None."""
+    from recon_cli.logging_setup import _resolved
+
+    log_file, others = None, []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--log-file" and i + 1 < len(args):
+            log_file, i = args[i + 1], i + 2
+            continue
+        if arg.startswith("--log-file="):
+            log_file = arg.split("=", 1)[1]
+        elif arg:
+            others += [arg] + ([arg.split("=", 1)[1]] if "=" in arg else [])
+        i += 1
+    if not log_file:
+        return None
+    target = _resolved(log_file)
+    for other in others:
+        if _resolved(other) == target:
+            return f"{log_file} is also an input or output of the command; the log must be another file"
+    return None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -80,6 +108,10 @@ def _main(argv: list[str] | None) -> None:
     from recon_cli.signals import Interrupted
 
     verbose = "-v" in (argv or sys.argv[1:]) or "--verbose" in (argv or sys.argv[1:])
+    clash = _log_file_in_arguments(list(argv if argv is not None else sys.argv[1:]))
+    if clash:
+        click.echo(f"Error: Invalid value for '--log-file': {clash}", err=True)
+        sys.exit(2)
     try:
         cli.main(args=argv, prog_name="recon", standalone_mode=False)
     except click.exceptions.Abort:
@@ -105,6 +137,10 @@ def _main(argv: list[str] | None) -> None:
             traceback.print_exc()
         click.echo(f"Error: {redact(f'{type(exc).__name__}: {exc}')} (run with --verbose for the traceback)",
                    err=True)
+        sys.exit(1)
+    from recon_cli.logging_setup import log_file_error
+
+    if log_file_error() is not None:  # told on stderr when it happened; the run itself finished
         sys.exit(1)
     sys.exit(0)
 

@@ -39,6 +39,39 @@ def _positive(name: str, value) -> None:
         raise ConfigError(f"must be positive, got {value}", field=name)
 
 
+#: Upper bounds of the simulation options (beyond them numpy or ASTRA fail with raw errors, or
+#: memory runs out): upsampling factor, incident photons (Poisson sampling needs I0 e^-y < 2^63),
+#: the random seed (numpy takes 0 <= seed < 2^63), the arc in radians.
+MAX_UPSAMPLE = 16
+MAX_I0 = 1.0e15
+MAX_SEED = 2**63 - 1
+#: Geometry / grid fields -> the simulate option that sets them (for messages).
+_OPTION_OF = {"geometry/angles": "arc", "geometry/detector_spacing": "detector-spacing",
+              "geometry/detector_count": "detector-count", "geometry/source_origin": "source-origin",
+              "geometry/origin_detector": "origin-detector", "volume/voxel_size": "voxel-size",
+              "volume/shape": "size"}
+
+
+def _check_ranges(upsample: int, i0: float | None, seed: int, arc: float | None, size: int,
+                  slices: int | None) -> None:
+    """Refuse option values beyond what the simulation can do (ConfigError naming the option)."""
+    from recon_cli.geometry import MAX_ABS_ANGLE
+    from recon_cli.memory import available_host_memory, format_size
+
+    if upsample > MAX_UPSAMPLE:
+        raise ConfigError(f"must be at most {MAX_UPSAMPLE}, got {upsample}", field="upsample")
+    if i0 is not None and i0 > MAX_I0:
+        raise ConfigError(f"must be at most {MAX_I0:g} photons, got {i0:g}", field="I0")
+    if not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"must be between 0 and 2^63 - 1, got {seed}", field="seed")
+    if arc is not None and arc > MAX_ABS_ANGLE:
+        raise ConfigError(f"must be at most {MAX_ABS_ANGLE:g} rad, got {arc:g} (radians, not degrees)", field="arc")
+    fine = float(size * upsample) ** 2 * (slices or 1) * 8 * 3  # the fine image and two float64 temporaries
+    if fine > available_host_memory():
+        raise ConfigError(f"--size {size} x --upsample {upsample} needs about {format_size(int(fine))} of memory, "
+                          f"more than the {format_size(available_host_memory())} available", field="upsample")
+
+
 @click.command("simulate")
 @click.argument("output", type=click.Path(dir_okay=False))
 @click.option("--phantom", type=click.Choice(PHANTOMS), default=None,
@@ -100,15 +133,20 @@ def simulate(output, phantom, image_path, image_voxel_size, geometry_type, n_ang
         _positive(name, value)
     if gaussian is not None and not (math.isfinite(gaussian) and gaussian >= 0):
         raise ConfigError(f"must be >= 0, got {gaussian}", field="gaussian")
+    _check_ranges(upsample, i0, seed, arc, size, slices)
     if Path(output).exists() and not overwrite:
         raise InputError("exists; use --overwrite", file=output)
 
-    if geometry_type == "fanflat":
-        geometry = fan_beam_geometry(n_angles, detector_count or 512, detector_spacing or 1.2,
-                                     source_origin, origin_detector, arc if arc is not None else 2 * math.pi)
-    else:
-        geometry = parallel_beam_geometry(n_angles, detector_count or size, detector_spacing or voxel_size,
-                                          arc if arc is not None else math.pi)
+    try:
+        if geometry_type == "fanflat":
+            geometry = fan_beam_geometry(n_angles, detector_count or 512, detector_spacing or 1.2,
+                                         source_origin, origin_detector, arc if arc is not None else 2 * math.pi)
+        else:
+            geometry = parallel_beam_geometry(n_angles, detector_count or size, detector_spacing or voxel_size,
+                                              arc if arc is not None else math.pi)
+        VolumeGrid((size, size), voxel_size)
+    except InputError as exc:
+        raise ConfigError(exc.message, field=_OPTION_OF.get(exc.field or "", exc.field)) from None
 
     if image_path:
         image, image_voxel, source = _load_image(image_path, image_voxel_size)

@@ -66,6 +66,10 @@ def read_ct_slice(path) -> tuple[np.ndarray, float]:
         raise InputError("multi-frame images are not supported; give one slice", file=file, field="NumberOfFrames")
     if _single_number(ds.get("SamplesPerPixel", 1), file, "SamplesPerPixel") != 1:
         raise InputError("expected a greyscale image", file=file, field="SamplesPerPixel")
+    from recon_cli.io.dicom_series import check_image_size
+
+    check_image_size(file, int(_single_number(_required(ds, "Rows", file), file, "Rows")),
+                     int(_single_number(_required(ds, "Columns", file), file, "Columns")))
     spacing = _required(ds, "PixelSpacing", file)
     try:
         dy, dx = (float(v) for v in spacing)

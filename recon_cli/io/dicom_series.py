@@ -460,6 +460,7 @@ def read_series(source, series_uid: str | None = None) -> DicomSeries:
         source = list(source)
     where = str(source) if isinstance(source, (str, Path)) else str(source[0] if source else "")
     uid, members = _select_series(_group_by_series(read_headers(source)), series_uid, where)
+    _check_one_patient(members)
     datasets: dict[str, Any] = {}
     slices: list[_Slice] = []
     sop_classes = set()
@@ -471,6 +472,7 @@ def read_series(source, series_uid: str | None = None) -> DicomSeries:
         datasets[str(file)] = ds
         slices.extend(_slices_of(file, ds, _text(ds, "SOPClassUID")))
     ordered, dz = _sort_and_check(slices)
+    check_image_size(ordered[0].file, ordered[0].rows, ordered[0].columns, len(ordered))
     volume = _load_pixels(ordered, datasets)
     first_ds = datasets[ordered[0].file]
     identity = {name: _text(first_ds, name) for name in IDENTITY_TAGS if name in first_ds}
@@ -519,10 +521,48 @@ def _value(value) -> Any:
     return str(value)
 
 
+#: Free-text attributes: shown, but with identifiers found in them redacted unless show_phi.
+FREE_TEXT_TAGS = frozenset({"StudyDescription", "SeriesDescription", "ImageComments", "ProtocolName",
+                            "RequestedProcedureDescription", "PerformedProcedureStepDescription",
+                            "AdditionalPatientHistory", "PatientComments"})
+
+
 def _hidden(name: str, value, show_phi: bool):
     if name in PHI_TAGS and not show_phi and value not in (None, ""):
         return "(hidden; --show-phi shows it)"
+    if name in FREE_TEXT_TAGS and not show_phi and isinstance(value, str):
+        from recon_cli.logging_setup import redact_free_text
+
+        return redact_free_text(value)
     return value
+
+
+#: Maximum Rows / Columns of one image: CT images are 512-2048 pixels; a header claiming 65535 x 65535
+#: would make the decoder allocate tens of GiB.
+MAX_IMAGE_SIDE = 16384
+
+
+def check_image_size(file, rows: int, columns: int, n_slices: int = 1) -> None:
+    """InputError for an image size that is absurd or would not fit in memory, before any pixel is decoded."""
+    from recon_cli.io.hdf5 import check_fits_memory
+
+    for name, value in (("Rows", rows), ("Columns", columns)):
+        if not 1 <= value <= MAX_IMAGE_SIDE:
+            raise InputError(f"{value} is out of the supported range 1..{MAX_IMAGE_SIDE}", file=str(file),
+                             field=name)
+    check_fits_memory((n_slices, rows, columns), 4 + 8, str(file), "Rows/Columns", "the image volume")
+
+
+def _check_one_patient(members: list[tuple[Path, Any]]) -> None:
+    """InputError when the files of one series belong to different patients (PatientID or PatientName
+    differ): the values are not printed, only where they differ."""
+    first_file, first = members[0]
+    for key in ("PatientID", "PatientName"):
+        want = _text(first, key).strip()
+        for file, ds in members[1:]:
+            if _text(ds, key).strip() != want:
+                raise InputError(f"the series mixes patients: {key} differs from that of {first_file} (values "
+                                 "withheld); a series must hold one patient's images", file=str(file), field=key)
 
 
 def describe_series(path, show_phi: bool = False) -> dict:
@@ -547,8 +587,10 @@ def describe_series(path, show_phi: bool = False) -> dict:
             for file, header in members:
                 sop = _check_ct(file, header)
                 slices.extend(_slices_of(file, header, sop))
+            _check_one_patient(members)
             ordered, dz = _sort_and_check(slices)
             first = ordered[0]
+            check_image_size(first.file, first.rows, first.columns, 1)
             entry.update(shape=[len(ordered), first.rows, first.columns],
                          spacing_mm=[round(dz, 6), *first.pixel_spacing],
                          ImageOrientationPatient=first.orientation.tolist(),

@@ -48,10 +48,17 @@ _COPIED = ("PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", 
 _MAX_LEN = {"SH": 16, "LO": 64, "ST": 1024, "LT": 10240, "CS": 16}
 
 
+def dicom_text(text: str, max_len: int) -> str:
+    """``text`` as a valid DICOM text value: control characters (newlines, escape codes, which DICOM
+    string VRs do not allow and terminals would obey) become spaces, backslashes (value separators)
+    slashes; cut to ``max_len`` characters."""
+    text = "".join(" " if (ord(c) < 32 or ord(c) == 127 or 0x80 <= ord(c) < 0xA0) else c for c in str(text))
+    return text.replace("\\", "/")[:max_len]
+
+
 def _fit(text: str, vr: str) -> str:
-    """Text cut to the VR's maximum length (backslashes removed where they would split values)."""
-    text = str(text).replace("\\", "/")
-    return text[:_MAX_LEN[vr]]
+    """Text made valid for the VR and cut to its maximum length (see :func:`dicom_text`)."""
+    return dicom_text(text, _MAX_LEN[vr])
 
 
 def _ds(value: float) -> str:

@@ -105,11 +105,26 @@ def _is_nifti(path: Path, head: bytes) -> bool:
     return len(head) >= 348 and head[344:348] in (b"n+1\x00", b"ni1\x00")
 
 
+def check_regular_file(path) -> None:
+    """InputError for a path that exists but is neither a folder nor a regular file: reading a FIFO
+    blocks until a writer appears (forever), a device may never end."""
+    import stat
+
+    try:
+        mode = Path(path).stat().st_mode
+    except OSError:
+        return
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        kind = "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a device or socket"
+        raise InputError(f"is {kind}, not a regular file", file=str(path))
+
+
 def detect_format(path) -> str:
     """The format of ``path`` by content (see the module docstring); InputError when none fits."""
     p = Path(path)
     if not p.exists():
         raise InputError("file not found", file=str(p))
+    check_regular_file(p)
     if p.is_dir():
         from recon_cli.io.dicom_ctpd import is_ctpd_folder
 
@@ -144,6 +159,9 @@ def _hdf5_kind(path: Path) -> str:
 
     try:
         with h5py.File(path, "r") as f:
+            from recon_cli.io.hdf5_external import check_self_contained
+
+            check_self_contained(f, str(path))  # before following any link to another file
             if "layout_version" in f.attrs:
                 return "hdf5"
             layout = detect_layout(f)
@@ -181,7 +199,12 @@ def read_input(path, format: str = "auto", *, mu_water: float | None = None, **o
                          file=path, field=f"input.{extra[0]}")
     if fmt in HU_FORMATS and mu_water is not None:
         given["mu_water"] = float(mu_water)
-    return reader(path, **given)
+    try:
+        return reader(path, **given)
+    except InputError as exc:
+        if exc.file is None:  # raised below the reader (geometry, grid): name the file it came from
+            raise InputError(exc.message, file=path, field=exc.field) from None
+        raise
 
 
 # ----------------------------------------------------------------------------- recon info
@@ -248,13 +271,33 @@ def describe(path, show_phi: bool = False) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- provenance
 
 
+def _is_hdf5_file(path: Path) -> bool:
+    import h5py
+
+    try:
+        return bool(h5py.is_hdf5(path))
+    except OSError:
+        return False
+
+
 def input_digest(path) -> str:
-    """SHA-256 (hex) of a file's bytes, or of a folder: its files' relative names and digests, sorted."""
+    """SHA-256 (hex) of a file's bytes, or of a folder: its files' relative names and digests, sorted.
+
+    An HDF5 file that refers to other files (allowed with RECON_ALLOW_EXTERNAL_HDF5=1) hashes its own
+    digest together with each referenced file's path and digest, so the hash covers what was read."""
     from recon_cli.provenance import file_sha256
 
     p = Path(path)
     if p.is_file():
-        return file_sha256(p)
+        from recon_cli.io.hdf5_external import external_files
+
+        extra = external_files(p) if _is_hdf5_file(p) else []
+        if not extra:
+            return file_sha256(p)
+        digest = hashlib.sha256(file_sha256(p).encode() + b"\n")  # an opted-in input that reads other files
+        for f in extra:
+            digest.update(str(f).encode() + b"\0" + file_sha256(f).encode() + b"\n")
+        return digest.hexdigest()
     digest = hashlib.sha256()
     for f in sorted(q for q in p.rglob("*") if q.is_file()):
         digest.update(f.relative_to(p).as_posix().encode() + b"\0" + file_sha256(f).encode() + b"\n")

@@ -51,6 +51,9 @@ def _open(path: str) -> Iterator[Any]:
         raise InputError("file not found", file=path)
     if p.is_dir():
         raise InputError("is a folder, expected an HDF5 file", file=path)
+    from recon_cli.io.formats import check_regular_file
+
+    check_regular_file(p)
     try:
         is_hdf5 = h5py.is_hdf5(path)
     except OSError as exc:
@@ -64,6 +67,9 @@ def _open(path: str) -> Iterator[Any]:
             raise
         raise InputError(f"cannot open as HDF5, file truncated or corrupt ({_short(exc)})", file=path) from exc
     try:
+        from recon_cli.io.hdf5_external import check_self_contained
+
+        check_self_contained(f, path)
         yield f
     except _H5PY_ERRORS as exc:  # unreadable chunks, headers or datatypes of a damaged file
         if not _raised_by_h5py(exc):
@@ -288,7 +294,10 @@ def _read_grid(f, path: str) -> VolumeGrid:
     shape = tuple(_number(v, "/volume@shape", path, integer=True) for v in raw.tolist())
     check_fits_memory(shape, 4, path, "/volume@shape", "a float32 reconstruction grid")
     voxel_size = _number(_scalar_attr(group, "voxel_size", path), "/volume@voxel_size", path)
-    return VolumeGrid(shape, voxel_size)
+    try:
+        return VolumeGrid(shape, voxel_size)
+    except InputError as exc:
+        raise InputError(exc.message, file=path, field="/volume@" + (exc.field or "shape").split("/")[-1]) from None
 
 
 def _read_noise(ds, path: str) -> dict[str, float]:
@@ -374,10 +383,29 @@ def _create(f, name: str, data: np.ndarray):
     return f.create_dataset(name, data=data, compression="gzip", compression_opts=4, shuffle=True)
 
 
-def write_sinogram(path, sino: Sinogram, overwrite: bool = False) -> None:
-    """Write ``sino`` as a layout-v1 file (atomic). Shapes are checked first; nothing is written on error."""
+@contextmanager
+def _h5_file_atomic(path: str, overwrite: bool) -> Iterator[Any]:
+    """An HDF5 file built in memory, then written to ``path`` atomically with plain file I/O.
+
+    HDF5 writing straight to a disk that fills up crashes the process (h5py 3.16: a segfault when
+    the file is closed after a failed write). Built in memory, the file reaches the disk through
+    :func:`recon_cli.io.atomic.write_bytes_atomic`: a full disk is one RunError, and nothing is left.
+    """
+    import io
+
     import h5py
 
+    from recon_cli.io.atomic import check_writable, write_bytes_atomic
+
+    check_writable(path, overwrite)  # refuse before building anything
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:
+        yield f
+    write_bytes_atomic(path, buffer.getbuffer(), overwrite=overwrite)
+
+
+def write_sinogram(path, sino: Sinogram, overwrite: bool = False) -> None:
+    """Write ``sino`` as a layout-v1 file (atomic). Shapes are checked first; nothing is written on error."""
     path = str(path)
     data = np.ascontiguousarray(to_numpy(sino.data), dtype=np.float32)
     reference = None if sino.reference is None else np.ascontiguousarray(to_numpy(sino.reference), dtype=np.float32)
@@ -387,22 +415,21 @@ def write_sinogram(path, sino: Sinogram, overwrite: bool = False) -> None:
     metadata = dict(sino.metadata or {})
     noise = {k: float(metadata.pop(k)) for k in NOISE_ATTRS if metadata.get(k) is not None}
     metadata.pop("source", None)
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["layout_version"] = LAYOUT_VERSION
-            ds = _create(f, "sinogram", data)
-            for key, value in noise.items():
-                ds.attrs[key] = value
-            geo = f.create_group("geometry")
-            _write_attrs(geo, sino.geometry.attrs())
-            geo.create_dataset("angles", data=np.asarray(sino.geometry.angles, dtype=np.float64))
-            vol = f.create_group("volume")
-            vol.attrs["shape"] = np.asarray(sino.grid.shape, dtype=np.int64)
-            vol.attrs["voxel_size"] = float(sino.grid.voxel_size)
-            if reference is not None:
-                _create(f, "reference", reference).attrs["units"] = "1/mm"
-            if metadata:
-                _write_attrs(f.create_group("metadata"), metadata)
+    with _h5_file_atomic(path, overwrite) as f:
+        f.attrs["layout_version"] = LAYOUT_VERSION
+        ds = _create(f, "sinogram", data)
+        for key, value in noise.items():
+            ds.attrs[key] = value
+        geo = f.create_group("geometry")
+        _write_attrs(geo, sino.geometry.attrs())
+        geo.create_dataset("angles", data=np.asarray(sino.geometry.angles, dtype=np.float64))
+        vol = f.create_group("volume")
+        vol.attrs["shape"] = np.asarray(sino.grid.shape, dtype=np.int64)
+        vol.attrs["voxel_size"] = float(sino.grid.voxel_size)
+        if reference is not None:
+            _create(f, "reference", reference).attrs["units"] = "1/mm"
+        if metadata:
+            _write_attrs(f.create_group("metadata"), metadata)
 
 
 # ---------------------------------------------------------------- public API: reconstructions
@@ -422,8 +449,6 @@ def write_reconstruction(path, volume, voxel_size: float, *, metrics: dict, prov
     ``/history/<name>``: float64 per-iteration values (None -> NaN). If ``history`` is None and
     ``info`` has a dict under "history", that one is written and left out of ``/info``.
     """
-    import h5py
-
     path = str(path)
     image = np.ascontiguousarray(to_numpy(volume), dtype=np.float32)
     if image.ndim not in (2, 3):
@@ -432,18 +457,17 @@ def write_reconstruction(path, volume, voxel_size: float, *, metrics: dict, prov
     info = dict(info or {})
     if history is None and isinstance(info.get("history"), dict):
         history = info.pop("history")
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["layout_version"] = LAYOUT_VERSION
-            ds = _create(f, "reconstruction", image)
-            ds.attrs["voxel_size"] = float(voxel_size)
-            ds.attrs["units"] = "1/mm"
-            _write_attrs(f.create_group("metrics"), metrics)
-            _write_attrs(f.create_group("provenance"), provenance)
-            _write_attrs(f.create_group("info"), info)
-            hist = f.create_group("history")
-            for name, values in (history or {}).items():
-                hist.create_dataset(str(name).replace("/", "_"), data=_history_array(values))
+    with _h5_file_atomic(path, overwrite) as f:
+        f.attrs["layout_version"] = LAYOUT_VERSION
+        ds = _create(f, "reconstruction", image)
+        ds.attrs["voxel_size"] = float(voxel_size)
+        ds.attrs["units"] = "1/mm"
+        _write_attrs(f.create_group("metrics"), metrics)
+        _write_attrs(f.create_group("provenance"), provenance)
+        _write_attrs(f.create_group("info"), info)
+        hist = f.create_group("history")
+        for name, values in (history or {}).items():
+            hist.create_dataset(str(name).replace("/", "_"), data=_history_array(values))
 
 
 def read_image(path) -> tuple[np.ndarray, float]:

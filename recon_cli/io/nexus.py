@@ -92,9 +92,17 @@ def _open(path: str):
     if not p.is_file():
         raise InputError("not found" if not p.exists() else "is not a file", file=path)
     try:
-        return h5py.File(path, "r")
+        f = h5py.File(path, "r")
     except OSError as exc:
         raise InputError(f"cannot open as HDF5 ({' '.join(str(exc).split())[:160]})", file=path) from None
+    from recon_cli.io.hdf5_external import check_self_contained
+
+    try:
+        check_self_contained(f, path)
+    except BaseException:
+        f.close()
+        raise
+    return f
 
 
 def _dataset(f, name: str, path: str, what: str, required: bool = True):

@@ -159,11 +159,29 @@ def backproject(q, geometry, grid, view_weight: float, xp=np):
     return out.reshape(nz, ny, nx)
 
 
+def monotonic_views(geometry, data, xp=np):
+    """(geometry, data) with the views in increasing angle order when the angles are not monotonic.
+
+    The angular weights (step, arc, Parker) assume monotonic angles; views given in another order
+    (rows permuted with their angles) are sorted together with their sinogram rows (axis -2).
+    """
+    angles = np.asarray(geometry.angles, dtype=np.float64)
+    steps = np.diff(angles)
+    if angles.size < 2 or np.all(steps > 0) or np.all(steps < 0):
+        return geometry, data
+    order = np.argsort(angles, kind="stable")
+    log.info("fbp: %d view angles are not in monotonic order; sorting the views with their rows", angles.size)
+    import dataclasses
+
+    return dataclasses.replace(geometry, angles=angles[order]), xp.take(data, xp.asarray(order), axis=-2)
+
+
 def fbp_volume(sino, out_shape, params: FBPParams, xp=np):
     """FBP of ``sino.data`` as a float32 array of ``out_shape`` (xp array)."""
     geometry, grid = sino.geometry, sino.grid
     data = xp.asarray(sino.data, dtype=xp.float32)
     data = data.reshape((-1, geometry.n_angles, geometry.detector_count))
+    geometry, data = monotonic_views(geometry, data, xp=xp)
     n_det = geometry.detector_count
     fan = geometry.type == "fanflat"
     spacing = geometry.detector_spacing / (geometry.magnification if fan else 1.0)
