@@ -755,14 +755,14 @@ def test_matrix_cache_entry_with_valid_structure_but_damaged_values_is_rebuilt(c
     geometry, grid = parallel_beam_geometry(30, 32, 1.0), VolumeGrid((32, 32), 1.0)
     first = AstraMatrixProjector(geometry, grid)
     (folder,) = [p for p in (cache_dir / "matrices").iterdir() if p.is_dir()]
-    target = folder / "A.data.npy"
+    target = folder / "M.data.npy"
     good = target.read_bytes()
     data = np.load(target)
     data[::7] *= 0.5  # still a float32 CSR of the right shape: only a checksum can tell
     np.save(target, data)
     with caplog.at_level(logging.WARNING, logger="recon_cli.projectors.astra_matrix"):
         second = AstraMatrixProjector(geometry, grid)
-    assert "checksum mismatch" in caplog.text
+    assert "checksum of M.data.npy differs" in caplog.text
     assert (second.matrix != first.matrix).nnz == 0
     assert target.read_bytes() == good
 
