@@ -216,10 +216,10 @@ def write_report(results: dict, command: str) -> None:
     if rows:
         L += ["## Quality: PSNR (dB) / SSIM / HU RMSE on the body mask", "",
               "`tv oracle`: best lam against the truth; `svtv ceiling`: weights from the true image "
-              "(p 0.5, eta 0.05, 1 px blur), at its own best lam; `tv auto`: lam auto without I0 in the "
+              "(p 0.5, eta 0.05, 1 px blur), at its own best lam and at lam auto (noise estimated); `tv auto`: lam auto without I0 in the "
               "file (noise estimated), `tv auto I0`: with it.", "",
-              md_table(["case", "split", "FBP (Hann)", "SIRT", "tv auto I0", "tv auto", "tv oracle", "svtv ceiling"],
-                       rows, "llllllll"), ""]
+              md_table(["case", "split", "FBP (Hann)", "SIRT", "tv auto I0", "tv auto", "tv oracle", "svtv ceiling",
+                        "svtv ceiling, lam auto"], rows, "lllllllll"), ""]
     rows = []
     for name, r in results["cases"].items():
         m = r.get("methods", {})

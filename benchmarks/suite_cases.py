@@ -41,7 +41,7 @@ RESERVED = ("693_", "eCT_Supplemental")
 #: Source/origin and origin/detector distances (mm) of the two fan-beam scanners.
 FAN_DISTANCES = {"A": (595.0, 490.0), "B": (1000.0, 300.0)}
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: anatomy phantom of learn/anatomy.py after its texture update
 
 
 @dataclass(frozen=True)
