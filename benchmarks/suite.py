@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, fmt, log, machine_info, md_kv, md_table  # noqa: E402
+from common import FINDINGS_END, FINDINGS_START, REPO, fmt, kept_findings, log, machine_info, md_kv, md_table  # noqa: E402
 from suite_cases import Case, by_name, load_case  # noqa: E402
 
 from recon_cli.backend import Device  # noqa: E402
@@ -189,6 +189,8 @@ def write_report(results: dict, command: str) -> None:
          "grid and detector (no inverse crime). `tune` cases chose parameters; `test` cases only report. "
          "Metrics on a body mask; PSNR with the reference's range. "
          "`693_*.dcm` and `eCT_Supplemental.dcm` are never used.", ""]
+    findings = kept_findings(RESULTS / "suite.md")
+    L += ["## Findings", "", FINDINGS_START, findings or "(none written yet)", FINDINGS_END, ""]
     rows = []
     for name, r in results["cases"].items():
         n = r.get("noise")
