@@ -94,6 +94,15 @@ def oracle_search(evaluate, lam0: float, *, max_extend: int = 4) -> dict:
     return row
 
 
+def oracle_of(case: Case, label: str, reconstruct, lam0: float) -> dict:
+    """:func:`oracle_search` over ``reconstruct(lam) -> Reconstruction``, scored against the case's truth."""
+    def evaluate(lam):
+        s = score(case, reconstruct(lam).volume)
+        log(f"    {label} lam {lam:.4g}: {s['psnr']:.2f} dB")
+        return s["psnr"], s
+    return oracle_search(evaluate, lam0)
+
+
 # ----------------------------------------------------------------------------- methods
 def run_method(case: Case, op, method: str, done: dict) -> dict:
     if method == "fbp":
@@ -117,25 +126,18 @@ def run_method(case: Case, op, method: str, done: dict) -> dict:
         sino = sinogram(case, True)
         lam0 = done.get("tv_auto", {}).get("lam") or done.get("tv_auto_I0", {}).get("lam") or 1.0
 
-        def evaluate(lam):
-            rec = run_solver("tv", op, sino, {"lam": lam, "iterations": TV_ITERATIONS})
-            s = score(case, rec.volume)
-            log(f"    tv lam {lam:.4g}: {s['psnr']:.2f} dB")
-            return s["psnr"], s
-        return oracle_search(evaluate, lam0)
+        return oracle_of(case, "tv", lambda lam: run_solver("tv", op, sino, {"lam": lam, "iterations": TV_ITERATIONS}),
+                         lam0)
     if method == "svtv_ceiling":
         from recon_cli.solvers.svtv import SVTVParams, solve_with_pre_estimate
 
         sino = sinogram(case, True)
         lam0 = done.get("tv_oracle", {}).get("lam") or 1.0
 
-        def evaluate(lam):
+        def ceiling(lam):
             params = SVTVParams.model_validate({"lam": lam, "iterations": TV_ITERATIONS})
-            rec = solve_with_pre_estimate(op, sino, params, case.reference)
-            s = score(case, rec.volume)
-            log(f"    svtv ceiling lam {lam:.4g}: {s['psnr']:.2f} dB")
-            return s["psnr"], s
-        return oracle_search(evaluate, lam0)
+            return solve_with_pre_estimate(op, sino, params, case.reference)
+        return oracle_of(case, "svtv ceiling", ceiling, lam0)
     if method == "svtv_ceiling_auto":
         from recon_cli.solvers.svtv import SVTVParams, solve_with_pre_estimate
 
@@ -151,12 +153,7 @@ def run_method(case: Case, op, method: str, done: dict) -> dict:
         sino = sinogram(case, True)
         lam0 = done.get(f"{solver}_auto", {}).get("lam") or 1.0
 
-        def evaluate_other(lam):
-            rec = run_solver(solver, op, sino, {"lam": lam})
-            s = score(case, rec.volume)
-            log(f"    {solver} lam {lam:.4g}: {s['psnr']:.2f} dB")
-            return s["psnr"], s
-        return oracle_search(evaluate_other, lam0)
+        return oracle_of(case, solver, lambda lam: run_solver(solver, op, sino, {"lam": lam}), lam0)
     raise ValueError(method)
 
 

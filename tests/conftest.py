@@ -75,3 +75,15 @@ def run_sample_pipeline(tmp_path, monkeypatch):
         return out
 
     return run
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory):
+    """A local Orthanc PACS for one test module (skips where Orthanc is not installed)."""
+    from orthanc_server import running_orthanc, skip_reason
+
+    reason = skip_reason()
+    if reason:
+        pytest.skip(reason)
+    with running_orthanc(tmp_path_factory.mktemp("orthanc")) as server:
+        yield server

@@ -27,18 +27,13 @@ from recon_cli.simulate import simulate_sinogram
 from recon_cli.solvers.registry import run_solver
 from recon_cli.stripes import remove_stripes_sorting
 from recon_cli.sweep import combinations, parse_sweep
+from cli_helpers import recon_quiet as _recon  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "sample_data" / "shepp_logan_nxtomo.nxs"
 PIPELINE = REPO / "pipelines" / "nxtomo.yaml"
 
 
-def _recon(capsys, *args):
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exc:
-        main(["-q", *args])
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
 
 
 def _parallel_sinogram(angles, n=64, n_det=96, I0=None, seed=0):

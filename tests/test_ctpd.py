@@ -20,6 +20,7 @@ from recon_cli.phantoms import shepp_logan
 from recon_cli.projectors import make_projector
 from recon_cli.simulate import simulate_sinogram
 from recon_cli.solvers.registry import run_solver
+from cli_helpers import recon_quiet as _recon  # noqa: E402
 
 # Scanner-like geometry scaled to a 128 x 128 grid of 2 mm pixels (Siemens-like distances).
 N, VOXEL = 128, 2.0
@@ -200,14 +201,6 @@ def test_helical_flying_focal_spot_and_bad_folders_are_refused(tmp_path):
         read_ctpd(one)
 
 
-def _recon(capsys, *args):
-    from recon_cli.cli.main import main
-
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exc:
-        main(["-q", *args])
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
 
 
 def test_recon_info_hides_patient_identifiers(axial, capsys):

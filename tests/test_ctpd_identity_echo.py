@@ -13,27 +13,15 @@ import pytest
 from orthanc_server import free_port, running_orthanc, skip_reason
 from recon_cli.cli.main import main
 from recon_cli.io.dicom_ctpd import CTPDScan, write_ctpd
+from cli_helpers import recon_quiet as _recon  # noqa: E402
 
 PATIENT = {"PatientName": "DOE^JANE", "PatientID": "MRN-0042", "PatientBirthDate": "19700101", "PatientSex": "F",
            "AccessionNumber": "ACC123", "StudyID": "S77", "StudyDescription": "CT HEAD"}
 STUDY_UID = "1.2.826.0.1.3680043.8.498.1234567890.1"
 
 
-@pytest.fixture(scope="module")
-def orthanc(tmp_path_factory):
-    reason = skip_reason()
-    if reason:
-        pytest.skip(reason)
-    with running_orthanc(tmp_path_factory.mktemp("orthanc")) as server:
-        yield server
 
 
-def _recon(capsys, *args):
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exc:
-        main(["-q", *args])
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
 
 
 @pytest.fixture

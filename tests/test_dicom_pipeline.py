@@ -249,13 +249,6 @@ def test_pacs_needs_the_dicom_output(tmp_path, small_series, capsys):
     assert code == 2 and "add dicom to output.formats" in err
 
 
-@pytest.fixture(scope="module")
-def orthanc(tmp_path_factory):
-    reason = skip_reason()
-    if reason:
-        pytest.skip(reason)
-    with running_orthanc(tmp_path_factory.mktemp("orthanc")) as server:
-        yield server
 
 
 def test_pipeline_sends_its_dicom_output_to_orthanc(orthanc, tmp_path, capsys, monkeypatch, sample_series):

@@ -19,6 +19,7 @@ from recon_cli.projectors import make_projector
 from recon_cli.simulate import simulate_sinogram
 from recon_cli.sinogram import Sinogram
 from recon_cli.solvers.registry import run_solver
+from cli_helpers import recon_quiet as _recon  # noqa: E402
 
 N, NZ, N_ANGLES = 64, 3, 90
 DARK = 100.0
@@ -230,14 +231,6 @@ def test_row_selection_and_detector_shift():
     assert np.allclose(P.shift_detector(ramp, 1.5)[0, :8], np.arange(8) + 1.5)
 
 
-def _recon(capsys, *args):
-    from recon_cli.cli.main import main
-
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exc:
-        main(["-q", *args])
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
 
 
 def test_cli_pipeline_on_nxtomo_writes_tiff_nifti_and_windowed_png(tmp_path, capsys, line_integrals):

@@ -18,13 +18,6 @@ from recon_cli.phantoms import shepp_logan
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
 
-@pytest.fixture(scope="module")
-def orthanc(tmp_path_factory):
-    reason = skip_reason()
-    if reason:
-        pytest.skip(reason)
-    with running_orthanc(tmp_path_factory.mktemp("orthanc")) as server:
-        yield server
 
 
 @pytest.fixture

@@ -304,24 +304,11 @@ def test_cupy_matches_numpy(tiny):
 def test_lam_auto_meets_the_discrepancy_target_and_resumes():
     """lam auto (as tv): the final residual meets discrepancy_tau x the noise norm (inverse-crime
     data, metadata upsample 1: no model error)."""
-    import math
+    from cli_helpers import inverse_crime_case
 
-    from recon_cli.geometry import VolumeGrid, fan_beam_geometry
-    from recon_cli.phantoms import shepp_logan
-    from recon_cli.projectors.astra_matrix import AstraMatrixProjector
-    from recon_cli.sinogram import Sinogram
     from recon_cli.solvers.registry import run_solver
 
-    n = 48
-    geometry = fan_beam_geometry(40, detector_count=2 * n, detector_spacing=1.2 * 256 / n)
-    grid = VolumeGrid((n, n), 256.0 / n)
-    K = AstraMatrixProjector(geometry, grid)
-    x = shepp_logan(n, supersample=1)
-    y = K.forward(x)
-    e = np.random.default_rng(1).standard_normal(y.shape).astype(np.float32)
-    e *= 0.01 * np.linalg.norm(y) / np.linalg.norm(e)
-    sino = Sinogram(data=(y + e).astype(np.float32), geometry=geometry, grid=grid, reference=x,
-                    metadata={"sigma": float(np.linalg.norm(e) / math.sqrt(y.size)), "upsample": 1})
+    K, sino, _ = inverse_crime_case(48, 40, seed=1)
     rec = run_solver("sgp_tv", K, sino, {"lam": "auto", "iterations": 150, "search_iterations": 40})
     info = rec.info
     assert info["lam_search_evaluations"] >= 2 and info["lam"] > 0

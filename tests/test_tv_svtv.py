@@ -20,6 +20,7 @@ from recon_cli.solvers.regularisation_parameter import (data_misfit_norm, discre
 from recon_cli.solvers.registry import get_solver, run_solver, solver_names
 from recon_cli.solvers.svtv import SVTVParams, solve_with_pre_estimate, svtv_weights
 from recon_cli.solvers.tv import TVParams
+from cli_helpers import inverse_crime_case  # noqa: E402
 
 N = 64
 
@@ -31,17 +32,7 @@ def psnr(x, ref) -> float:
 @pytest.fixture(scope="module")
 def crime_case():
     """Piecewise-constant Shepp-Logan (64^2, 4 mm pixels), 60-view fan beam, data K x + 1% Gaussian noise."""
-    h = 256.0 / N
-    geometry = fan_beam_geometry(60, detector_count=2 * N, detector_spacing=1.2 * 256 / N)
-    grid = VolumeGrid((N, N), h)
-    K = AstraMatrixProjector(geometry, grid)
-    x = shepp_logan(N, supersample=1)
-    y = K.forward(x)
-    e = np.random.default_rng(0).standard_normal(y.shape).astype(np.float32)
-    e *= 0.01 * np.linalg.norm(y) / np.linalg.norm(e)
-    sino = Sinogram(data=(y + e).astype(np.float32), geometry=geometry, grid=grid, reference=x,
-                    metadata={"sigma": float(np.linalg.norm(e) / math.sqrt(y.size)), "upsample": 1})
-    return K, sino, float(np.linalg.norm(e))
+    return inverse_crime_case(N, 60)
 
 
 # ----------------------------------------------------------------------------- registry and params
