@@ -42,8 +42,9 @@ import scipy.sparse as sp
 from recon_cli.geometry import Geometry, VolumeGrid, fingerprint
 from recon_cli.ops.operator import Operator, power_norm
 from recon_cli.projectors import matrix_cache
-from recon_cli.projectors.astra_cpu import AstraCPUProjector, astra_projector_type
+from recon_cli.projectors.astra_cpu import astra_projector_type
 from recon_cli.projectors.matrix_cache import cache_dir  # noqa: F401  (re-exported)
+from recon_cli.projectors.tiled_matrix import TILE, tiled_matrix_transpose
 from recon_cli.projectors.symmetry import ViewSymmetry, find_view_symmetry, inverse_transform_image, \
     transform_image
 
@@ -103,7 +104,7 @@ def matrix_cache_path(geometry: Geometry, grid: VolumeGrid, projector_type: str 
     """Folder of the cached matrix: ``<cache_dir>/matrices/<type>_<fingerprint>/``."""
     ptype = astra_projector_type(geometry, projector_type)
     stored = ",".join(map(str, view_symmetry(geometry, grid, ptype).stored))
-    key = fingerprint(geometry, grid.slice_grid(), extra=f"{ptype}/stored-views-v2/{stored}")
+    key = fingerprint(geometry, grid.slice_grid(), extra=f"{ptype}/stored-views-v3-tiled{TILE}/{stored}")
     return matrix_cache.matrices_dir() / f"{ptype}_{key}"
 
 
@@ -115,12 +116,11 @@ def _stored_geometry(geometry: Geometry, stored) -> Geometry:
 
 
 def _build(geometry: Geometry, grid: VolumeGrid, ptype: str, symmetry: ViewSymmetry) -> sp.csr_matrix:
-    """M = A_s^T as a float32 CSR with int32 indices, A_s the matrix of the stored views."""
+    """M = A_s^T as a float32 CSR with int32 indices, A_s ASTRA's matrix of the stored views (built on
+    image tiles: recon_cli.projectors.tiled_matrix)."""
     t0 = time.perf_counter()
     sub = _stored_geometry(geometry, symmetry.stored)
-    a_s = AstraCPUProjector(sub, grid.slice_grid(), ptype).sparse_matrix()
-    m = a_s.T.tocsr()
-    del a_s
+    m = tiled_matrix_transpose(sub.to_astra(), ptype, grid.slice_shape, grid.voxel_size)
     m.sort_indices()
     if m.nnz < 2**31 - 1:  # int32 indices halve the bytes an index costs in every product
         m.indices, m.indptr = m.indices.astype(np.int32, copy=False), m.indptr.astype(np.int32, copy=False)
