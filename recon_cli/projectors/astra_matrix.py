@@ -42,7 +42,7 @@ import scipy.sparse as sp
 from recon_cli.geometry import Geometry, VolumeGrid, fingerprint
 from recon_cli.ops.operator import Operator, power_norm
 from recon_cli.projectors import matrix_cache
-from recon_cli.projectors.astra_cpu import astra_projector_type
+from recon_cli.projectors.astra_cpu import AstraCPUProjector, astra_projector_type
 from recon_cli.projectors.matrix_cache import cache_dir  # noqa: F401  (re-exported)
 from recon_cli.projectors.tiled_matrix import TILE, tiled_matrix_transpose
 from recon_cli.projectors.symmetry import ViewSymmetry, find_view_symmetry, inverse_transform_image, \
@@ -117,10 +117,15 @@ def _stored_geometry(geometry: Geometry, stored) -> Geometry:
 
 def _build(geometry: Geometry, grid: VolumeGrid, ptype: str, symmetry: ViewSymmetry) -> sp.csr_matrix:
     """M = A_s^T as a float32 CSR with int32 indices, A_s ASTRA's matrix of the stored views (built on
-    image tiles: recon_cli.projectors.tiled_matrix)."""
+    image tiles when other views follow from them: recon_cli.projectors.tiled_matrix)."""
     t0 = time.perf_counter()
     sub = _stored_geometry(geometry, symmetry.stored)
-    m = tiled_matrix_transpose(sub.to_astra(), ptype, grid.slice_shape, grid.voxel_size)
+    if symmetry.is_trivial:  # ASTRA's own matrix, exactly
+        a_s = AstraCPUProjector(sub, grid.slice_grid(), ptype).sparse_matrix()
+        m = a_s.T.tocsr()
+        del a_s
+    else:  # on tiles: views rotated or mirrored from the stored ones then agree with their own rows
+        m = tiled_matrix_transpose(sub.to_astra(), ptype, grid.slice_shape, grid.voxel_size)
     m.sort_indices()
     if m.nnz < 2**31 - 1:  # int32 indices halve the bytes an index costs in every product
         m.indices, m.indptr = m.indices.astype(np.int32, copy=False), m.indptr.astype(np.int32, copy=False)

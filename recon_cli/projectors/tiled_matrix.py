@@ -9,11 +9,12 @@ whole matrix is 8e-3 (relative Frobenius norm) from the exact float64 intersecti
 a quarter-turned geometry steps the other way and gets different errors
 (benchmarks/results/speed_accuracy.md).
 
-Building the matrix on square tiles of at most ``TILE`` pixels restarts every ray at each tile
-edge, which bounds the drift to a tile: the result is the same kernel (the same weights up to
-rounding: each pixel's weight depends only on the ray and that pixel) but 15-60x closer to the
-exact weights, and so nearly equivariant under the quarter turns and mirrors that the
-symmetry-compressed projector relies on.
+Building the matrix on square tiles of at most ``TILE`` pixels, each with the geometry moved so
+that the tile is centred on the origin (smaller float32 coordinates), restarts every ray at each
+tile edge and bounds the drift to a tile: the result is the same kernel (each pixel's weight
+depends only on the ray and that pixel) but 30-70x closer to the exact weights at 256^2-512^2,
+and so nearly equivariant under the quarter turns and mirrors that the symmetry-compressed
+projector relies on. Geometries ASTRA cannot express as vectors are tiled without the shift.
 """
 from __future__ import annotations
 
@@ -33,15 +34,28 @@ def tiled_matrix_transpose(proj_geom: dict, projector_type: str, slice_shape: tu
     ny, nx = slice_shape
     h = float(voxel_size)
     x0, y0 = -nx * h / 2, ny * h / 2  # left edge, top edge (row 0 is +y)
+    vectors, vec_type, n_det = _vectors(proj_geom, projector_type)
     pix_parts, ray_parts, val_parts = [], [], []
     n_rays = None
     for r0 in range(0, ny, tile):
         tr = min(tile, ny - r0)
         for c0 in range(0, nx, tile):
             tc = min(tile, nx - c0)
-            vol_geom = astra.create_vol_geom(tr, tc, x0 + c0 * h, x0 + (c0 + tc) * h,
-                                             y0 - (r0 + tr) * h, y0 - r0 * h)
-            pid = astra.create_projector(projector_type, proj_geom, vol_geom)
+            left, right, bottom, top = x0 + c0 * h, x0 + (c0 + tc) * h, y0 - (r0 + tr) * h, y0 - r0 * h
+            if vectors is not None:  # the tile centred on the origin, the geometry moved with it
+                cx, cy = (left + right) / 2, (bottom + top) / 2
+                moved = vectors.copy()
+                moved[:, 2] -= cx
+                moved[:, 3] -= cy
+                if vec_type == "fanflat_vec":  # the source moves too (parallel: columns 0-1 are a direction)
+                    moved[:, 0] -= cx
+                    moved[:, 1] -= cy
+                geom = astra.create_proj_geom(vec_type, n_det, moved)
+                vol_geom = astra.create_vol_geom(tr, tc, left - cx, right - cx, bottom - cy, top - cy)
+            else:
+                geom = proj_geom
+                vol_geom = astra.create_vol_geom(tr, tc, left, right, bottom, top)
+            pid = astra.create_projector(projector_type, geom, vol_geom)
             try:
                 mid = astra.projector.matrix(pid)
                 try:
@@ -64,3 +78,19 @@ def tiled_matrix_transpose(proj_geom: dict, projector_type: str, slice_shape: tu
     val = np.concatenate(val_parts)
     del val_parts
     return sp.coo_matrix((val, (pix, ray)), shape=(ny * nx, n_rays)).tocsr()
+
+
+#: ASTRA CPU projector types that take vector geometries (parallel_vec / fanflat_vec).
+VECTOR_TYPES = ("line_fanflat", "linear", "line", "strip")
+
+
+def _vectors(proj_geom: dict, projector_type: str):
+    """(vectors (n_views, 6), vector geometry type, detector count) of a 2D geometry, or Nones when
+    ASTRA's CPU projector ``projector_type`` does not take the vector form (``strip_fanflat``)."""
+    import astra
+
+    vec_type = {"parallel": "parallel_vec", "fanflat": "fanflat_vec"}.get(proj_geom["type"], proj_geom["type"])
+    if projector_type not in VECTOR_TYPES or vec_type not in ("parallel_vec", "fanflat_vec"):
+        return None, None, None
+    vec = proj_geom if proj_geom["type"] == vec_type else astra.geom_2vec(proj_geom)
+    return np.array(vec["Vectors"], dtype=np.float64), vec_type, int(vec["DetectorCount"])
