@@ -65,10 +65,12 @@ def tiled_matrix_transpose(proj_geom: dict, projector_type: str, slice_shape: tu
             finally:
                 astra.projector.delete(pid)
             n_rays = m.shape[0]
+            # int32 indices where they fit: the parts and their concatenation dominate the build's peak memory
+            index = np.int32 if max(ny * nx, n_rays) < 2**31 else np.int64
             keep = m.data != 0
             row_in_tile, col_in_tile = np.divmod(m.col[keep], tc)
-            pix_parts.append(((row_in_tile + r0) * nx + col_in_tile + c0).astype(np.int64))
-            ray_parts.append(m.row[keep].astype(np.int64))
+            pix_parts.append(((row_in_tile + r0) * nx + col_in_tile + c0).astype(index))
+            ray_parts.append(m.row[keep].astype(index))
             val_parts.append(m.data[keep].astype(np.float32))
             del m
     pix = np.concatenate(pix_parts)
