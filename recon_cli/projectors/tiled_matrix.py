@@ -12,7 +12,7 @@ a quarter-turned geometry steps the other way and gets different errors
 Building the matrix on square tiles of at most ``TILE`` pixels, each with the geometry moved so
 that the tile is centred on the origin (smaller float32 coordinates), restarts every ray at each
 tile edge and bounds the drift to a tile: the result is the same kernel (each pixel's weight
-depends only on the ray and that pixel) but 30-70x closer to the exact weights at 256^2-512^2,
+depends only on the ray and that pixel) but 40-110x closer to the exact weights at 256^2-512^2,
 and so nearly equivariant under the quarter turns and mirrors that the symmetry-compressed
 projector relies on. Geometries ASTRA cannot express as vectors are tiled without the shift.
 """
