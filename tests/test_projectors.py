@@ -153,9 +153,8 @@ def test_gradient_is_adjoint(shape, mode, weight):
 
 # ---------------------------------------------------------------- matrix cache
 
-class _NoBuild:
-    def __init__(self, *args, **kwargs):
-        raise AssertionError("the matrix was rebuilt instead of being loaded from the cache")
+def _no_build(*args, **kwargs):
+    raise AssertionError("the matrix was rebuilt instead of being loaded from the cache")
 
 
 def _cached_folders(cache_dir):
@@ -170,7 +169,8 @@ def test_matrix_cache_is_reused(cache_dir, monkeypatch):
     assert first.projector_type in folder.name
     assert sorted(p.name for p in folder.iterdir()) == sorted(
         [f"M.{part}.npy" for part in ("data", "indices", "indptr")] + ["meta.json"])
-    monkeypatch.setattr(astra_matrix, "AstraCPUProjector", _NoBuild)
+    monkeypatch.setattr(astra_matrix, "tiled_matrix_transpose", _no_build)
+    monkeypatch.setattr(astra_matrix, "AstraCPUProjector", _no_build)
     second = AstraMatrixProjector(geometry, make_grid(True))  # a stack reuses the slice matrix
     assert (second.matrix != first.matrix).nnz == 0 and (second.matrix_t != first.matrix_t).nnz == 0
     assert isinstance(second.stored.data, np.memmap)  # loaded lazily, shared between processes

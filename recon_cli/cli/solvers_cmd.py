@@ -164,7 +164,7 @@ def solvers(name: str | None, long_form: bool, as_yaml: bool, as_json: bool) -> 
     from rich.console import Console
     from rich.text import Text
 
-    console = Console()
+    console = Console(highlight=False, emoji=False, markup=False)  # every cell is a Text: no parsing needed
     for solver in described:
         kind = "iterative" if solver["iterative"] else "direct"
         console.print(Text.assemble((solver["name"], "bold"), f" ({kind}): {solver['description']}"))

@@ -7,12 +7,20 @@ product ``A_s @ X``, with X's columns the transformed images, then yields every 
 adjoint is the sum of the inversely transformed columns of ``A_s^T @ Y``: the matrix bytes are
 read once for up to 8 columns (60 views: 8 of 60 stored). Without symmetry every view is stored.
 
-ASTRA's ray tracing is not exactly rotation-equivariant at the pixel level, so the rotated
-views differ slightly from ASTRA's own rows for those angles (measured, relative 2-norm against
-the full matrix: <= 1e-5 for forward and adjoint up to 32^2-64^2; at 256^2 forward 1-3e-5 and
-adjoint of a sinogram up to 3e-4 for ``line_fanflat``, 1-3e-5 for the parallel types). The
-symmetric operator is itself an exact adjoint pair. ``strip_fanflat`` (inaccurate in ASTRA's CPU
-version) and ``$RECON_MATRIX_SYMMETRY=off`` store every view.
+Accuracy (benchmarks/results/symmetry_accuracy.md, measured with float64 reference weights):
+ASTRA's CPU kernels step along each ray in float32 from the first image row or column, so its
+own full matrix drifts from the exact weights along the ray (relative Frobenius error 2e-3 at
+256^2 and 8e-3 at 512^2 for 60 fan views; products 2e-4 forward, 9e-4 adjoint at 512^2), and a
+quarter turn steps the other way: ASTRA's rows of view k + n/4 are not the permuted rows of view
+k (the angle arithmetic is not the cause: exactly rotated vector geometries give the same rows).
+So the stored views are built on 32x32 image tiles (recon_cli.projectors.tiled_matrix), which
+restarts every ray at each tile: the symmetric operator is then within 1.4e-4 (matrix) and 3e-6
+(forward) / 1.5e-5 (adjoint) of the exact weights at 512^2, and agrees with the full tiled
+matrix within 3e-6 (forward) and 6.5e-6 / 1.2-1.4e-5 (adjoint at 256^2 / 512^2). Against ASTRA's
+whole-image matrix it differs by ASTRA's own drift (that matrix is 40-60x further from the exact
+weights). The symmetric operator is itself an exact adjoint pair. Geometries without symmetry
+store ASTRA's whole-image matrix unchanged, and so does ``$RECON_MATRIX_SYMMETRY=off``;
+``strip_fanflat`` (inaccurate in ASTRA's CPU version) always stores every view.
 
 One copy is stored: ``M = A_s^T`` as a CSR (rows: pixels), float32 values and int32 indices
 (SciPy's kernels take no smaller types). The adjoint is a row-wise product ``M @ Y``; the
@@ -44,6 +52,7 @@ from recon_cli.ops.operator import Operator, power_norm
 from recon_cli.projectors import matrix_cache
 from recon_cli.projectors.astra_cpu import AstraCPUProjector, astra_projector_type
 from recon_cli.projectors.matrix_cache import cache_dir  # noqa: F401  (re-exported)
+from recon_cli.projectors.tiled_matrix import TILE, tiled_matrix_transpose
 from recon_cli.projectors.symmetry import ViewSymmetry, find_view_symmetry, inverse_transform_image, \
     transform_image
 
@@ -103,7 +112,7 @@ def matrix_cache_path(geometry: Geometry, grid: VolumeGrid, projector_type: str 
     """Folder of the cached matrix: ``<cache_dir>/matrices/<type>_<fingerprint>/``."""
     ptype = astra_projector_type(geometry, projector_type)
     stored = ",".join(map(str, view_symmetry(geometry, grid, ptype).stored))
-    key = fingerprint(geometry, grid.slice_grid(), extra=f"{ptype}/stored-views-v2/{stored}")
+    key = fingerprint(geometry, grid.slice_grid(), extra=f"{ptype}/stored-views-v3-tiled{TILE}/{stored}")
     return matrix_cache.matrices_dir() / f"{ptype}_{key}"
 
 
@@ -115,12 +124,16 @@ def _stored_geometry(geometry: Geometry, stored) -> Geometry:
 
 
 def _build(geometry: Geometry, grid: VolumeGrid, ptype: str, symmetry: ViewSymmetry) -> sp.csr_matrix:
-    """M = A_s^T as a float32 CSR with int32 indices, A_s the matrix of the stored views."""
+    """M = A_s^T as a float32 CSR with int32 indices, A_s ASTRA's matrix of the stored views (built on
+    image tiles when other views follow from them: recon_cli.projectors.tiled_matrix)."""
     t0 = time.perf_counter()
     sub = _stored_geometry(geometry, symmetry.stored)
-    a_s = AstraCPUProjector(sub, grid.slice_grid(), ptype).sparse_matrix()
-    m = a_s.T.tocsr()
-    del a_s
+    if symmetry.is_trivial:  # ASTRA's own matrix, exactly
+        a_s = AstraCPUProjector(sub, grid.slice_grid(), ptype).sparse_matrix()
+        m = a_s.T.tocsr()
+        del a_s
+    else:  # on tiles: views rotated or mirrored from the stored ones then agree with their own rows
+        m = tiled_matrix_transpose(sub.to_astra(), ptype, grid.slice_shape, grid.voxel_size)
     m.sort_indices()
     if m.nnz < 2**31 - 1:  # int32 indices halve the bytes an index costs in every product
         m.indices, m.indptr = m.indices.astype(np.int32, copy=False), m.indptr.astype(np.int32, copy=False)

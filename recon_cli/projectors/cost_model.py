@@ -50,6 +50,6 @@ def choose_cpu_projector(nnz_full: int, nnz_stored: int, products: int, slices: 
     matrix = build + MATRIX_S_PER_NNZ * nnz_full * work
     kind = "matrix" if matrix < direct else "astra"
     what = "cached matrix" if cached else f"building the matrix (~{build:.1f} s)"
-    reason = (f"{products} products x {slices} slices: {what} + products ~{matrix:.1f} s vs "
+    reason = (f"{products} products x {slices} slices: {what} + products = ~{matrix:.1f} s vs "
               f"ASTRA direct ~{direct:.1f} s")
     return ProjectorChoice(kind, reason, direct, matrix)

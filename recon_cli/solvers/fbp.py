@@ -118,11 +118,41 @@ def _check(op, sino):
     return out_shape
 
 
+def quarter_turn_groups(angles, slice_shape, tol: float = 1e-6) -> list[list[tuple[int, int]]]:
+    """Views grouped by quarter turns: each group is [(view, k), ...] with angle = base angle + k pi/2
+    (mod 2 pi), the base view first with k = 0. On a square grid the backprojection field of view
+    ``base + k pi/2`` is the base view's field turned by np.rot90(., k), so one geometry evaluation
+    serves the whole group. Non-square grids: every view alone."""
+    angles = np.asarray(angles, dtype=np.float64)
+    if slice_shape[0] != slice_shape[1]:
+        return [[(v, 0)] for v in range(angles.size)]
+    reduced = np.mod(angles, 2 * math.pi)
+    taken = np.zeros(angles.size, dtype=bool)
+    groups = []
+    for v in range(angles.size):
+        if taken[v]:
+            continue
+        taken[v] = True
+        group = [(v, 0)]
+        for k in (1, 2, 3):
+            target = (reduced[v] + k * math.pi / 2) % (2 * math.pi)
+            diff = np.abs(reduced - target)
+            diff = np.minimum(diff, 2 * math.pi - diff)
+            match = np.flatnonzero((diff < tol) & ~taken)
+            if match.size:
+                taken[match[0]] = True
+                group.append((int(match[0]), k))
+        groups.append(group)
+    return groups
+
+
 def backproject(q, geometry, grid, view_weight: float, xp=np):
     """Pixel-driven weighted backprojection of filtered data ``q`` (nz, n_angles, n_det) -> (nz, ny, nx).
 
     Linear interpolation on the detector, zero outside it; fan beam adds the
-    (SO / U)^2 distance weight. Vectorised over pixels and slices, one angle at a time.
+    (SO / U)^2 distance weight. Vectorised over pixels and slices, one angle at a time; views a
+    quarter turn apart share one evaluation of the geometry (:func:`quarter_turn_groups`): their
+    contributions are summed per turn and the sums turned back once at the end.
     """
     nz, n_angles, n_det = q.shape
     ny, nx = grid.slice_shape
@@ -139,8 +169,10 @@ def backproject(q, geometry, grid, view_weight: float, xp=np):
     else:
         spacing = float(geometry.detector_spacing)
     centre = (n_det - 1) / 2.0 + 2.0
-    out = xp.zeros((nz, ny * nx), dtype=xp.float32)
-    for a, theta in enumerate(np.asarray(geometry.angles, dtype=np.float64)):
+    angles = np.asarray(geometry.angles, dtype=np.float64)
+    turned = {}  # quarter turns k -> sum of the contributions computed on the unturned grid
+    for group in quarter_turn_groups(angles, (ny, nx)):
+        theta = angles[group[0][0]]
         c, s = float(math.cos(theta)), float(math.sin(theta))
         t = xs * c + ys * s
         if fan:
@@ -151,12 +183,20 @@ def backproject(q, geometry, grid, view_weight: float, xp=np):
         pos = xp.clip(t.reshape(-1) * (1.0 / spacing) + centre, 0.5, n_det + 2.5)
         i0 = xp.floor(pos)
         frac = (pos - i0).astype(xp.float32)
+        rest = 1.0 - frac
         i0 = i0.astype(xp.int64)
-        row = qpad[:, a, :]
-        vals = xp.take(row, i0, axis=1) * (1.0 - frac) + xp.take(row, i0 + 1, axis=1) * frac
-        out += vals * weight if fan else vals
+        i1 = i0 + 1
+        for view, k in group:
+            row = qpad[:, view, :]
+            vals = xp.take(row, i0, axis=1) * rest + xp.take(row, i1, axis=1) * frac
+            if k not in turned:
+                turned[k] = xp.zeros((nz, ny * nx), dtype=xp.float32)
+            turned[k] += vals * weight if fan else vals
+    out = xp.zeros((nz, ny, nx), dtype=xp.float32)
+    for k, part in turned.items():
+        out += xp.rot90(part.reshape(nz, ny, nx), k, axes=(1, 2))
     out *= float(view_weight)
-    return out.reshape(nz, ny, nx)
+    return out
 
 
 def monotonic_views(geometry, data, xp=np):
@@ -195,7 +235,8 @@ def fbp_volume(sino, out_shape, params: FBPParams, xp=np):
         data = data * xp.asarray(pre.astype(np.float32))
     q = ramp_filter(data, spacing, params.filter, params.frequency_scaling, params.padding, xp=xp)
     ny, nx = grid.slice_shape
-    chunk = max(1, _CHUNK_ELEMENTS // (ny * nx))  # bounds the per-angle temporaries of big stacks
+    # bounds the per-angle temporaries and backproject's four per-turn sums on big stacks
+    chunk = max(1, _CHUNK_ELEMENTS // (4 * ny * nx))
     image = xp.concatenate([backproject(q[i:i + chunk], geometry, grid, view_weight, xp=xp)
                             for i in range(0, q.shape[0], chunk)])
     if params.nonnegative:

@@ -7,15 +7,27 @@ registered with a pydantic parameter model. Solvers compose by name through
 from __future__ import annotations
 
 import difflib
+import importlib
 import inspect
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Protocol, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from recon_cli.errors import ConfigError
-from recon_cli.ops.operator import Operator
-from recon_cli.sinogram import Reconstruction, Sinogram
+
+if TYPE_CHECKING:  # annotations only: the registry itself stays free of numpy and the solvers
+    from recon_cli.ops.operator import Operator
+    from recon_cli.sinogram import Reconstruction, Sinogram
+
+#: Every solver: name -> the module under recon_cli.solvers that registers it. The one list of
+#: solvers: ``recon solvers``, the pipeline schema and docs/gen_pipelines_doc.py read it through
+#: :func:`solver_names` / :func:`get_solver`, which import a solver's module only when that solver
+#: is asked for (so ``recon validate`` of an FBP pipeline imports the FBP module alone).
+SOLVER_MODULES: dict[str, str] = {
+    "fbp": "fbp", "sirt": "sirt", "cgls": "cgls", "sgp_tv": "sgp_tv", "unet": "unet", "tv": "tv",
+    "svtv": "svtv", "tpv": "tpv", "graphla": "graphla", "tikhonov": "tikhonov", "rising": "rising",
+}
 
 
 @dataclass
@@ -38,7 +50,7 @@ class Callback(Protocol):
 class SolverParams(BaseModel):
     """Base of every solver's parameter model: strict, unknown keys are errors."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, defer_build=True)
 
 
 def unit(u: str, description: str, **kwargs) -> Any:
@@ -96,13 +108,23 @@ def register(name: str, params_model: type[SolverParams], description: str, iter
     return deco
 
 
+def _load(name: str) -> None:
+    """Import the module registering solver ``name`` (nothing when registered already)."""
+    if name not in REGISTRY and name in SOLVER_MODULES:
+        importlib.import_module(f"recon_cli.solvers.{SOLVER_MODULES[name]}")
+        if name not in REGISTRY:
+            raise RuntimeError(f"recon_cli.solvers.{SOLVER_MODULES[name]} did not register solver {name!r}")
+
+
 def _load_all() -> None:
-    import recon_cli.solvers  # noqa: F401  (imports every solver module, which registers it)
+    """Import every solver module (tools that need every implementation, e.g. layout tests)."""
+    for name in SOLVER_MODULES:
+        _load(name)
 
 
 def solver_names() -> list[str]:
-    _load_all()
-    return sorted(REGISTRY)
+    """Every solver's name, without importing any solver module."""
+    return sorted(set(SOLVER_MODULES) | set(REGISTRY))
 
 
 def default_params(name: str) -> dict:
@@ -113,11 +135,12 @@ def default_params(name: str) -> dict:
 
 
 def get_solver(name: str) -> SolverSpec:
-    """The registered solver, or ConfigError with the closest valid name."""
-    _load_all()
+    """The registered solver (its module imported on first use), or ConfigError with the closest valid name."""
+    _load(name)
     if name not in REGISTRY:
-        close = difflib.get_close_matches(name, REGISTRY, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else f"; available: {', '.join(sorted(REGISTRY))}"
+        names = solver_names()
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else f"; available: {', '.join(names)}"
         raise ConfigError(f"unknown solver {name!r}{hint}", field="solver.name")
     return REGISTRY[name]
 
