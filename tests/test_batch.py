@@ -23,6 +23,7 @@ from recon_cli.geometry import VolumeGrid, parallel_beam_geometry
 from recon_cli.io.hdf5 import write_sinogram
 from recon_cli.phantoms import shepp_logan
 from recon_cli.simulate import simulate_sinogram
+from cli_helpers import recon_quiet as recon  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = ["shepp_logan_fan60.h5", "head_fan60.h5", "shepp_logan_parallel180.h5", "shepp_logan_stack_fan60.h5"]
@@ -52,12 +53,6 @@ def fbp_pipeline(tmp_path_factory) -> Path:
     return path
 
 
-def recon(capsys, *args: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exc:
-        main(["-q", *args])
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
 
 
 def read_summary(outdir: Path) -> tuple[list[dict], dict]:

@@ -13,6 +13,7 @@ import yaml
 
 from recon_cli.backend import gpu_available
 from recon_cli.cli.main import main
+from cli_helpers import recon_quiet as recon  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "sample_data" / "shepp_logan_fan60.h5"
@@ -27,13 +28,6 @@ def in_repo(monkeypatch):
     monkeypatch.chdir(REPO)
 
 
-def recon(capsys, *args: str) -> tuple[int, str, str]:
-    """Run ``recon ARGS`` through main(); (exit code, stdout, stderr)."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exc:
-        main(["-q", *args])
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
 
 
 def one_error_line(err: str) -> str:

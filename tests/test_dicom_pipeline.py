@@ -17,6 +17,7 @@ from orthanc_server import free_port, running_orthanc, skip_reason
 from recon_cli.cli.main import main
 from recon_cli.io.dicom_series import read_series
 from recon_cli.io.dicom_writer import ANONYMOUS_IDENTITY, write_series
+from cli_helpers import recon_quiet as recon  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PIPELINE = REPO / "pipelines" / "dicom.yaml"
@@ -26,11 +27,6 @@ MU_WATER = 0.0192
 PSNR_FLOOR = 26.5
 
 
-def recon(capsys, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(["-q", *args])
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
 
 
 def hu_of(mu: np.ndarray) -> np.ndarray:

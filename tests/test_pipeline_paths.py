@@ -11,6 +11,7 @@ import yaml
 
 from recon_cli.cli.main import main
 from recon_cli.config import load_config
+from cli_helpers import recon_quiet as recon  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PIPELINES = sorted(p.stem for p in (REPO / "pipelines").glob("*.yaml"))
@@ -18,12 +19,6 @@ PIPELINES = sorted(p.stem for p in (REPO / "pipelines").glob("*.yaml"))
 LONG = {"graphla", "sgp_tv", "svtv", "svtv_learned", "tikhonov", "tpv", "tv"}
 
 
-def recon(capsys, *args: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exc:
-        main(["-q", *args])
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in LONG else n for n in PIPELINES])
