@@ -202,7 +202,8 @@ def write_report(results: dict, command: str) -> None:
          "source-origin/origin-detector); detector element = pixel x magnification; data simulated on a 2x finer "
          "grid and detector (no inverse crime). `tune` cases chose parameters; `test` cases only report. "
          "Metrics on a body mask; PSNR with the reference's range. "
-         "`693_*.dcm` and `eCT_Supplemental.dcm` are never used.", ""]
+         "The files reserved for acceptance tests (`recon_cli.learn.config.RESERVED_IMAGE_PATTERNS`) are never used.",
+         ""]
     findings = kept_findings(RESULTS / "suite.md")
     L += ["## Findings", "", FINDINGS_START, findings or "(none written yet)", FINDINGS_END, ""]
     rows = []

@@ -11,8 +11,8 @@ finer grid and detector (``recon_cli.simulate``: no inverse crime).
 
 Each case keeps the noise-free line integrals too, so the true noise e = y - p is known exactly.
 
-**Held out, never used here:** pydicom-data's ``693_*.dcm`` and ``eCT_Supplemental.dcm`` (reserved
-for acceptance tests; :data:`RESERVED` refuses them).
+**Held out, never used here:** the pydicom-data files reserved for acceptance tests
+(``recon_cli.learn.config.RESERVED_IMAGE_PATTERNS``; :func:`_dicom_path` refuses them).
 
 Split: ``tune`` cases choose parameters (``discrepancy_tau``, the noise estimator's constants);
 ``test`` cases only report. The real neck and abdomen slices are in both parts but with different
@@ -34,9 +34,6 @@ import numpy as np
 
 from recon_cli.geometry import FanFlat2D, Parallel2D, VolumeGrid
 from recon_cli.simulate import add_noise, block_mean, refine_geometry, resample_image, _project_2d
-
-#: Files of pydicom-data reserved for acceptance tests: never loaded here.
-RESERVED = ("693_", "eCT_Supplemental")
 
 #: Source/origin and origin/detector distances (mm) of the two fan-beam scanners.
 FAN_DISTANCES = {"A": (595.0, 490.0), "B": (1000.0, 300.0)}
@@ -64,11 +61,14 @@ class CaseSpec:
 
 # ----------------------------------------------------------------------------- images
 def _dicom_path(name: str) -> str:
-    if any(name.startswith(r) for r in RESERVED):
-        raise ValueError(f"{name} is reserved for acceptance tests")
+    """The real slice ``name`` (neck, abdomen, ct_small) from pydicom / pydicom-data, never a reserved file."""
     from pydicom.data import get_testdata_file
 
+    from recon_cli.learn.config import reserved_name
+
     files = {"neck": "bad_sequence.dcm", "abdomen": "explicit_VR-UN.dcm", "ct_small": "CT_small.dcm"}
+    if reserved_name(files[name]):
+        raise ValueError(f"{files[name]} is reserved for acceptance tests")
     path = get_testdata_file(files[name], download=False)
     if path is None:
         raise FileNotFoundError(f"{files[name]} not found: install pydicom-data (pip install pydicom-data)")

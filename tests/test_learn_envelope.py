@@ -64,9 +64,12 @@ def test_image_scale_is_per_slice_and_robust():
 
 
 def test_reserved_acceptance_files_are_refused_as_training_sources(tmp_path):
+    from recon_cli.learn.config import RESERVED_IMAGE_PATTERNS
     from recon_cli.learn.real_slices import load_slice, refuse_reserved
 
-    for bad in ("693_J2KI.dcm", "693_UNCI.DCM", "eCT_Supplemental.dcm", "/data/x/693_J2KR.dcm"):
+    # names matching each reserved pattern, upper-cased and inside a folder too
+    names = [p.replace("*", "J2KI") for p in RESERVED_IMAGE_PATTERNS]
+    for bad in names + [n.upper() for n in names] + ["/data/x/" + n for n in names]:
         for source in ({"kind": "dicom", "names": [bad]}, {"kind": "dicom", "paths": [bad]},
                        {"kind": "hdf5", "paths": [bad]}):
             raw = _raw(tmp_path)

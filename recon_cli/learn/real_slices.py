@@ -1,9 +1,9 @@
 """Real CT slices as training images: located by name, guarded, augmented per training pair.
 
 The project may train on three real slices shipped by pydicom and pydicom-data (neck
-``bad_sequence.dcm``, abdomen ``explicit_VR-UN.dcm``, head ``CT_small.dcm``); the files
-``693_*.dcm`` and ``eCT_Supplemental.dcm`` are reserved for acceptance tests and are refused
-here (recon_cli.learn.config.reserved_name), whatever way they are named.
+``bad_sequence.dcm``, abdomen ``explicit_VR-UN.dcm``, head ``CT_small.dcm``); the files reserved for
+acceptance tests (recon_cli.learn.config.RESERVED_IMAGE_PATTERNS, the one list naming them) are
+refused here (recon_cli.learn.config.reserved_name), whatever way they are named.
 
 Augmentation (:func:`augment_slice`): one random affine map (rotation, flips, zoom, shift of the
 field of view) composed with a smooth random elastic displacement, applied by one linear
