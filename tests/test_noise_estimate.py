@@ -32,25 +32,28 @@ def _true_std(noisy, clean) -> float:
     return float(np.sqrt(np.mean(e * e)))
 
 
+def _estimated_over_true(image, pixel, geometry, grid, **noise):
+    """(noise model, estimated std / true std) of ``image`` simulated with and without ``noise``."""
+    clean = simulate_sinogram(image, pixel, geometry, grid)
+    noisy = simulate_sinogram(image, pixel, geometry, grid, **noise)
+    model = estimate_noise_model(noisy.data)
+    return model, model.norm(noisy.data) / math.sqrt(noisy.data.size) / _true_std(noisy, clean), noisy
+
+
 def test_textured_anatomy_at_high_dose():
     """Poisson I0 = 1e6 on a textured body: the object's own detail must not be read as noise."""
     geometry, grid = _fan(128, 1.5, 60)
     image = anatomy_phantom(256, np.random.default_rng(71))
-    clean = simulate_sinogram(image, 0.75, geometry, grid)
-    noisy = simulate_sinogram(image, 0.75, geometry, grid, I0=1e6, seed=5)
-    model = estimate_noise_model(noisy.data)
-    est = model.norm(noisy.data) / math.sqrt(noisy.data.size)
-    assert abs(est / _true_std(noisy, clean) - 1) < 0.15
+    model, ratio, _ = _estimated_over_true(image, 0.75, geometry, grid, I0=1e6, seed=5)
+    assert abs(ratio - 1) < 0.15
     assert model.I0 == pytest.approx(1e6, rel=0.3)   # the Poisson part is recognised
 
 
 def test_gaussian_noise_on_thin_bright_lines():
     geometry, grid = _fan(128, 1.0, 90)
     image = coule_phantom(256, np.random.default_rng(72))
-    clean = simulate_sinogram(image, 0.5, geometry, grid)
-    noisy = simulate_sinogram(image, 0.5, geometry, grid, gaussian_rel=0.01, seed=6)
-    model = estimate_noise_model(noisy.data)
-    assert abs(model.norm(noisy.data) / math.sqrt(noisy.data.size) / _true_std(noisy, clean) - 1) < 0.15
+    model, ratio, noisy = _estimated_over_true(image, 0.5, geometry, grid, gaussian_rel=0.01, seed=6)
+    assert abs(ratio - 1) < 0.15
     assert model.gaussian > 3 * model.poisson * math.exp(float(np.mean(noisy.data)))  # additive noise wins
 
 

@@ -233,9 +233,13 @@ class CSRProduct:
         self.threads = max(1, int(threads))
         self.chunks = row_chunks(m, self.threads) if self.threads > 1 else None
 
+    def serial(self, k: int) -> bool:
+        """Whether a product with ``k`` columns runs on one thread (no threads, or too little work)."""
+        return self.chunks is None or len(self.chunks) == 1 or self.m.nnz * k < self.min_work * len(self.chunks)
+
     def __call__(self, v: np.ndarray) -> np.ndarray:
         k = v.shape[1] if v.ndim == 2 else 1
-        if self.chunks is None or len(self.chunks) == 1 or self.m.nnz * k < self.min_work * len(self.chunks):
+        if self.serial(k):
             return self.m @ v
         out = np.empty((self.m.shape[0], *v.shape[1:]), dtype=np.result_type(self.m.dtype, v.dtype))
 
@@ -248,7 +252,7 @@ class CSRProduct:
         return out
 
 
-class TransposedCSRProduct:
+class TransposedCSRProduct(CSRProduct):
     """v -> M.T @ v for a CSR M (a column-wise scatter through M's storage), optionally on threads.
 
     With threads and at least as many columns in v as threads, the columns of v are split
@@ -257,17 +261,13 @@ class TransposedCSRProduct:
     output block, and the blocks are summed (equal up to rounding).
     """
 
-    min_work = CSRProduct.min_work
-
     def __init__(self, m: sp.csr_matrix, threads: int = 1):
-        self.m = m
+        super().__init__(m, threads)
         self.mt = m.T  # a CSC on the same arrays, no copy
-        self.threads = max(1, int(threads))
-        self.chunks = row_chunks(m, self.threads) if self.threads > 1 else None
 
     def __call__(self, v: np.ndarray) -> np.ndarray:
         k = v.shape[1] if v.ndim == 2 else 1
-        if self.chunks is None or len(self.chunks) == 1 or self.m.nnz * k < self.min_work * len(self.chunks):
+        if self.serial(k):
             return self.mt @ v
         if k >= self.threads:
             cuts = np.linspace(0, k, self.threads + 1).astype(int)
