@@ -42,7 +42,6 @@ METRIC_NAMES = ("psnr", "ssim", "rel_err", "rmse", "hu_rmse", "residual", "wall_
 REFERENCE_METRICS = ("psnr", "ssim", "rel_err", "rmse", "hu_rmse")
 MetricName = Literal["psnr", "ssim", "rel_err", "rmse", "hu_rmse", "residual", "wall_time"]
 MetricList = list[MetricName]  # alias: MetricsSpec has a field named 'list'
-OUTPUT_FORMATS = ("hdf5", "png", "tiff", "nifti", "dicom", "tiff_slices")
 #: Output formats written as a folder of files (one per slice).
 FOLDER_FORMATS = ("dicom", "tiff_slices")
 

@@ -14,6 +14,9 @@ from typing import Union
 
 import numpy as np
 
+from recon_cli.constants import (REFERENCE_DETECTOR_COUNT, REFERENCE_DETECTOR_SPACING, REFERENCE_GRID_SHAPE,
+                                 REFERENCE_N_ANGLES, REFERENCE_ORIGIN_DETECTOR, REFERENCE_SOURCE_ORIGIN,
+                                 REFERENCE_VOXEL_SIZE)
 from recon_cli.errors import InputError
 
 
@@ -257,8 +260,9 @@ class VolumeGrid:
         return VolumeGrid(self.slice_shape, self.voxel_size)
 
 
-def fan_beam_geometry(n_angles: int = 60, detector_count: int = 512, detector_spacing: float = 1.2,
-                      source_origin: float = 595.0, origin_detector: float = 490.0,
+def fan_beam_geometry(n_angles: int = REFERENCE_N_ANGLES, detector_count: int = REFERENCE_DETECTOR_COUNT,
+                      detector_spacing: float = REFERENCE_DETECTOR_SPACING,
+                      source_origin: float = REFERENCE_SOURCE_ORIGIN, origin_detector: float = REFERENCE_ORIGIN_DETECTOR,
                       arc: float = 2 * np.pi) -> FanFlat2D:
     """Fan-flat geometry with ``n_angles`` equally spaced views over ``arc`` radians."""
     angles = np.linspace(0.0, arc, n_angles, endpoint=False)
@@ -275,7 +279,7 @@ def parallel_beam_geometry(n_angles: int = 180, detector_count: int = 256, detec
 
 def reference_geometry() -> tuple[FanFlat2D, VolumeGrid]:
     """The project's reference case: 60-view fan beam on a 256x256 grid of 1 mm pixels."""
-    return fan_beam_geometry(), VolumeGrid((256, 256), 1.0)
+    return fan_beam_geometry(), VolumeGrid(REFERENCE_GRID_SHAPE, REFERENCE_VOXEL_SIZE)
 
 
 def fingerprint(geometry: Geometry, grid: VolumeGrid, extra: str = "") -> str:

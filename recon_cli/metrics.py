@@ -17,7 +17,7 @@ import numpy as np
 from recon_cli.backend import to_numpy
 from recon_cli.errors import ConfigError, InputError
 
-MU_WATER = 0.0192  # 1/mm
+from recon_cli.constants import MU_WATER  # 1/mm
 #: Every metric name, in table order.
 METRIC_NAMES = ("psnr", "ssim", "rel_err", "rmse", "hu_rmse", "residual", "wall_time")
 _NEED_REFERENCE = {"psnr", "ssim", "rel_err", "rmse", "hu_rmse"}

@@ -14,7 +14,7 @@ import numpy as np
 
 from recon_cli.errors import InputError
 
-MU_WATER = 0.0192  # 1/mm
+from recon_cli.constants import MU_WATER  # 1/mm
 
 
 @dataclass(frozen=True)

@@ -74,16 +74,6 @@ def install_signal_handlers(handler: Callable | None = None) -> bool:
     return True
 
 
-def restore_default_handlers() -> None:
-    """Python's defaults again: SIGINT -> KeyboardInterrupt, SIGTERM -> terminate."""
-    if threading.current_thread() is not threading.main_thread():
-        return
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    _state["installed"] = False
-    _state["raised"] = False
-
-
 class preserved_signal_handlers:
     """Context manager: whatever handlers SIGINT / SIGTERM have now are put back on exit
     (so ``main()`` called in-process, e.g. by tests, leaves the caller's handlers alone)."""

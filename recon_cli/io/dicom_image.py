@@ -10,7 +10,7 @@ import numpy as np
 
 from recon_cli.errors import InputError
 
-MU_WATER = 0.0192  # 1/mm
+from recon_cli.constants import MU_WATER  # 1/mm
 
 #: Hounsfield value given to pixels equal to the file's PixelPaddingValue (outside the scan circle).
 HU_AIR = -1000.0

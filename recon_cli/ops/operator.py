@@ -72,20 +72,3 @@ def adjoint_mismatch(op: Operator, seed: int = 0) -> float:
     rhs = float(xp.vdot(x.astype(np.float64), aty.astype(np.float64)))
     scale = float(xp.linalg.norm(ax)) * float(xp.linalg.norm(y))
     return abs(lhs - rhs) / scale
-
-
-class ScaledOperator(Operator):
-    """c * A (keeps A's cached norm)."""
-
-    def __init__(self, op: Operator, c: float):
-        self.op, self.c = op, float(c)
-        self.domain_shape, self.range_shape, self.xp = op.domain_shape, op.range_shape, op.xp
-
-    def forward(self, x):
-        return self.op.forward(x) * self.c
-
-    def adjoint(self, y):
-        return self.op.adjoint(y) * self.c
-
-    def norm(self, iterations: int = 30, seed: int = 0) -> float:
-        return abs(self.c) * self.op.norm(iterations, seed)

@@ -168,12 +168,6 @@ def load_or_build_stored_matrix(geometry: Geometry, grid: VolumeGrid, projector_
     return m, symmetry, folder if use_cache else None
 
 
-def load_or_build_matrix(geometry: Geometry, grid: VolumeGrid, projector_type: str | None = None,
-                         use_cache: bool = True) -> sp.csr_matrix:
-    """The full CSR float32 matrix A of shape (n_angles*n_det, ny*nx) (expanded from the stored views)."""
-    return AstraMatrixProjector(geometry, grid, projector_type, use_cache, threads=1).matrix
-
-
 def default_threads() -> int:
     """$RECON_NUM_THREADS, else 1.
 

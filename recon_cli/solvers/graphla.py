@@ -62,7 +62,7 @@ from recon_cli.solvers.tv import choose_lam
 
 log = logging.getLogger(__name__)
 
-MU_WATER = 0.0192  # 1/mm
+from recon_cli.constants import MU_WATER  # 1/mm
 
 
 class GraphLaParams(SolverParams):

@@ -273,11 +273,3 @@ def solve(op: Operator, sino: Sinogram, params: RisingParams, callback=None) -> 
         if last:
             info[f"{name}_iterate"] = float(np.mean(last)) if len(last) > 1 else last[0]
     return Reconstruction(volume=volume, info=info)
-
-
-def early_iterate(op: Operator, sino: Sinogram, params: RisingParams | dict, callback=None):
-    """Step one alone: x_k as RISING computes it (for benchmarks and tests)."""
-    if not isinstance(params, RisingParams):
-        params = RisingParams.model_validate(params)
-    return step_one(params.iterative, params.k, op, sino, callback)[0]
-

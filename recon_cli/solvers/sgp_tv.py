@@ -43,7 +43,7 @@ from recon_cli.ops.operator import Operator
 from recon_cli.sinogram import Reconstruction, Sinogram
 from recon_cli.solvers.registry import IterationState, SolverParams, SolverRef, register, run_ref, unit
 
-MU_WATER = 0.0192  # 1/mm
+from recon_cli.constants import MU_WATER  # 1/mm
 
 
 class SGPTVParams(SolverParams):

@@ -31,7 +31,7 @@ from recon_cli.solvers.registry import SolverParams, register, unit
 
 log = logging.getLogger(__name__)
 
-MU_WATER = 0.0192  # 1/mm
+from recon_cli.constants import MU_WATER  # 1/mm
 
 
 class TVParams(SolverParams):
