@@ -17,7 +17,6 @@ current folder. A model given by a bare name (``model: postproc_fan60``) is a sh
 """
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import os
@@ -29,11 +28,14 @@ from typing import Annotated, Any, ClassVar, Literal, Optional, Sequence, Union
 import re
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, \
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, \
     model_serializer, model_validator
 
+from recon_cli.constants import (MU_WATER, REFERENCE_DETECTOR_COUNT, REFERENCE_DETECTOR_SPACING, REFERENCE_N_ANGLES,
+                                 REFERENCE_ORIGIN_DETECTOR, REFERENCE_SOURCE_ORIGIN)
 from recon_cli.errors import ConfigError, ConfigErrors
-from recon_cli.io.dicom_input import simulation_defaults
+from recon_cli.registries import OUTPUT_FORMATS, PREPROCESS_STEPS, PROJECTOR_KINDS, check_choice, reader_formats, \
+    suggestion
 from recon_cli.solvers.registry import SolverRef, get_solver
 
 #: Metric names a pipeline may ask for (see recon_cli.metrics.compute_metrics).
@@ -42,10 +44,13 @@ METRIC_NAMES = ("psnr", "ssim", "rel_err", "rmse", "hu_rmse", "residual", "wall_
 REFERENCE_METRICS = ("psnr", "ssim", "rel_err", "rmse", "hu_rmse")
 MetricName = Literal["psnr", "ssim", "rel_err", "rmse", "hu_rmse", "residual", "wall_time"]
 MetricList = list[MetricName]  # alias: MetricsSpec has a field named 'list'
-#: Output formats written as a folder of files (one per slice).
-FOLDER_FORMATS = ("dicom", "tiff_slices")
 
 Path_ = Annotated[str, Field(min_length=1)]
+#: Names whose choices are a registry's (recon_cli.registries), checked when a pipeline is validated, so a
+#: format registered at run time (a plug-in, a test) is accepted and an unknown one names the registered ones.
+InputFormat = Annotated[str, AfterValidator(lambda v: check_choice(v, ["auto", *reader_formats()]))]
+OutputFormat = Annotated[str, AfterValidator(lambda v: OUTPUT_FORMATS.choice(v))]
+ProjectorKind = Annotated[str, AfterValidator(lambda v: PROJECTOR_KINDS.choice(v, ("auto",)))]
 
 
 class Strict(BaseModel):
@@ -54,20 +59,18 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-_SIMULATE = simulation_defaults()  # the reference geometry (recon_cli.geometry.reference_geometry)
-
-
 class SimulateSpec(Strict):
-    """The acquisition simulated from an image input (input.format dicom); defaults: the reference geometry."""
+    """The acquisition simulated from an image input (input.format dicom, recon_cli.simulate_dicom); defaults:
+    the reference geometry (recon_cli.constants)."""
 
     geometry: Literal["fanflat", "parallel"] = Field(
         "fanflat", description="fanflat: flat-detector fan beam, views over 2*pi; parallel: views over pi")
-    angles: int = Field(_SIMULATE["angles"], ge=1, description="number of equally spaced views")
-    detector_count: int = Field(_SIMULATE["detector_count"], ge=1, description="detector elements")
-    detector_spacing: float = Field(_SIMULATE["detector_spacing"], gt=0, description="detector pitch, mm")
-    source_origin: float = Field(_SIMULATE["source_origin"], gt=0,
+    angles: int = Field(REFERENCE_N_ANGLES, ge=1, description="number of equally spaced views")
+    detector_count: int = Field(REFERENCE_DETECTOR_COUNT, ge=1, description="detector elements")
+    detector_spacing: float = Field(REFERENCE_DETECTOR_SPACING, gt=0, description="detector pitch, mm")
+    source_origin: float = Field(REFERENCE_SOURCE_ORIGIN, gt=0,
                                  description="fanflat: source to rotation axis, mm")
-    origin_detector: float = Field(_SIMULATE["origin_detector"], gt=0,
+    origin_detector: float = Field(REFERENCE_ORIGIN_DETECTOR, gt=0,
                                    description="fanflat: rotation axis to detector, mm")
     I0: Optional[float] = Field(None, gt=0, description="Poisson noise: incident photons per detector element; "
                                                           "default: no noise")
@@ -77,7 +80,7 @@ class SimulateSpec(Strict):
 class InputSpec(Strict):
     path: Path_ = Field(description="input file, or folder for dicom and dicom-ctpd (relative to the current "
                                     "directory)")
-    format: Literal["auto", "hdf5", "nxtomo", "dxchange", "dicom-ctpd", "dicom"] = Field(
+    format: InputFormat = Field(
         "auto", description="file format; auto detects it by content (recon_cli.io.formats)")
     rows: Optional[Union[int, str, list[int]]] = Field(
         None, description="nxtomo/dxchange: detector rows (slices): an int (one slice), 'start:stop[:step]' "
@@ -116,7 +119,7 @@ class InputSpec(Strict):
 
 
 class ProjectorSpec(Strict):
-    kind: Literal["auto", "astra", "matrix", "cuda"] = Field(
+    kind: ProjectorKind = Field(
         "auto", description="auto: cuda on a GPU, else the cached matrix when it pays for the run's iterations x "
                             "slices and fits in memory (docs/cache.md), else astra")
     type: str = Field("auto", description="ASTRA projector type (e.g. line_fanflat, strip, linear) or auto")
@@ -142,8 +145,12 @@ class RemoveStripesStep(Strict):
                                                     "are usual); wider removes wider stripes")
 
 
-#: One preprocessing step, chosen by its ``step`` key (later steps join this union).
-PreprocessStep = Annotated[Union[LogTransformStep, RemoveStripesStep], Field(discriminator="step")]
+PREPROCESS_STEPS.add("log_transform", "recon_cli.preprocess:log_transform_step", model=LogTransformStep)
+PREPROCESS_STEPS.add("remove_stripes", "recon_cli.stripes:remove_stripes_step", model=RemoveStripesStep)
+#: One preprocessing step, chosen by its ``step`` key: the models registered above (a new step: its model
+#: here, its ``apply(sinogram, step)`` in its own module, one registration line).
+_STEP_MODELS = tuple(PREPROCESS_STEPS.get(name).facts["model"] for name in PREPROCESS_STEPS.names())
+PreprocessStep = Annotated[Union[_STEP_MODELS], Field(discriminator="step")]
 
 
 class PacsSpec(Strict):
@@ -160,10 +167,9 @@ class PacsSpec(Strict):
 class OutputSpec(Strict):
     path: Optional[Path_] = Field(None, description="HDF5 output; other formats change its suffix. "
                                                     "Default: out/<name>.h5")
-    formats: list[Literal["hdf5", "png", "tiff", "nifti", "dicom", "tiff_slices"]] = Field(
+    formats: list[OutputFormat] = Field(
         default_factory=lambda: ["hdf5"], min_length=1,
-        description="hdf5 (.h5), png (.png), tiff (.tif), nifti (.nii.gz), dicom (a folder <stem>_dicom/), "
-                    "tiff_slices (a folder <stem>_tiff/ of one float32 TIFF per slice)")
+        description=", ".join(OUTPUT_FORMATS.get(n)["description"] for n in OUTPUT_FORMATS.names()))
     png_window: Optional[tuple[float, float]] = Field(
         None, description="[center, width] in HU mapped to black..white (e.g. [40, 400]); "
                           "default: the image's min..max")
@@ -202,7 +208,7 @@ class MetricsSpec(Strict):
                                                         "or NIfTI (recon_cli.io.images); default: the input's "
                                                         "/reference")
     list: MetricList = Field(default_factory=lambda: [*METRIC_NAMES], description="metrics to compute")
-    mu_water: float = Field(0.0192, gt=0, description="attenuation of water in 1/mm, for HU")
+    mu_water: float = Field(MU_WATER, gt=0, description="attenuation of water in 1/mm, for HU")
     mask: Optional[Path_] = Field(None, description="image (as reference); metrics only where it is non-zero")
 
 
@@ -260,8 +266,9 @@ class PipelineConfig(Strict):
         path = Path(self.output.path)
         known = path.suffix.lower() in (".h5", ".hdf5", ".nxs")
         stem = path.with_suffix("") if known else path
-        suffix = {"hdf5": path.suffix if known else ".h5", "png": ".png", "tiff": ".tif", "nifti": ".nii.gz",
-                  "dicom": "_dicom", "tiff_slices": "_tiff"}  # dicom, tiff_slices: a folder of one file per slice
+        suffix = {fmt: OUTPUT_FORMATS.get(fmt)["suffix"] for fmt in self.output.formats}  # recon_cli.registries
+        if known and "hdf5" in suffix:
+            suffix["hdf5"] = path.suffix
         return {fmt: stem.with_name(stem.name + suffix[fmt]) for fmt in self.output.formats}
 
     def pacs_record_path(self) -> Path | None:
@@ -688,11 +695,7 @@ def _describe(err: dict, loc: tuple, raw: dict, source: str | None, lines: dict,
 
 
 def _suggest(word: str, valid: Sequence[str], what: str = "keys") -> str:
-    valid = [str(v) for v in valid]
-    close = difflib.get_close_matches(word, valid, n=1, cutoff=0.6)
-    if close:
-        return f"; did you mean '{close[0]}'?"
-    return f"; valid {what}: {', '.join(valid)}" if valid else ""
+    return suggestion(word, [str(v) for v in valid], what)
 
 
 def _repair_loc(loc: tuple, raw: Any) -> tuple:

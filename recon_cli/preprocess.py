@@ -1,7 +1,7 @@
 """Pure maths that turns measured projections into line integrals on the geometry ASTRA expects.
 
-No file I/O here: readers (recon_cli.io.nexus, recon_cli.io.dicom_ctpd) and the runner's
-``log_transform`` step call these functions. Arrays are float32 on the way out.
+No file I/O here: readers (recon_cli.io.nexus, recon_cli.io.dicom_ctpd) and the pipeline's
+``log_transform`` step (:func:`log_transform_step`) call these functions. Arrays are float32 on the way out.
 
 - :func:`flat_dark_correct`: transmission T = (I - dark) / (flat - dark).
 - :func:`minus_log` / :func:`log_transform_counts`: line integrals -log(T), -log(I / I0); values
@@ -101,6 +101,27 @@ def log_transform_counts(counts: np.ndarray, I0: float, *, clamp: float | None =
         c = _clamped(c, float(clamp), "count")
     return minus_log(c / np.float32(I0), what="count")
 
+
+
+def log_transform_step(sino, step):
+    """The pipeline step ``log_transform`` (recon_cli.config.LogTransformStep): a Sinogram of intensities ->
+    one of line integrals -log(I / I0); I0 from the step, else metadata I0, else the largest value.
+
+    Counts <= 0 raise InputError unless the step's ``clamp`` (the smallest count allowed) is given.
+    """
+    import dataclasses
+
+    data = np.asarray(sino.data, dtype=np.float32)
+    I0 = step.I0
+    if I0 is None:
+        I0 = float(sino.metadata.get("I0") or data.max())
+    if not I0 > 0:
+        raise InputError(f"log_transform needs positive intensities (I0 = {I0})", field="preprocess.log_transform")
+    try:
+        line_integrals = log_transform_counts(data, I0, clamp=step.clamp)
+    except InputError as exc:
+        raise InputError(exc.message, file=sino.metadata.get("source"), field="preprocess.log_transform") from None
+    return dataclasses.replace(sino, data=line_integrals, metadata={**sino.metadata, "log_transform_I0": float(I0)})
 
 def _clamped(values: np.ndarray, floor: float, what: str) -> np.ndarray:
     low = values < floor

@@ -8,7 +8,6 @@ stored is written next to the outputs (``<stem>.pacs.json``, also when sending f
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import shutil
@@ -20,17 +19,15 @@ from typing import Any
 
 import numpy as np
 
-from recon_cli.backend import Device, select_device, to_numpy
-from recon_cli.config import FOLDER_FORMATS, REFERENCE_METRICS, LogTransformStep, PipelineConfig, \
-    RemoveStripesStep, config_hash, resolved_yaml, with_overrides
+from recon_cli.backend import Device, select_device
+from recon_cli.config import REFERENCE_METRICS, PipelineConfig, config_hash, resolved_yaml, with_overrides
 from recon_cli.errors import ConfigError, InputError
+from recon_cli.registries import OUTPUT_FORMATS, PREPROCESS_STEPS, folder_formats
 from recon_cli.sinogram import Sinogram
+from recon_cli.solving import (Solved, build_projector, finish_part, merge_part_info, relative_residual,
+                               residual_sums, sub_stack, to_device)
 
 log = logging.getLogger(__name__)
-
-#: Projector class name -> the ``projector.kind`` it implements.
-_PROJECTOR_KINDS = {"AstraMatrixProjector": "matrix", "AstraCPUProjector": "astra", "AstraCUDAProjector": "cuda"}
-
 
 @dataclass
 class RunResult:
@@ -237,15 +234,15 @@ def check_outputs(outputs: dict[str, Path], input_path: Path, overwrite: bool) -
         if fmt == "dicom" and input_path.exists() and path.resolve() in input_path.resolve().parents:
             raise InputError("the DICOM output folder would hold the input; choose another output path",
                              file=str(path))
-        if path.is_dir() and fmt not in FOLDER_FORMATS:
+        if path.is_dir() and fmt not in folder_formats():
             raise InputError("exists and is a folder", file=str(path))
         if path.exists() and not overwrite:
             raise InputError("exists; use --overwrite", file=str(path))
         check_writable(path, overwrite)  # an unwritable folder is refused before the solve, not after
         if fmt == "dicom" and path.exists():
-            from recon_cli.io.dicom_writer import _safe_to_replace
+            from recon_cli.io.dicom_writer import check_safe_to_replace
 
-            _safe_to_replace(path)
+            check_safe_to_replace(path)
 
 
 def read_input(cfg: PipelineConfig) -> Sinogram:
@@ -311,17 +308,9 @@ def select_metrics(cfg: PipelineConfig, have_reference: bool) -> list[str]:
 
 
 def apply_preprocess(sino: Sinogram, steps: list) -> Sinogram:
-    """Apply the pipeline's preprocessing steps in order (host arrays)."""
+    """Apply the pipeline's preprocessing steps in order (host arrays; recon_cli.registries.PREPROCESS_STEPS)."""
     for step in steps:
-        if isinstance(step, LogTransformStep):
-            sino = log_transform(sino, step.I0, step.clamp)
-        elif isinstance(step, RemoveStripesStep):
-            from recon_cli.stripes import remove_stripes_sorting
-
-            data = remove_stripes_sorting(sino.data, size=step.size)
-            sino = dataclasses.replace(sino, data=data, metadata={**sino.metadata, "stripes_removed": step.method})
-        else:  # pragma: no cover - the schema admits only known steps
-            raise ConfigError(f"preprocess step {step!r} not implemented", field="preprocess")
+        sino = PREPROCESS_STEPS.get(step.step).load()(sino, step)
     return sino
 
 
@@ -335,46 +324,7 @@ def input_facts(sino: Sinogram) -> dict[str, Any]:
     return facts
 
 
-def log_transform(sino: Sinogram, I0: float | None = None, clamp: float | None = None) -> Sinogram:
-    """Intensities -> line integrals -log(I / I0); I0 defaults to metadata I0, else the largest value.
-
-    Counts <= 0 raise InputError unless ``clamp`` (the smallest count allowed) is given.
-    """
-    from recon_cli.preprocess import log_transform_counts
-
-    data = np.asarray(sino.data, dtype=np.float32)
-    if I0 is None:
-        I0 = float(sino.metadata.get("I0") or data.max())
-    if not I0 > 0:
-        raise InputError(f"log_transform needs positive intensities (I0 = {I0})", field="preprocess.log_transform")
-    try:
-        line_integrals = log_transform_counts(data, I0, clamp=clamp)
-    except InputError as exc:
-        raise InputError(exc.message, file=sino.metadata.get("source"), field="preprocess.log_transform") from None
-    return dataclasses.replace(sino, data=line_integrals,
-                               metadata={**sino.metadata, "log_transform_I0": float(I0)})
-
-
-def to_device(sino: Sinogram, device: Device) -> Sinogram:
-    """The sinogram with ``data`` as a float32 array of the device's array module."""
-    data = device.xp.asarray(sino.data, dtype=np.float32)
-    return dataclasses.replace(sino, data=data)
-
-
 # ----------------------------------------------------------------------------- outputs
-
-
-def _scalar_info(info: dict) -> dict[str, Any]:
-    """The scalar entries of a solver's info (history and arrays left out)."""
-    out = {}
-    for key, value in (info or {}).items():
-        if key == "history":
-            continue
-        if isinstance(value, (bool, int, float, str)) or value is None:
-            out[key] = value
-        elif isinstance(value, np.generic):
-            out[key] = value.item()
-    return out
 
 
 def _reference_source(cfg: PipelineConfig, reference) -> str | None:
@@ -389,24 +339,6 @@ def recon_facts(cfg: PipelineConfig, sino: Sinogram) -> dict[str, Any]:
     return {"pipeline": cfg.name, "solver": cfg.solver.name,
             "params": params.model_dump(mode="json") if hasattr(params, "model_dump") else dict(params or {}),
             "geometry": sino.geometry.attrs(), "n_angles": int(sino.geometry.n_angles)}
-
-
-def write_dicom_output(cfg: PipelineConfig, path: Path, volume: np.ndarray, voxel_size: float, *,
-                       dicom_source: dict | None, recon: dict, overwrite: bool) -> None:
-    """The reconstruction as a CT series folder. A DICOM input lends its patient/study identity, slice
-    spacing and (axial series) position, so the series lies on its source; otherwise anonymous."""
-    from recon_cli.io.dicom_writer import write_series
-
-    source = dicom_source or {}
-    spacing = source.get("spacing")
-    if spacing is None or not math.isclose(spacing[-1], voxel_size, rel_tol=1e-6):
-        spacing, origin = voxel_size, None
-    else:
-        origin = source.get("origin")
-    window = tuple(cfg.output.png_window) if cfg.output.png_window else (40.0, 400.0)
-    write_series(path, volume, spacing, mu_water=cfg.metrics.mu_water, series_description=cfg.name,
-                 identity=source.get("identity"), recon=recon, origin=origin, window=window,
-                 source_series_uid=source.get("series_uid"), overwrite=overwrite)
 
 
 def send_to_pacs(cfg: PipelineConfig, dicom_dir: Path, record_path: Path, overwrite: bool) -> dict:
@@ -440,47 +372,24 @@ def write_outputs(cfg: PipelineConfig, outputs: dict[str, Path], volume: np.ndar
     ``dicom_source``: Sinogram.metadata["dicom"] of a DICOM input; ``recon_facts``: see :func:`recon_facts`.
     """
     from recon_cli.io.atomic import output_set
+    from recon_cli.io.writers import OutputFacts
 
+    facts = OutputFacts(metrics=metrics, provenance=provenance, history=history, info=info,
+                        window=tuple(cfg.output.png_window) if cfg.output.png_window else None,
+                        mu_water=cfg.metrics.mu_water, name=cfg.name, dicom_source=dicom_source,
+                        recon=recon_facts or {})
     written: list[Path] = []
     with output_set(list(outputs.values())):
-        _write_each(cfg, outputs, volume, voxel_size, written, metrics=metrics, provenance=provenance,
-                    history=history, info=info, overwrite=overwrite, dicom_source=dicom_source,
-                    recon_facts=recon_facts)
+        _write_each(outputs, volume, voxel_size, facts, written, overwrite=overwrite)
 
 
-def _write_each(cfg: PipelineConfig, outputs: dict[str, Path], volume: np.ndarray, voxel_size: float,
-                written: list[Path], *, metrics: dict, provenance: dict, history: dict, info: dict, overwrite: bool,
-                dicom_source: dict | None, recon_facts: dict | None) -> None:
-    """The body of :func:`write_outputs`: each format in turn; on failure the ones written are removed."""
+def _write_each(outputs: dict[str, Path], volume: np.ndarray, voxel_size: float, facts, written: list[Path], *,
+                overwrite: bool) -> None:
+    """The body of :func:`write_outputs`: each format's registered writer in turn (recon_cli.registries.
+    OUTPUT_FORMATS); on failure the ones written are removed."""
     try:
         for fmt, path in outputs.items():
-            if fmt == "hdf5":
-                from recon_cli.io.hdf5 import write_reconstruction
-
-                write_reconstruction(path, volume, voxel_size, metrics=metrics, provenance=provenance,
-                                     history=history, info=info, overwrite=overwrite)
-            elif fmt == "png":
-                from recon_cli.io.png import write_png
-
-                window = tuple(cfg.output.png_window) if cfg.output.png_window else None
-                write_png(path, volume, window, cfg.metrics.mu_water, overwrite=overwrite)
-            elif fmt == "tiff":
-                from recon_cli.io.tiff_nifti import write_tiff
-
-                write_tiff(path, volume, voxel_size, overwrite=overwrite)
-            elif fmt == "tiff_slices":
-                from recon_cli.io.tiff_nifti import write_tiff_slices
-
-                write_tiff_slices(path, volume, voxel_size, overwrite=overwrite)
-            elif fmt == "nifti":
-                from recon_cli.io.tiff_nifti import write_nifti
-
-                write_nifti(path, volume, voxel_size, overwrite=overwrite)
-            elif fmt == "dicom":
-                write_dicom_output(cfg, path, volume, voxel_size, dicom_source=dicom_source,
-                                   recon=recon_facts or {}, overwrite=overwrite)
-            else:  # pragma: no cover - the schema admits only known formats
-                raise ConfigError(f"output format {fmt!r} not implemented", field="output.formats")
+            OUTPUT_FORMATS.get(fmt).load()(path, volume, voxel_size, facts, overwrite=overwrite)
             written.append(path)
             log.info("wrote %s", path)
     except BaseException:
@@ -493,19 +402,6 @@ def _write_each(cfg: PipelineConfig, outputs: dict[str, Path], volume: np.ndarra
 
 
 # ----------------------------------------------------------------------------- solving: chunks and checkpoints
-
-
-@dataclass
-class Solved:
-    """The solver's result over the whole grid (host float32) and what the outputs record about it."""
-
-    volume: np.ndarray
-    info: dict[str, Any]
-    history: dict[str, Any]
-    residual: float | None
-    wall_time: float
-    time_setup: float
-    projector: dict[str, Any]
 
 
 def prepare_checkpoint(cfg: PipelineConfig, outputs: dict[str, Path], input_sha256: str, device: Device,
@@ -549,28 +445,17 @@ def prepare_checkpoint(cfg: PipelineConfig, outputs: dict[str, Path], input_sha2
     return CheckpointWriter(path, Checkpoint(key=key, chunks=[tuple(c) for c in plan.chunks]), every)
 
 
-def sub_stack(sino: Sinogram, start: int, stop: int) -> Sinogram:
-    """Slices [start, stop) of a 2D slice stack, as a Sinogram of its own (no copy of the data)."""
-    from recon_cli.geometry import VolumeGrid
-
-    ny, nx = sino.grid.slice_shape
-    grid = VolumeGrid((stop - start, ny, nx), sino.grid.voxel_size)
-    reference = sino.reference[start:stop] if sino.reference is not None else None
-    return dataclasses.replace(sino, data=sino.data[start:stop], grid=grid, reference=reference)
-
-
 def solve_in_chunks(cfg: PipelineConfig, sino: Sinogram, device: Device, plan, writer, *, progress: bool = True,
                     want_residual: bool = True) -> Solved:
     """Run the solver over ``plan.chunks`` of slices (one chunk: the whole grid), with checkpoints.
 
-    Chunks are solved one after the other with one projector at a time; a resumed run skips the
-    finished chunks (their slices come from the checkpoint) and continues the chunk in progress from
-    the solver state saved in it. The residual metric ||Ax - y|| / ||y|| is summed over chunks.
+    Chunks are solved one after the other with one projector at a time (recon_cli.solving); a resumed
+    run skips the finished chunks (their slices come from the checkpoint) and continues the chunk in
+    progress from the solver state saved in it. The residual metric ||Ax - y|| / ||y|| is summed over chunks.
     """
     from recon_cli.checkpoint import combine
     from recon_cli.progress import iteration_budget, solver_progress
     from recon_cli.solvers.registry import run_ref
-    from recon_cli.worker_cache import make_projector  # cached in worker processes only
 
     chunks = [tuple(c) for c in plan.chunks]
     split = len(chunks) > 1
@@ -579,7 +464,6 @@ def solve_in_chunks(cfg: PipelineConfig, sino: Sinogram, device: Device, plan, w
     volume = np.empty(sino.grid.shape, dtype=np.float32) if split else None
     if split and first > 0:
         volume[:chunks[first - 1][1]] = ckpt.done_volume
-    ptype = None if cfg.projector.type == "auto" else cfg.projector.type
     budget = iteration_budget(cfg.solver.params)
     writer.final_iteration = budget
     res_sq = y_sq = 0.0
@@ -591,17 +475,14 @@ def solve_in_chunks(cfg: PipelineConfig, sino: Sinogram, device: Device, plan, w
         part = sub_stack(sino, start, stop) if split else sino
         if op is None or op_slices != stop - start:
             op = None  # free the previous projector (and its matrix) first
-            t0 = time.perf_counter()
-            op = make_projector(part.geometry, part.grid, device, plan.projector_kind, ptype)
-            time_setup += time.perf_counter() - t0
+            op, seconds, projector = build_projector(cfg, part, device, plan.projector_kind)
+            time_setup += seconds
             op_slices = stop - start
-            projector = {"kind": _PROJECTOR_KINDS.get(type(op).__name__, type(op).__name__),
-                         "type": getattr(op, "projector_type", None)}
         part_dev = to_device(part, device)
         if index < first:  # finished before the interruption: only its residual is needed
             if want_residual:
-                x = device.xp.asarray(volume[start:stop])
-                res_sq, y_sq = _add_residual(op, x, part_dev.data, res_sq, y_sq)
+                sums = residual_sums(op, device.xp.asarray(volume[start:stop]), part_dev.data)
+                res_sq, y_sq = res_sq + sums[0], y_sq + sums[1]
             continue
         resume_state = ckpt.state if index == ckpt.chunk else None
         label = cfg.solver.name + (f" [{index + 1}/{len(chunks)}]" if split else "")
@@ -616,49 +497,18 @@ def solve_in_chunks(cfg: PipelineConfig, sino: Sinogram, device: Device, plan, w
                 raise InputError(f"the solver state does not fit this run ({type(exc).__name__}: {exc}); delete "
                                  "it to start again", file=str(writer.path)) from None
         wall_time += time.perf_counter() - t0
-        if tuple(rec.volume.shape) != tuple(part.grid.shape):
-            raise RuntimeError(f"solver {cfg.solver.name!r} returned shape {list(rec.volume.shape)}, "
-                               f"expected {list(part.grid.shape)}")
-        if want_residual:
-            res_sq, y_sq = _add_residual(op, rec.volume, part_dev.data, res_sq, y_sq)
-        host = np.ascontiguousarray(to_numpy(rec.volume), dtype=np.float32)
-        history = {k: v for k, v in (rec.info.get("history") or {}).items() if v is not None and len(v) > 0}
-        infos.append(_scalar_info(rec.info))
-        histories.append(history)
+        done = finish_part(cfg, op, rec, part_dev, want_residual=want_residual)
+        res_sq, y_sq = res_sq + done.res_sq, y_sq + done.y_sq
+        infos.append(done.info)
+        histories.append(done.history)
         if split:
-            volume[start:stop] = host
+            volume[start:stop] = done.volume
             if index + 1 < len(chunks):
-                writer.chunk_done(index, volume[:stop], {**infos[-1], "history": history})
+                writer.chunk_done(index, volume[:stop], {**infos[-1], "history": done.history})
         else:
-            volume = host
-        del rec, part_dev
-    residual = None
-    if want_residual:
-        residual = math.sqrt(res_sq / y_sq) if y_sq > 0 else math.sqrt(res_sq)
-    info, history = _merge_chunk_info(infos, histories, chunks)
+            volume = done.volume
+        del rec, part_dev, done
+    residual = relative_residual(res_sq, y_sq) if want_residual else None
+    info, history = merge_part_info(infos, histories, chunks)
     return Solved(volume=volume, info=info, history=history, residual=residual, wall_time=wall_time,
                   time_setup=time_setup, projector=projector or {"kind": None, "type": None})
-
-
-def _add_residual(op, x, y, res_sq: float, y_sq: float) -> tuple[float, float]:
-    xp = op.xp
-    r = op.forward(x) - y
-    return res_sq + float(xp.vdot(r.ravel(), r.ravel())), y_sq + float(xp.vdot(y.ravel(), y.ravel()))
-
-
-def _merge_chunk_info(infos: list[dict], histories: list[dict], chunks: list) -> tuple[dict, dict]:
-    """One chunk: its info and history. Several: the first chunk's info with summed times, the
-    largest iteration count, ``chunks`` and ``chunk_slices``; histories as ``<name>_chunk<i>``."""
-    if len(chunks) == 1:
-        return dict(infos[0]), dict(histories[0])
-    info = dict(infos[0])
-    for key in ("time_total", "time_projector"):
-        values = [i.get(key) for i in infos if isinstance(i.get(key), (int, float))]
-        if values:
-            info[key] = float(sum(values))
-    iterations = [i.get("iterations") for i in infos if isinstance(i.get("iterations"), int)]
-    if iterations:
-        info["iterations"] = max(iterations)
-    info.update(chunks=len(chunks), chunk_slices=max(b - a for a, b in chunks))
-    history = {f"{name}_chunk{i}": values for i, h in enumerate(histories) for name, values in h.items()}
-    return info, history

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from recon_cli.errors import ConfigError, RunError
+from recon_cli.solving import Solved, build_projector, finish_part, merge_part_info, relative_residual, to_device
 
 
 @dataclass
@@ -47,9 +48,8 @@ class StackTask:
 def stack_unit(task: StackTask) -> dict[str, Any]:
     """Solve one slice range and write its part; returns small facts (never the volume)."""
     from recon_cli import worker_cache
-    from recon_cli.backend import select_device, to_numpy
+    from recon_cli.backend import select_device
     from recon_cli.geometry import VolumeGrid
-    from recon_cli.runner import _add_residual, _scalar_info, to_device
     from recon_cli.sinogram import Sinogram
     from recon_cli.solvers.registry import run_ref
 
@@ -59,30 +59,19 @@ def stack_unit(task: StackTask) -> dict[str, Any]:
     part = Sinogram(data=np.ascontiguousarray(data[task.start:task.stop], dtype=np.float32), geometry=task.geometry,
                     grid=VolumeGrid((task.stop - task.start, *task.slice_shape), task.voxel_size))
     del data
-    ptype = None if cfg.projector.type == "auto" else cfg.projector.type
-    t0 = time.perf_counter()
-    op = worker_cache.make_projector(part.geometry, part.grid, device, task.projector_kind, ptype)
-    time_setup = time.perf_counter() - t0
+    op, time_setup, projector = build_projector(cfg, part, device, task.projector_kind)
     part_dev = to_device(part, device)
     t0 = time.perf_counter()
     rec = run_ref(cfg.solver, op, part_dev)
     wall_time = time.perf_counter() - t0
-    res_sq = y_sq = 0.0
-    if task.want_residual:
-        res_sq, y_sq = _add_residual(op, rec.volume, part_dev.data, 0.0, 0.0)
-    host = np.ascontiguousarray(to_numpy(rec.volume), dtype=np.float32)
-    if host.shape != tuple(part.grid.shape):
-        raise RuntimeError(f"solver {cfg.solver.name!r} returned shape {list(host.shape)}, "
-                           f"expected {list(part.grid.shape)}")
+    done = finish_part(cfg, op, rec, part_dev, want_residual=task.want_residual)
     tmp = Path(task.part_path).with_suffix(f".tmp-{os.getpid()}.npy")
-    np.save(tmp, host)
+    np.save(tmp, done.volume)
     os.replace(tmp, task.part_path)
-    history = {k: np.asarray(v).tolist() for k, v in (rec.info.get("history") or {}).items()
-               if v is not None and len(v) > 0}
-    return {"start": task.start, "stop": task.stop, "part": task.part_path, "info": _scalar_info(rec.info),
-            "history": history, "res_sq": float(res_sq), "y_sq": float(y_sq), "time_setup": time_setup,
-            "wall_time": wall_time, "cache": worker_cache.stats(),
-            "projector": {"kind": type(op).__name__, "type": getattr(op, "projector_type", None)}}
+    history = {k: np.asarray(v).tolist() for k, v in done.history.items()}
+    return {"start": task.start, "stop": task.stop, "part": task.part_path, "info": done.info,
+            "history": history, "res_sq": done.res_sq, "y_sq": done.y_sq, "time_setup": time_setup,
+            "wall_time": wall_time, "cache": worker_cache.stats(), "projector": projector}
 
 
 #: The function run for each unit (tests replace it to kill a worker once).
@@ -101,12 +90,11 @@ def unit_ranges(n_slices: int, max_slices: int, workers: int,
 
 
 def solve_on_executor(cfg, sino, device, plan, spec, output: Path, *, want_residual: bool = True):
-    """runner.Solved for ``sino`` (a 2D slice stack) solved in units on ``spec``'s executor.
+    """recon_cli.solving.Solved for ``sino`` (a 2D slice stack) solved in units on ``spec``'s executor.
 
     ConfigError for a 3D geometry or a solver that couples slices; RunError naming the failed units.
     """
     from recon_cli.executors import count_workers, run_units
-    from recon_cli.runner import _PROJECTOR_KINDS, Solved, _merge_chunk_info
 
     est = plan.estimate
     if sino.geometry.is_3d or np.asarray(sino.data).ndim != 3:
@@ -141,16 +129,13 @@ def solve_on_executor(cfg, sino, device, plan, spec, output: Path, *, want_resid
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     values = [o.value for o in outcomes]
-    info, history = _merge_chunk_info([v["info"] for v in values], [v["history"] for v in values], ranges)
+    info, history = merge_part_info([v["info"] for v in values], [v["history"] for v in values], ranges)
     builds = {}
     for v in values:  # the last count each worker process reported
         builds[v["cache"]["pid"]] = max(builds.get(v["cache"]["pid"], 0), v["cache"]["projector_builds"])
     info.update(executor=spec.kind, units=len(ranges), worker_processes=len(builds),
                 projector_builds=int(sum(builds.values())))
     res_sq, y_sq = sum(v["res_sq"] for v in values), sum(v["y_sq"] for v in values)
-    residual = (math.sqrt(res_sq / y_sq) if y_sq > 0 else math.sqrt(res_sq)) if want_residual else None
-    kind = values[0]["projector"]
-    projector = {"kind": _PROJECTOR_KINDS.get(kind["kind"], kind["kind"]), "type": kind["type"]}
-    return Solved(volume=volume, info=info, history=history, residual=residual,
-                  wall_time=elapsed,
-                  time_setup=float(sum(v["time_setup"] for v in values)), projector=projector)
+    residual = relative_residual(res_sq, y_sq) if want_residual else None
+    return Solved(volume=volume, info=info, history=history, residual=residual, wall_time=elapsed,
+                  time_setup=float(sum(v["time_setup"] for v in values)), projector=values[0]["projector"])

@@ -44,3 +44,11 @@ def remove_stripes_sorting(sinogram, size: int = 11) -> np.ndarray:
 
 
 __all__ = ["remove_stripes_sorting"]
+
+
+def remove_stripes_step(sino, step):
+    """The pipeline step ``remove_stripes`` (recon_cli.config.RemoveStripesStep) on a Sinogram of line integrals."""
+    import dataclasses
+
+    data = remove_stripes_sorting(sino.data, size=step.size)
+    return dataclasses.replace(sino, data=data, metadata={**sino.metadata, "stripes_removed": step.method})

@@ -137,7 +137,7 @@ def small_series(tmp_path):
 
 
 def test_existing_dicom_output_is_refused_before_computing(tmp_path, small_series, capsys, monkeypatch):
-    import recon_cli.io.dicom_input as dicom_input
+    import recon_cli.simulate_dicom as dicom_input
 
     def must_not_read(*args, **kwargs):
         raise AssertionError("the input was read although an output exists")

@@ -125,9 +125,9 @@ def leftovers(folder: Path) -> list[str]:
 
 HANG_SITE = '''
 import os, signal, time
-import recon_cli.io.formats as formats
+from recon_cli.registries import INPUT_FORMATS
 
-_read = formats.READERS["hdf5"]
+_read = INPUT_FORMATS.get("hdf5")
 
 def _hanging_reader(path, **options):
     if "hang" in os.path.basename(path):
@@ -135,9 +135,9 @@ def _hanging_reader(path, **options):
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
         while True:
             time.sleep(1)
-    return _read[0](path, **options)
+    return _read.load()(path, **options)
 
-formats.READERS["hdf5"] = (_hanging_reader, _read[1])
+INPUT_FORMATS.add("hdf5", _hanging_reader, replace=True, **_read.facts)
 '''
 
 

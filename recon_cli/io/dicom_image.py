@@ -1,6 +1,6 @@
-"""One CT image slice from a DICOM file, in Hounsfield units, and HU <-> 1/mm conversion.
+"""One CT image slice from a DICOM file, in Hounsfield units or (:func:`read_ct_slice_mu`) in 1/mm.
 
-HU = 1000 * (mu - mu_water) / mu_water, mu in 1/mm (mu_water = 0.0192/mm at ~70 keV).
+HU <-> 1/mm: recon_cli.hounsfield (hu_to_mu and mu_to_hu are re-exported here).
 """
 from __future__ import annotations
 
@@ -8,22 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
-from recon_cli.errors import InputError
-
 from recon_cli.constants import MU_WATER  # 1/mm
+from recon_cli.errors import InputError
+from recon_cli.hounsfield import hu_to_mu, mu_to_hu  # noqa: F401  (re-exported)
 
 #: Hounsfield value given to pixels equal to the file's PixelPaddingValue (outside the scan circle).
 HU_AIR = -1000.0
-
-
-def hu_to_mu(hu, mu_water: float = MU_WATER):
-    """Linear attenuation (1/mm) from Hounsfield units; exact inverse of :func:`mu_to_hu`."""
-    return mu_water * (1.0 + np.asarray(hu, np.float32) / 1000.0)
-
-
-def mu_to_hu(mu, mu_water: float = MU_WATER):
-    """Hounsfield units from linear attenuation (1/mm)."""
-    return 1000.0 * (np.asarray(mu, np.float32) - mu_water) / mu_water
 
 
 def _required(ds, name: str, file: str):

@@ -491,7 +491,7 @@ def read_series(source, series_uid: str | None = None) -> DicomSeries:
 
 def read_series_mu(source, series_uid: str | None = None, mu_water: float = 0.0192) -> tuple[np.ndarray, DicomSeries]:
     """The series as linear attenuation (1/mm, clipped at 0) and its :class:`DicomSeries`."""
-    from recon_cli.io.dicom_image import hu_to_mu
+    from recon_cli.hounsfield import hu_to_mu
 
     series = read_series(source, series_uid)
     mu = np.clip(hu_to_mu(series.volume, mu_water), 0.0, None).astype(np.float32)

@@ -211,7 +211,7 @@ def _base_dataset(identity: dict[str, str] | None, *, study_uid: str, series_uid
     return ds
 
 
-def _safe_to_replace(target: Path) -> None:
+def check_safe_to_replace(target: Path) -> None:
     """With overwrite, only a folder of .dcm files (an earlier output) may be replaced."""
     if target.exists() and not target.is_dir():
         raise InputError("exists and is not a folder; a DICOM series is written as a folder", file=str(target))
@@ -276,7 +276,7 @@ def write_series_hu(path, hu, voxel_size, *, series_description: str = "recon-cl
                          recon=dict(recon or {}), source_series_uid=source_series_uid)
     target = Path(path)
     if overwrite:
-        _safe_to_replace(target)
+        check_safe_to_replace(target)
     names = [f"CT{k + 1:06d}.dcm" for k in range(nz)]
     with atomic_path(target, overwrite=overwrite) as tmp:
         tmp.mkdir()

@@ -9,67 +9,23 @@ Detection (:func:`detect_format`), by content, never by file name:
 - a DICOM file (``DICM`` at byte 128): ``dicom-ctpd`` (one view: ``recon info`` only) or ``dicom``
   (a one-slice series); a TIFF: ``tiff``; NIfTI-1 (``.nii``/``.nii.gz`` header): ``nifti``.
 
-:func:`read_input` returns a :class:`~recon_cli.sinogram.Sinogram` for the formats in
-:data:`READERS`: the projection formats, and ``dicom`` (an image series: its acquisition is
-simulated, recon_cli.io.dicom_input); options that a format does not take are refused
-(InputError). New formats add an entry to :data:`READERS` / :data:`DESCRIBERS` here, not to the runner.
+:func:`read_input` returns a :class:`~recon_cli.sinogram.Sinogram` for the input formats of
+recon_cli.registries.INPUT_FORMATS that have a reader: the projection formats, and ``dicom`` (an
+image series: its acquisition is simulated, recon_cli.simulate_dicom); options that a format does
+not take are refused (InputError). :func:`describe` serves ``recon info`` through the same registry.
+New formats add an entry to that registry, not to this module or the runner.
 """
 from __future__ import annotations
 
 import gzip
 import hashlib
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from recon_cli.errors import InputError
+from recon_cli.io.paths import check_regular_file
+from recon_cli.registries import INPUT_FORMATS, reader_formats, resolve
 from recon_cli.sinogram import Sinogram
-
-#: Reader options and the formats that take them (for messages).
-_GRID = ("grid_shape", "voxel_size")
-_SYNCHROTRON = ("rows", "cor_offset", "pixel_size", "clamp", *_GRID)
-
-
-def _read_hdf5(path: str, **_: Any) -> Sinogram:
-    from recon_cli.io.hdf5 import read_sinogram
-
-    return read_sinogram(path)
-
-
-def _read_nxtomo(path: str, **options: Any) -> Sinogram:
-    from recon_cli.io.nexus import read_nxtomo
-
-    return read_nxtomo(path, **options)
-
-
-def _read_dxchange(path: str, **options: Any) -> Sinogram:
-    from recon_cli.io.nexus import read_dxchange
-
-    return read_dxchange(path, **options)
-
-
-def _read_ctpd(path: str, **options: Any) -> Sinogram:
-    from recon_cli.io.dicom_ctpd import read_ctpd
-
-    return read_ctpd(path, **options)
-
-
-def _read_dicom_images(path: str, **options: Any) -> Sinogram:
-    from recon_cli.io.dicom_input import read_dicom_image_input
-
-    return read_dicom_image_input(path, **options)
-
-
-#: format -> (reader(path, **options) -> Sinogram, options it accepts).
-READERS: dict[str, tuple[Callable[..., Sinogram], tuple[str, ...]]] = {
-    "hdf5": (_read_hdf5, ()),
-    "nxtomo": (_read_nxtomo, _SYNCHROTRON),
-    "dxchange": (_read_dxchange, _SYNCHROTRON),
-    "dicom-ctpd": (_read_ctpd, ("detector_row", *_GRID)),
-    "dicom": (_read_dicom_images, ("series_uid", "simulate")),
-}
-#: Formats stored in HU: their reader converts with the pipeline's ``mu_water`` (1/mm).
-HU_FORMATS = ("dicom",)
-
 
 # ----------------------------------------------------------------------------- detection
 
@@ -103,20 +59,6 @@ def _is_nifti(path: Path, head: bytes) -> bool:
         except (OSError, EOFError):
             return False
     return len(head) >= 348 and head[344:348] in (b"n+1\x00", b"ni1\x00")
-
-
-def check_regular_file(path) -> None:
-    """InputError for a path that exists but is neither a folder nor a regular file: reading a FIFO
-    blocks until a writer appears (forever), a device may never end."""
-    import stat
-
-    try:
-        mode = Path(path).stat().st_mode
-    except OSError:
-        return
-    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-        kind = "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a device or socket"
-        raise InputError(f"is {kind}, not a regular file", file=str(path))
 
 
 def detect_format(path) -> str:
@@ -179,28 +121,29 @@ def read_input(path, format: str = "auto", *, mu_water: float | None = None, **o
 
     ``options`` (None values ignored): rows, cor_offset, pixel_size, clamp, grid_shape,
     voxel_size (nxtomo, dxchange); detector_row, grid_shape, voxel_size (dicom-ctpd);
-    series_uid, simulate (dicom: a dict of recon_cli.io.dicom_input.simulation_defaults keys).
-    ``mu_water`` (1/mm): HU -> 1/mm for the formats in :data:`HU_FORMATS` (default 0.0192).
+    series_uid, simulate (dicom: a dict of recon_cli.simulate_dicom.simulation_defaults keys).
+    ``mu_water`` (1/mm): HU -> 1/mm for the formats registered with ``hu=True`` (default 0.0192).
     """
     path = str(path)
     fmt = detect_format(path) if format in (None, "auto") else format
-    if fmt not in READERS:
-        known = ", ".join(sorted(READERS))
+    if fmt not in reader_formats():
+        known = ", ".join(sorted(reader_formats()))
         if format in (None, "auto"):
             raise InputError(f"{fmt} files are not projection data (input formats: {known})", file=path,
                              field="input.format")
         raise InputError(f"unknown input format {fmt!r} (known: {known})", file=path, field="input.format")
-    reader, accepted = READERS[fmt]
+    entry = INPUT_FORMATS.get(fmt)
+    accepted = tuple(entry.facts.get("options", ()))
     given = {k: v for k, v in options.items() if v is not None}
     extra = sorted(set(given) - set(accepted))
     if extra:
         raise InputError(f"option(s) {', '.join(extra)} do not apply to {fmt} input"
                          + (f" (it takes {', '.join(accepted)})" if accepted else ""),
                          file=path, field=f"input.{extra[0]}")
-    if fmt in HU_FORMATS and mu_water is not None:
+    if entry.facts.get("hu") and mu_water is not None:
         given["mu_water"] = float(mu_water)
     try:
-        return reader(path, **given)
+        return entry.load()(path, **given)
     except InputError as exc:
         if exc.file is None:  # raised below the reader (geometry, grid): name the file it came from
             raise InputError(exc.message, file=path, field=exc.field) from None
@@ -210,25 +153,25 @@ def read_input(path, format: str = "auto", *, mu_water: float | None = None, **o
 # ----------------------------------------------------------------------------- recon info
 
 
-def _describe_hdf5(path: str, show_phi: bool) -> dict:
+def describe_hdf5(path: str, show_phi: bool) -> dict:
     from recon_cli.io.hdf5 import describe_file
 
     return describe_file(path)
 
 
-def _describe_nexus(path: str, show_phi: bool) -> dict:
+def describe_nexus(path: str, show_phi: bool) -> dict:
     from recon_cli.io.nexus import describe_nexus
 
     return describe_nexus(path)
 
 
-def _describe_ctpd(path: str, show_phi: bool) -> dict:
+def describe_ctpd(path: str, show_phi: bool) -> dict:
     from recon_cli.io.dicom_ctpd import describe_ctpd
 
     return describe_ctpd(path, show_phi=show_phi)
 
 
-def _describe_dicom(path: str, show_phi: bool) -> dict:
+def describe_dicom(path: str, show_phi: bool) -> dict:
     try:
         from recon_cli.io.dicom_series import describe_series
     except ImportError:  # pragma: no cover - written by another module's owner
@@ -236,7 +179,7 @@ def _describe_dicom(path: str, show_phi: bool) -> dict:
     return describe_series(path, show_phi=show_phi)
 
 
-def _describe_image(path: str, show_phi: bool) -> dict:
+def describe_image(path: str, show_phi: bool) -> dict:
     import numpy as np
 
     from recon_cli.io.tiff_nifti import read_nifti, read_tiff
@@ -250,22 +193,10 @@ def _describe_image(path: str, show_phi: bool) -> dict:
                       "max": float(finite.max()) if finite.size else None}}
 
 
-#: format -> describe(path, show_phi) -> dict for ``recon info``.
-DESCRIBERS: dict[str, Callable[[str, bool], dict]] = {
-    "hdf5": _describe_hdf5,
-    "nxtomo": _describe_nexus,
-    "dxchange": _describe_nexus,
-    "dicom-ctpd": _describe_ctpd,
-    "dicom": _describe_dicom,
-    "tiff": _describe_image,
-    "nifti": _describe_image,
-}
-
-
 def describe(path, show_phi: bool = False) -> dict[str, Any]:
     """Summary of any supported file or folder for ``recon info`` (patient identifiers hidden unless ``show_phi``)."""
     path = str(path)
-    return DESCRIBERS[detect_format(path)](path, show_phi)
+    return resolve(INPUT_FORMATS.get(detect_format(path))["describe"])(path, show_phi)
 
 
 # ----------------------------------------------------------------------------- provenance

@@ -51,7 +51,7 @@ def _open(path: str) -> Iterator[Any]:
         raise InputError("file not found", file=path)
     if p.is_dir():
         raise InputError("is a folder, expected an HDF5 file", file=path)
-    from recon_cli.io.formats import check_regular_file
+    from recon_cli.io.paths import check_regular_file
 
     check_regular_file(p)
     try:
@@ -175,7 +175,7 @@ def check_fits_memory(shape, bytes_per_element: int, path: str, field: str, what
     Catches absurd sizes declared in a file's header (a 10^6 x 10^6 grid, a sparse dataset of
     terabytes) at once instead of failing, or swapping, halfway through.
     """
-    from recon_cli.memory import available_host_memory, format_size
+    from recon_cli.host_memory import available_host_memory, format_size
 
     need = math.prod(int(s) for s in shape) * int(bytes_per_element)
     have = available_host_memory()

@@ -13,10 +13,9 @@ from recon_cli.backend import Device
 from recon_cli.errors import ConfigError, DeviceError
 from recon_cli.geometry import Geometry, VolumeGrid
 from recon_cli.ops.operator import Operator
+from recon_cli.registries import PROJECTOR_KINDS
 
 log = logging.getLogger(__name__)
-
-PROJECTOR_KINDS = ("auto", "astra", "matrix", "cuda")
 
 #: Above this many bytes (the stored matrix), 'auto' on the CPU uses ASTRA's direct projector.
 MATRIX_BYTES_LIMIT = 4 * 1024**3
@@ -24,26 +23,25 @@ MATRIX_BYTES_LIMIT = 4 * 1024**3
 
 def make_projector(geometry: Geometry, grid: VolumeGrid, device: Device, kind: str = "auto",
                    projector_type: str | None = None) -> Operator:
-    """Operator K for ``geometry`` on ``grid``; x of shape grid.shape, y of shape geometry.sinogram_shape()."""
-    if kind not in PROJECTOR_KINDS:
-        raise ConfigError(f"unknown projector kind {kind!r}; choose one of {list(PROJECTOR_KINDS)}",
+    """Operator K for ``geometry`` on ``grid``; x of shape grid.shape, y of shape geometry.sinogram_shape().
+
+    ``kind``: 'auto' or a kind of recon_cli.registries.PROJECTOR_KINDS (its class built as
+    ``cls(geometry, grid, projector_type)``).
+    """
+    if kind != "auto" and kind not in PROJECTOR_KINDS:
+        raise ConfigError(f"unknown projector kind {kind!r}; choose one of {['auto', *PROJECTOR_KINDS.names()]}",
                           field="projector")
     if geometry.is_3d and not device.is_gpu:
         raise DeviceError(f"geometry {geometry.type!r} is 3D and needs a GPU (ASTRA has no 3D CPU projector)",
                           field="geometry/type")
     if device.is_gpu and kind in ("auto", "cuda"):
-        from recon_cli.projectors.astra_cuda import AstraCUDAProjector
-
-        return AstraCUDAProjector(geometry, grid)
-    if kind == "cuda":
-        raise DeviceError("projector 'cuda' needs device gpu", field="projector")
-    from recon_cli.projectors.astra_cpu import AstraCPUProjector
-    from recon_cli.projectors.astra_matrix import AstraMatrixProjector, estimated_matrix_bytes
-
+        kind = "cuda"
+    elif kind != "auto" and PROJECTOR_KINDS.get(kind).facts.get("gpu"):
+        raise DeviceError(f"projector {kind!r} needs device gpu", field="projector")
     if kind == "auto":
+        from recon_cli.projectors.astra_matrix import estimated_matrix_bytes
+
         kind = "matrix" if estimated_matrix_bytes(geometry, grid, projector_type=projector_type) <= MATRIX_BYTES_LIMIT \
             else "astra"
         log.debug("projector auto -> %s", kind)
-    if kind == "matrix":
-        return AstraMatrixProjector(geometry, grid, projector_type)
-    return AstraCPUProjector(geometry, grid, projector_type)
+    return PROJECTOR_KINDS.get(kind).load()(geometry, grid, projector_type)

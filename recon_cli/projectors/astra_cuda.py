@@ -90,10 +90,11 @@ def vector_geometry_3d(geometry: Geometry, grid: VolumeGrid) -> tuple[dict, dict
 class AstraCUDAProjector(Operator):
     """K on the GPU: x of shape grid.shape (CuPy, float32) -> y of shape geometry.sinogram_shape(n_slices).
 
-    Raises DeviceError when no usable GPU is present (checked before any CUDA call).
+    Raises DeviceError when no usable GPU is present (checked before any CUDA call). ``projector_type`` is
+    ignored (ASTRA's CUDA projectors choose their own), for the signature every projector kind shares.
     """
 
-    def __init__(self, geometry: Geometry, grid: VolumeGrid):
+    def __init__(self, geometry: Geometry, grid: VolumeGrid, projector_type: str | None = None):
         ok, reason = gpu_status()
         if not ok:
             raise DeviceError(f"the CUDA projector needs a GPU: {reason}", field="device")

@@ -175,7 +175,7 @@ def cache_cap() -> int:
     """Bytes the matrix cache may hold: $RECON_CACHE_MAX, else DEFAULT_CAP_FRACTION of free + used."""
     env = os.environ.get("RECON_CACHE_MAX", "").strip()
     if env:
-        from recon_cli.memory import parse_size
+        from recon_cli.host_memory import parse_size
 
         try:
             return parse_size(env)

@@ -1,4 +1,4 @@
-"""A DICOM CT image series as pipeline input: the acquisition is simulated from the images.
+"""A DICOM CT image series as a simulation source: the pipeline input ``dicom`` simulates its acquisition.
 
 A series holds images, not projections, so :func:`read_dicom_image_input` reads it
 (``dicom_series.read_series``, HU -> 1/mm with ``mu_water``, clipped at 0), simulates a sinogram of
@@ -20,22 +20,22 @@ from typing import Any
 
 import numpy as np
 
+from recon_cli.constants import (MU_WATER, REFERENCE_DETECTOR_COUNT, REFERENCE_DETECTOR_SPACING, REFERENCE_N_ANGLES,
+                                 REFERENCE_ORIGIN_DETECTOR, REFERENCE_SOURCE_ORIGIN)
 from recon_cli.errors import InputError
-from recon_cli.geometry import Geometry, VolumeGrid, fan_beam_geometry, parallel_beam_geometry, reference_geometry
+from recon_cli.geometry import Geometry, VolumeGrid, fan_beam_geometry, parallel_beam_geometry
 from recon_cli.sinogram import Sinogram
 
 log = logging.getLogger(__name__)
 
-MU_WATER = 0.0192
 _AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
 
 def simulation_defaults() -> dict[str, Any]:
-    """The acquisition simulated when none is given: the reference fan beam, no noise."""
-    fan, _ = reference_geometry()
-    return {"geometry": "fanflat", "angles": fan.n_angles, "detector_count": fan.detector_count,
-            "detector_spacing": fan.detector_spacing, "source_origin": fan.source_origin,
-            "origin_detector": fan.origin_detector, "I0": None, "seed": 0}
+    """The acquisition simulated when none is given: the reference fan beam (recon_cli.constants), no noise."""
+    return {"geometry": "fanflat", "angles": REFERENCE_N_ANGLES, "detector_count": REFERENCE_DETECTOR_COUNT,
+            "detector_spacing": REFERENCE_DETECTOR_SPACING, "source_origin": REFERENCE_SOURCE_ORIGIN,
+            "origin_detector": REFERENCE_ORIGIN_DETECTOR, "I0": None, "seed": 0}
 
 
 def simulated_geometry(spec: dict[str, Any]) -> Geometry:
