@@ -425,7 +425,7 @@ def config_from_text(text: str, *, source: str = "<string>", overrides: Sequence
                      base_dir: str | Path | None = None) -> PipelineConfig:
     """Validate YAML text (see :func:`load_config`); relative paths in it are relative to ``base_dir``
     (None: the current folder)."""
-    raw, lines = _parse_yaml(text, source)
+    raw, lines = parse_yaml(text, source)
     return config_from_dict(raw, source=source, lines=lines, overrides=overrides, base_dir=base_dir)
 
 
@@ -446,7 +446,7 @@ def config_from_dict(raw: Any, *, source: str | None = None, lines: dict | None 
     set_paths = []
     for item in overrides:
         key_path, value = parse_override(item)
-        _set_path(raw, key_path, value, item)
+        set_path(raw, key_path, value, item)
         set_paths.append(key_path)
     try:
         cfg = PipelineConfig.model_validate(raw)
@@ -465,7 +465,7 @@ def with_overrides(cfg: PipelineConfig, values: dict[str, Any]) -> PipelineConfi
         if value is None:
             continue
         key_path = _split_key(dotted, dotted)
-        _set_path(raw, key_path, value, dotted)
+        set_path(raw, key_path, value, dotted)
         set_paths.append(key_path)
     try:
         new = PipelineConfig.model_validate(raw)
@@ -475,7 +475,7 @@ def with_overrides(cfg: PipelineConfig, values: dict[str, Any]) -> PipelineConfi
     return new
 
 
-def _parse_yaml(text: str, source: str) -> tuple[Any, dict]:
+def parse_yaml(text: str, source: str) -> tuple[Any, dict]:
     """(data, {key path: line}) of YAML text; syntax errors and duplicate keys -> ConfigError."""
     try:
         node = yaml_compose(text)
@@ -541,7 +541,8 @@ def _split_key(key: str, item: str) -> tuple:
     return tuple(int(p) if p.isdigit() else p for p in parts)
 
 
-def _set_path(raw: dict, key_path: tuple, value: Any, item: str) -> None:
+def set_path(raw: dict, key_path: tuple, value: Any, item: str) -> None:
+    """Set ``value`` at ``key_path`` in the raw mapping (sections made as needed; ``item`` names the override)."""
     node: Any = raw
     for i, key in enumerate(key_path[:-1]):
         here = _dotted(key_path[: i + 1])
@@ -596,17 +597,18 @@ def _all_errors(exc: ValidationError, raw: dict, source: str | None, lines: dict
         merged = dict(members[0][1], type="union", msg=_union_message(key, members))
         described.append(_describe(merged, key, raw, source, lines, set_paths))
     unique = list({e.one_line(): e for e in described}.values())
-    unique.sort(key=lambda e: (e.file is not None, _line_of(e.file)))  # --set errors first, then file order
+    unique.sort(key=lambda e: (e.file is not None, line_of(e.file)))  # --set errors first, then file order
     return unique[0] if len(unique) == 1 else ConfigErrors(unique)
 
 
-def _line_of(where: str | None) -> int:
+def line_of(where: str | None) -> int:
+    """The line number of a ``FILE:LINE`` location (0 when it has none)."""
     tail = (where or "").rsplit(":", 1)[-1]
     return int(tail) if tail.isdigit() else 0
 
 
 #: Locations pydantic adds for union members and validators (never keys of a pipeline).
-_INTERNAL_LOC = re.compile(r"^(constrained-\w+|literal\[.*\]|function-\w+\[.*\]|tagged-union\[.*\]|"
+INTERNAL_LOC = re.compile(r"^(constrained-\w+|literal\[.*\]|function-\w+\[.*\]|tagged-union\[.*\]|"
                            r"\w+\[.*\]|int|float|str|bool|none|list|dict|tuple|json-or-python\[.*\])$")
 
 
@@ -627,7 +629,7 @@ def _drop_internal_loc(loc: tuple, raw: Any, kind: str) -> tuple[tuple, tuple | 
             node = node[part]
             continue
         internal = isinstance(part, str) and (
-            _INTERNAL_LOC.match(part) is not None
+            INTERNAL_LOC.match(part) is not None
             or not isinstance(node, (dict, list))  # below a plain value: only validator names remain
             or (isinstance(node, dict) and not last and loc[i + 1] in node))  # a discriminated-union tag
         if internal and not (last and kind in ("missing", "extra_forbidden")):

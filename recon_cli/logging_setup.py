@@ -261,13 +261,14 @@ def check_log_file(path: str | Path) -> None:
 def check_not_log_file(paths: Iterable[str | Path], what: str = "an input or output") -> None:
     """Refuse (ValueError) when one of ``paths`` is the log file (appending would change an input,
     or the output would replace the log)."""
-    logs = {_resolved(p) for p in log_file_paths()}
+    logs = {resolved_path(p) for p in log_file_paths()}
     for path in paths:
-        if path is not None and _resolved(path) in logs:
+        if path is not None and resolved_path(path) in logs:
             raise ValueError(f"{path} is also the --log-file; the log must not be {what}")
 
 
-def _resolved(path) -> str:
+def resolved_path(path) -> str:
+    """``path`` absolute with links resolved (only made absolute where resolving fails), for comparing paths."""
     try:
         return str(Path(path).expanduser().resolve())
     except (OSError, RuntimeError):

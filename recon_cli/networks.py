@@ -375,11 +375,13 @@ def load_model(path: str | os.PathLike, providers: list[str] | None = None) -> M
     """Load ``path`` (.onnx, or a .pt/.json whose .onnx sibling exists, or a packaged model's name)."""
     onnx_path = resolve_model_path(path).resolve()
     stat = onnx_path.stat()
-    return _load_cached(str(onnx_path), stat.st_mtime_ns, stat.st_size, tuple(providers or providers_for_device()))
+    return load_cached(str(onnx_path), stat.st_mtime_ns, stat.st_size, tuple(providers or providers_for_device()))
 
 
 @functools.lru_cache(maxsize=8)
-def _load_cached(path: str, mtime_ns: int, size: int, providers: tuple[str, ...]) -> Model:
+def load_cached(path: str, mtime_ns: int, size: int, providers: tuple[str, ...]) -> Model:
+    """The ONNX session of ``path``, one per (path, mtime, size, providers) in this process (its
+    ``cache_info()`` counts the sessions built, recon_cli.worker_cache.stats)."""
     ort = _onnxruntime()
 
     opts = ort.SessionOptions()

@@ -69,9 +69,9 @@ def stats() -> dict[str, int]:
     out = dict(_counts)
     out["onnx_sessions"] = 0
     try:
-        from recon_cli.networks import _load_cached
+        from recon_cli.networks import load_cached
 
-        out["onnx_sessions"] = int(_load_cached.cache_info().misses)
+        out["onnx_sessions"] = int(load_cached.cache_info().misses)
     except Exception:  # noqa: BLE001 - onnxruntime missing or networks changed: report 0
         pass
     out["cached_projectors"] = len(_projectors)

@@ -71,7 +71,7 @@ def _log_file_in_arguments(args: list[str]) -> str | None:
     """--log-file must not be one of the command's files (appending to an input changes it; an output
     would replace the log): the message when another argument, or the value of a KEY=VALUE override,
     names the same file as --log-file; else None."""
-    from recon_cli.logging_setup import _resolved
+    from recon_cli.logging_setup import resolved_path
 
     log_file, others = None, []
     i = 0
@@ -87,9 +87,9 @@ def _log_file_in_arguments(args: list[str]) -> str | None:
         i += 1
     if not log_file:
         return None
-    target = _resolved(log_file)
+    target = resolved_path(log_file)
     for other in others:
-        if _resolved(other) == target:
+        if resolved_path(other) == target:
             return f"{log_file} is also an input or output of the command; the log must be another file"
     return None
 

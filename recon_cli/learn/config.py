@@ -307,7 +307,7 @@ class TrainConfig(Strict):
 
 def load_train_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
     """Read a training YAML, apply ``--set KEY.PATH=VALUE`` overrides, validate (ConfigError FILE:LINE)."""
-    from recon_cli.config import _parse_yaml, _set_path, parse_override
+    from recon_cli.config import parse_yaml, set_path, parse_override
 
     source = str(path)
     try:
@@ -316,13 +316,13 @@ def load_train_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainC
         raise ConfigError("training config not found", file=source) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read training config ({exc})", file=source) from None
-    raw, lines = _parse_yaml(text, source)
+    raw, lines = parse_yaml(text, source)
     if not isinstance(raw, dict):
         raise ConfigError("a training config must be a mapping of keys", file=f"{source}:1")
     set_paths = []
     for item in overrides:
         key_path, value = parse_override(item)
-        _set_path(raw, key_path, value, item)
+        set_path(raw, key_path, value, item)
         set_paths.append(key_path)
     try:
         return TrainConfig.model_validate(raw)
@@ -335,18 +335,18 @@ def load_train_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainC
 def _config_error(exc: ValidationError, source: str, lines: dict, set_paths: list[tuple]) -> ConfigError:
     """Every validation error, one ConfigError line each (ConfigErrors when several), in file order."""
     errors = [_one_error(err, source, lines, set_paths) for err in exc.errors(include_url=False)]
-    from recon_cli.config import _line_of
+    from recon_cli.config import line_of
 
     unique = list({e.one_line(): e for e in errors}.values())
-    unique.sort(key=lambda e: (e.file is not None, _line_of(e.file)))
+    unique.sort(key=lambda e: (e.file is not None, line_of(e.file)))
     return unique[0] if len(unique) == 1 else ConfigErrors(unique)
 
 
 def _one_error(err: dict, source: str, lines: dict, set_paths: list[tuple]) -> ConfigError:
-    from recon_cli.config import _INTERNAL_LOC
+    from recon_cli.config import INTERNAL_LOC
 
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and (p in ("ConvergedTarget",)
-                                                                       or _INTERNAL_LOC.match(p))))
+                                                                       or INTERNAL_LOC.match(p))))
     msg = err["msg"]
     if err["type"] == "extra_forbidden":
         msg = f"unknown key '{loc[-1]}'"
