@@ -29,8 +29,7 @@ import numpy as np
 from recon_cli.backend import array_module, gpu_available
 from recon_cli.errors import ConfigError, InputError
 from recon_cli.geometry import Geometry, VolumeGrid
-from recon_cli.model_envelope import (NOISE_TOLERANCE, envelope_mismatches, envelope_of,  # noqa: F401
-                                     noise_mismatch)
+from recon_cli.model_envelope import envelope_mismatches, envelope_of
 
 log = logging.getLogger(__name__)
 

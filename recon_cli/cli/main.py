@@ -6,7 +6,6 @@ Errors print one line naming the file and the field; ``--verbose`` adds the trac
 from __future__ import annotations
 
 import importlib
-import logging
 import sys
 import traceback
 

@@ -30,7 +30,6 @@ import numpy as np
 from recon_cli.backend import to_numpy
 from recon_cli.errors import InputError
 from recon_cli.geometry import Geometry, VolumeGrid, geometry_from_attrs
-from recon_cli.io.atomic import atomic_path
 from recon_cli.sinogram import Sinogram
 
 LAYOUT_VERSION = "1"

@@ -8,7 +8,6 @@ file; HU converted to 1/mm with ``mu_water``, as a DICOM pipeline input), TIFF a
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 

@@ -70,7 +70,7 @@ class SplitArrays:
 
 
 def default_cache_dir() -> Path:
-    from recon_cli.projectors.astra_matrix import cache_dir
+    from recon_cli.projectors.matrix_cache import cache_dir
 
     return cache_dir() / "training"
 

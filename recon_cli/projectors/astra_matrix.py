@@ -51,7 +51,6 @@ from recon_cli.geometry import Geometry, VolumeGrid, fingerprint
 from recon_cli.ops.operator import Operator, power_norm
 from recon_cli.projectors import matrix_cache
 from recon_cli.projectors.astra_cpu import AstraCPUProjector, astra_projector_type
-from recon_cli.projectors.matrix_cache import cache_dir  # noqa: F401  (re-exported)
 from recon_cli.projectors.tiled_matrix import TILE, tiled_matrix_transpose
 from recon_cli.projectors.symmetry import ViewSymmetry, find_view_symmetry, inverse_transform_image, \
     transform_image
