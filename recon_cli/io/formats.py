@@ -151,6 +151,7 @@ def read_input(path, format: str = "auto", *, mu_water: float | None = None, **o
 
 
 # ----------------------------------------------------------------------------- recon info
+# describe_<kind>(path, show_phi) -> dict: the describers the input formats name (recon_cli.registries).
 
 
 def describe_hdf5(path: str, show_phi: bool) -> dict:
