@@ -26,21 +26,14 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from recon_cli.cache_location import cache_dir
+
 log = logging.getLogger(__name__)
 
 FORMAT = "recon-matrix-v2"
 _PARTS = ("data", "indices", "indptr")
 #: Share of (free disk + cache size) the cache may use when $RECON_CACHE_MAX is not set.
 DEFAULT_CAP_FRACTION = 0.25
-
-
-def cache_dir() -> Path:
-    """$RECON_CACHE_DIR, else $XDG_CACHE_HOME/recon-cli, else ~/.cache/recon-cli."""
-    env = os.environ.get("RECON_CACHE_DIR")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "recon-cli"
 
 
 def matrices_dir() -> Path:
