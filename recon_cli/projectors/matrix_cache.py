@@ -22,9 +22,12 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import scipy.sparse as sp
+
+if TYPE_CHECKING:  # SciPy is imported where a sparse matrix is made (the projector choice needs none)
+    import scipy.sparse as sp
 
 from recon_cli.cache_location import cache_dir
 
@@ -62,6 +65,8 @@ def _atomic_write(path: Path, write) -> None:
 
 def _csr(data, indices, indptr, shape) -> sp.csr_matrix:
     """A CSR on these arrays as they are (memory maps stay memory maps; no copy, no check)."""
+    import scipy.sparse as sp
+
     m = sp.csr_matrix(shape, dtype=np.float32)
     m.data, m.indices, m.indptr = data, indices, indptr
     return m
