@@ -101,8 +101,8 @@ def main(argv: list[str] | None = None) -> None:
     from recon_cli.signals import preserved_signal_handlers
 
     # The CLI uses no pydantic plugins; looking for them scans the entry points of every installed
-    # distribution when the first model is built (20-50 ms of each command's start-up). A value the
-    # user set is kept.
+    # distribution when the first model is built (about 10 ms of CPU per command, measured in
+    # benchmarks/results/speed.md). A value the user set is kept.
     os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     with preserved_signal_handlers():
         _main(argv)

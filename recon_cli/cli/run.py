@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import math
 import shlex
-from typing import Any
 
 import click
 from click.core import ParameterSource
 
 from recon_cli.cli.executor_options import executor_options, executor_spec
-from recon_cli.cli.json_output import json_text  # also imported from here by older callers
+from recon_cli.cli.json_output import json_text
 from recon_cli.config import load_config
 
 
