@@ -192,7 +192,7 @@ def write_case(path: Path, n: int, nz: int | None = None):
     if path.exists():
         return
     geometry, grid = fan_case(n)
-    image = shepp_logan(n).astype(np.float32) * 0.02
+    image = shepp_logan(n).astype(np.float32)  # already in 1/mm (the former "* 0.02" made it 50x too faint)
     if nz:
         image = np.stack([image] * nz)
         grid = VolumeGrid((nz, n, n), grid.voxel_size)

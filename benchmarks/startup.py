@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -31,14 +32,17 @@ def _env(src: Path, cache: Path) -> dict:
     return env
 
 
-def wall(args: list[str], src: Path, cache: Path) -> float:
+def wall(args: list[str], src: Path, cache: Path) -> tuple[float, float]:
+    """(wall seconds, CPU seconds: user + system of the child) of one fresh ``recon ARGS`` process."""
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "recon_cli", *args], env=_env(src, cache), capture_output=True,
                           text=True, cwd=str(src))
     elapsed = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise RuntimeError(f"recon {' '.join(args)} failed in {src}: {proc.stderr.strip()[-800:]}")
-    return elapsed
+    return elapsed, (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
 
 
 def import_breakdown(args: list[str], src: Path, cache: Path, top: int = 12) -> list[tuple[str, float]]:
@@ -72,6 +76,7 @@ def main():
         speed.write_case(small, 128)
         cases = [("`recon --version`", lambda side, k: ["--version"], False),
                  ("`recon solvers`", lambda side, k: ["solvers"], False),
+                 ("`recon solvers`, empty cache (first call)", lambda side, k: ["solvers"], True),
                  ("`recon validate pipelines/fbp.yaml`", lambda side, k: ["validate", "pipelines/fbp.yaml"], False),
                  (f"FBP {args.fbp_n}^2, new geometry (empty cache), HDF5 + metrics",
                   lambda side, k: ["-q", "run", str(speed.pipeline(tmp, f"f{args.fbp_n}_{side}_{k}", data, "fbp", {})),
@@ -81,21 +86,29 @@ def main():
                                                                      formats=("hdf5", "png"))), "--overwrite"], True)]
         for label, make_args, fresh in cases:
             times = {side: [] for side in sides}
+            cpus = {side: [] for side in sides}
             for k in range(args.repeats):
                 for side, src in sides.items():
-                    cache = tmp / (f"cache_{side}_{label[:3]}_{k}" if fresh else f"cache_{side}")
-                    times[side].append(wall(make_args(side, k), src, cache))
-            rows.append((label, statistics.median(times["before"]), statistics.median(times["after"])))
+                    cache = tmp / (f"cache_{side}_{label[:12]}_{k}" if fresh else f"cache_{side}")
+                    w, c = wall(make_args(side, k), src, cache)
+                    times[side].append(w)
+                    cpus[side].append(c)
+            rows.append((label, statistics.median(times["before"]), statistics.median(times["after"]),
+                         statistics.median(cpus["before"]), statistics.median(cpus["after"])))
             loads.append("%.2f / %.2f / %.2f" % os.getloadavg())
-            print(f"{label}: before {rows[-1][1]:.3f} s, after {rows[-1][2]:.3f} s  (load {loads[-1]})", flush=True)
+            print(f"{label}: before {rows[-1][1]:.3f} s, after {rows[-1][2]:.3f} s; CPU {rows[-1][3]:.3f} / "
+                  f"{rows[-1][4]:.3f} s  (load {loads[-1]})", flush=True)
         breakdown = import_breakdown(["-q", "run", str(speed.pipeline(tmp, "fbp_imp", data, "fbp", {})), "--overwrite"],
                                      REPO, tmp / "cache_imp")
     version = {r[0]: r for r in rows}["`recon --version`"]
     lines = ["# Start-up and small FBP runs (issue 17)", "",
              f"`python benchmarks/startup.py --before-src <main tree>`; fresh processes, medians of {args.repeats}, "
              "sides interleaved. Load average (1/5/15 min) at the start and after each row: " + "; ".join(loads) + ".",
-             "", "| command | before s | after s | after minus `--version` s |", "| --- | --: | --: | --: |"]
-    lines += [f"| {label} | {b:.3f} | {a:.3f} | {a - version[2]:.3f} |" for label, b, a in rows]
+             " CPU: user + system seconds of the process (less sensitive to other jobs on the host than wall time).",
+             "", "| command | before s | after s | after minus `--version` s | CPU before s | CPU after s |",
+             "| --- | --: | --: | --: | --: | --: |"]
+    lines += [f"| {label} | {b:.3f} | {a:.3f} | {a - version[2]:.3f} | {cb:.3f} | {ca:.3f} |"
+              for label, b, a, cb, ca in rows]
     lines += ["", f"Largest top-level imports of the FBP {args.fbp_n}^2 run (after, `-X importtime`, cumulative ms):", "",
               "| module | ms |", "| --- | --: |"] + [f"| {name} | {ms:.0f} |" for name, ms in breakdown]
     text = "\n".join(lines) + "\n"

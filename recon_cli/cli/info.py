@@ -69,7 +69,7 @@ def info(file: str, as_json: bool, full: bool, show_phi: bool) -> None:
 
     summary = describe(file, show_phi=show_phi)
     if as_json:
-        from recon_cli.cli.run import json_text
+        from recon_cli.cli.json_output import json_text
 
         click.echo(json_text(summary))
     else:

@@ -6,6 +6,7 @@ Errors print one line naming the file and the field; ``--verbose`` adds the trac
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import traceback
 
@@ -98,6 +99,10 @@ def main(argv: list[str] | None = None) -> None:
     SIGINT / SIGTERM exit with 130 / 143 after removing temporary files."""
     from recon_cli.signals import preserved_signal_handlers
 
+    # The CLI uses no pydantic plugins; looking for them scans the entry points of every installed
+    # distribution when the first model is built (about 10 ms of CPU per command, measured in
+    # benchmarks/results/speed.md). A value the user set is kept.
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     with preserved_signal_handlers():
         _main(argv)
 

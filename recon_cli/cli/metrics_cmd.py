@@ -43,7 +43,7 @@ def metrics(recon: str, reference: str, mask: str | None, mu_water: float, names
     selected = list(names) if names else [n for n in METRIC_NAMES if n in REFERENCE_METRICS]
     values = compute_metrics(x, r, names=selected, mask=m, mu_water=mu_water)
     if as_json:
-        from recon_cli.cli.run import json_text
+        from recon_cli.cli.json_output import json_text
 
         click.echo(json_text(values))
     else:

@@ -1,31 +1,15 @@
 """``recon run PIPELINE.yaml``: run one pipeline, print its metrics and outputs."""
 from __future__ import annotations
 
-import json
 import math
 import shlex
-from typing import Any
 
 import click
 from click.core import ParameterSource
 
 from recon_cli.cli.executor_options import executor_options, executor_spec
+from recon_cli.cli.json_output import json_text
 from recon_cli.config import load_config
-
-
-def json_text(data: Any) -> str:
-    """JSON with non-finite floats as null (strict JSON parsers reject Infinity/NaN)."""
-
-    def clean(v):
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
-        if isinstance(v, dict):
-            return {str(k): clean(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [clean(x) for x in v]
-        return v
-
-    return json.dumps(clean(data), indent=2, default=str, allow_nan=False)
 
 
 def command_line(ctx: click.Context) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 from typing import Any
 
 import click
-from pydantic import TypeAdapter
 
 _BOUNDS = (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="), ("exclusiveMaximum", "<"))
 
@@ -40,6 +39,8 @@ def _range_text(prop: dict) -> str:
 
 def describe_solver(spec) -> dict[str, Any]:
     """Name, description and parameter table of a registered solver (JSON-friendly)."""
+    from pydantic import TypeAdapter
+
     model = spec.params_model
     schema = model.model_json_schema()
     props, defs = schema.get("properties", {}), schema.get("$defs", {})
@@ -138,6 +139,13 @@ def defaults_yaml(solver: dict) -> str:
     return yaml.safe_dump({"solver": {"name": solver["name"], "params": params}}, sort_keys=False)
 
 
+def _describe_all() -> list[dict[str, Any]]:
+    """Every registered solver described (imports every solver module)."""
+    from recon_cli.solvers.registry import get_solver, solver_names
+
+    return [describe_solver(get_solver(n)) for n in solver_names()]
+
+
 @click.command("solvers")
 @click.argument("name", required=False)
 @click.option("--long", "long_form", is_flag=True,
@@ -149,12 +157,15 @@ def solvers(name: str | None, long_form: bool, as_yaml: bool, as_json: bool) -> 
 
     The table summarises nested defaults (a solver reference shows its name); --long or --yaml
     show them in full."""
-    from recon_cli.solvers.registry import get_solver, solver_names
+    from recon_cli.cli.solver_catalogue import described_solvers
 
-    specs = [get_solver(name)] if name else [get_solver(n) for n in solver_names()]
-    described = [describe_solver(s) for s in specs]
+    described = [s for s in described_solvers(_describe_all) if name is None or s["name"] == name]
+    if name is not None and not described:  # not a solver: the registry's error, with the closest name
+        from recon_cli.solvers.registry import get_solver
+
+        described = [describe_solver(get_solver(name))]
     if as_json:
-        from recon_cli.cli.run import json_text
+        from recon_cli.cli.json_output import json_text
 
         click.echo(json_text(described if name is None else described[0]))
         return

@@ -43,9 +43,12 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import scipy.sparse as sp
+
+if TYPE_CHECKING:  # SciPy is imported where a sparse matrix is made (the projector choice needs none)
+    import scipy.sparse as sp
 
 from recon_cli.geometry import Geometry, VolumeGrid, fingerprint
 from recon_cli.ops.operator import Operator, power_norm
@@ -205,6 +208,8 @@ def row_chunks(m: sp.csr_matrix, n_chunks: int) -> list[tuple[int, int, sp.csr_m
     for a, b in zip(cuts[:-1], cuts[1:]):
         lo, hi = int(m.indptr[a]), int(m.indptr[b])
         # assigned, not passed to the constructor, which copies views of larger arrays
+        import scipy.sparse as sp
+
         sub = sp.csr_matrix((int(b - a), m.shape[1]), dtype=m.dtype)
         sub.data, sub.indices = m.data[lo:hi], m.indices[lo:hi]
         sub.indptr = (m.indptr[a:b + 1] - m.indptr[a]).astype(m.indptr.dtype)
@@ -430,6 +435,8 @@ class AstraMatrixProjector(Operator):
             for s_k, d_k, u in zip(s[:, 0], det, views):
                 rows = a_s[int(s_k) * n_det + d_k]
                 blocks[int(u)] = rows[:, inv]
+        import scipy.sparse as sp
+
         out = sp.vstack(blocks, format="csr").astype(np.float32)
         out.sort_indices()
         return out

@@ -22,9 +22,14 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import scipy.sparse as sp
+
+if TYPE_CHECKING:  # SciPy is imported where a sparse matrix is made (the projector choice needs none)
+    import scipy.sparse as sp
+
+from recon_cli.cache_location import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -32,15 +37,6 @@ FORMAT = "recon-matrix-v2"
 _PARTS = ("data", "indices", "indptr")
 #: Share of (free disk + cache size) the cache may use when $RECON_CACHE_MAX is not set.
 DEFAULT_CAP_FRACTION = 0.25
-
-
-def cache_dir() -> Path:
-    """$RECON_CACHE_DIR, else $XDG_CACHE_HOME/recon-cli, else ~/.cache/recon-cli."""
-    env = os.environ.get("RECON_CACHE_DIR")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "recon-cli"
 
 
 def matrices_dir() -> Path:
@@ -69,6 +65,8 @@ def _atomic_write(path: Path, write) -> None:
 
 def _csr(data, indices, indptr, shape) -> sp.csr_matrix:
     """A CSR on these arrays as they are (memory maps stay memory maps; no copy, no check)."""
+    import scipy.sparse as sp
+
     m = sp.csr_matrix(shape, dtype=np.float32)
     m.data, m.indices, m.indptr = data, indices, indptr
     return m

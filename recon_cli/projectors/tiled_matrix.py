@@ -18,8 +18,12 @@ projector relies on. Geometries ASTRA cannot express as vectors are tiled withou
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import scipy.sparse as sp
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
 
 #: Tile side (pixels). 32 keeps ASTRA's float32 drift at the level of a 32^2 image.
 TILE = 32
@@ -79,6 +83,8 @@ def tiled_matrix_transpose(proj_geom: dict, projector_type: str, slice_shape: tu
     del ray_parts
     val = np.concatenate(val_parts)
     del val_parts
+    import scipy.sparse as sp
+
     return sp.coo_matrix((val, (pix, ray)), shape=(ny * nx, n_rays)).tocsr()
 
 
