@@ -36,7 +36,7 @@ from recon_cli.solvers.registry import run_solver  # noqa: E402
 RESULTS = REPO / "benchmarks" / "results"
 JSON_PATH = RESULTS / "suite.json"
 #: Other regularised solvers measured as lam auto (noise estimated) against their own oracle.
-OTHER_SOLVERS = ("tpv", "sgp_tv", "tikhonov")
+OTHER_SOLVERS = ("tpv", "sgp_tv", "tikhonov", "graphla")
 METHODS = ("fbp", "sirt", "tv_auto_I0", "tv_auto", "tv_oracle", "svtv_ceiling", "svtv_ceiling_auto",
            *(f"{s}_{kind}" for s in OTHER_SOLVERS for kind in ("auto", "oracle")))
 
@@ -283,7 +283,7 @@ def write_report(results: dict, command: str) -> None:
     if rows:
         L += ["## Other regularised solvers: lam auto (noise estimated) vs their own oracle", "",
               "Defaults otherwise (tpv: 5 x 100 iterations; sgp_tv: 200; tikhonov: CGLS, lam auto = discrepancy "
-              "on a Golub-Kahan projection).", "",
+              "on a Golub-Kahan projection; graphla: Psi = FBP, MM-GKS, lam auto = discrepancy at every iteration).", "",
               md_table(["case", "split"] + [c for s in OTHER_SOLVERS for c in (f"{s} oracle", f"{s} gap")],
                        rows, "ll" + "rr" * len(OTHER_SOLVERS)), ""]
     (RESULTS / "suite.md").write_text("\n".join(L))
