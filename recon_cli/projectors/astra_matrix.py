@@ -114,7 +114,7 @@ def matrix_cache_path(geometry: Geometry, grid: VolumeGrid, projector_type: str 
     """Folder of the cached matrix: ``<cache_dir>/matrices/<type>_<fingerprint>/``."""
     ptype = astra_projector_type(geometry, projector_type)
     stored = ",".join(map(str, view_symmetry(geometry, grid, ptype).stored))
-    key = fingerprint(geometry, grid.slice_grid(), extra=f"{ptype}/stored-views-v3-tiled{TILE}/{stored}")
+    key = fingerprint(geometry, grid.slice_grid(), extra=f"{ptype}/stored-views-v4-tiled{TILE}/{stored}")
     return matrix_cache.matrices_dir() / f"{ptype}_{key}"
 
 

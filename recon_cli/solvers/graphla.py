@@ -58,7 +58,7 @@ from recon_cli.solvers.mmgks import mmgks
 from recon_cli.solvers.pdhg import pdhg
 from recon_cli.solvers.registry import SolverParams, SolverRef, register, run_stage, unit
 from recon_cli.solvers.regularisation_parameter import noise_norm
-from recon_cli.solvers.tv import choose_lam
+from recon_cli.solvers.tv import choose_lam, lam_search_converged
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +177,9 @@ def solve_with_psi(op: Operator, sino: Sinogram, params: GraphLaParams, u, callb
                 lam=lam_abs / scale, lam_abs=lam_abs)
     if auto:
         info["discrepancy_ratio"] = run["residual"] * y_norm / info["discrepancy_target"]
+        if params.algorithm != "mmgks":
+            info["lam_search_converged"] = lam_search_converged(info, info["discrepancy_ratio"],
+                                                                float(params.search_rtol))
     info["time_total"] = time.perf_counter() - t0
     return Reconstruction(volume=x, info=info)
 
