@@ -105,3 +105,21 @@ def test_unet_checks_the_noise_by_default_and_falls_back_to_a_chosen_solver(case
     off = run_solver("unet", op, sino, {"model": str(mild), "noise_factor": None})
     assert "guard_noise_factor" not in off.info and off.info["guard_noise_ratio"] == pytest.approx(
         ok.info["guard_noise_ratio"])
+
+
+def test_rising_reports_the_noise_ratio_and_enforces_it_when_set(case, tmp_path):
+    from test_learned_guard import _ref
+
+    op, sino = case
+    k, solver_params = 3, {"lam": 10.0}
+    extra = {"input": _ref("sgp_tv", {**solver_params, "iterations": k}),
+             "target": {"kind": "converged", "solver": _ref("sgp_tv", {**solver_params, "iterations": 40})}}
+    identity = scaling_model(tmp_path / "rising_identity.onnx", 1.0, extra)  # returns x_k: far from converged
+    params = {"iterative": {"name": "sgp_tv", "params": {**solver_params, "iterations": 40}}, "k": k,
+              "model": str(identity)}
+    res = run_solver("rising", op, sino, params)
+    assert res.info["guard_decision"] == "accepted" and res.info["guard_noise_ratio"] > 3.0
+    res = run_solver("rising", op, sino, {**params, "noise_factor": 3.0})
+    assert res.info["guard_decision"] == "fallback" and res.info["guard_fallback_solver"] == "sgp_tv (full)"
+    full = run_solver("sgp_tv", op, sino, {**solver_params, "iterations": 40}).volume
+    np.testing.assert_array_equal(res.volume, full)
