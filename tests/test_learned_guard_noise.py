@@ -13,7 +13,7 @@ from recon_cli.errors import RunError  # noqa: E402
 from recon_cli.geometry import Parallel2D, VolumeGrid  # noqa: E402
 from recon_cli.projectors import make_projector  # noqa: E402
 from recon_cli.sinogram import Sinogram  # noqa: E402
-from recon_cli.solvers.learned_guard import data_misfit, guard_output, relative_residual  # noqa: E402
+from recon_cli.solvers.learned_guard import NOISE_FACTOR, data_misfit, guard_output, relative_residual  # noqa: E402
 from recon_cli.solvers.regularisation_parameter import noise_norm  # noqa: E402
 from recon_cli.solvers.registry import run_solver  # noqa: E402
 
@@ -95,12 +95,12 @@ def test_unet_checks_the_noise_by_default_and_falls_back_to_a_chosen_solver(case
     res = run_solver("unet", op, sino, {"model": str(garbage), "fallback": {"name": "tv", "params": tv_params}})
     np.testing.assert_array_equal(res.volume, run_solver("tv", op, sino, tv_params).volume)
     info = res.info
-    assert info["guard_fallback_solver"] == "tv" and info["guard_noise_factor"] == 2.0
-    assert info["guard_noise_ratio"] > 2.0 and info["guard_residual_noise"] > 0
+    assert info["guard_fallback_solver"] == "tv" and info["guard_noise_factor"] == NOISE_FACTOR
+    assert info["guard_noise_ratio"] > NOISE_FACTOR and info["guard_residual_noise"] > 0
     # an output as data-consistent as FBP passes both checks on this well-sampled case
     mild = scaling_model(tmp_path / "mild.onnx", 1.0)
     ok = run_solver("unet", op, sino, {"model": str(mild)})
-    assert ok.info["guard_decision"] == "accepted" and ok.info["guard_noise_ratio"] <= 2.0
+    assert ok.info["guard_decision"] == "accepted" and ok.info["guard_noise_ratio"] <= NOISE_FACTOR
     # noise_factor null: the noise is not checked (the ratio is still reported)
     off = run_solver("unet", op, sino, {"model": str(mild), "noise_factor": None})
     assert "guard_noise_factor" not in off.info and off.info["guard_noise_ratio"] == pytest.approx(
