@@ -44,7 +44,7 @@ RESULTS = REPO / "benchmarks" / "results"
 JSON_PATH = RESULTS / "learned.json"
 SUITE_JSON = RESULTS / "suite.json"
 MODEL = "postproc_envelope"
-METHODS = ("unet", "svtv_learned", "graphla_net")
+METHODS = ("unet", "svtv_learned", "graphla_net", "svtv_fbp")
 ITERATIONS = 300  # SV-TV iterations (the suite's TV / SV-TV runs use the same)
 #: Images the shipped envelope models saw in training (other crops / geometries / doses).
 SEEN_IMAGES = ("neck", "ct_small")
@@ -72,6 +72,9 @@ def run_method(case, op, method: str, model: str) -> dict:
                                         "guard_noise_ratio", "guard_ratio", "time_network")}
     elif method == "svtv_learned":
         rec = run_solver("svtv", op, sino, {"lam": "auto", "iterations": ITERATIONS, "pre_estimate": net_ref(model)})
+        out = {"lam": float(rec.info["lam"])}
+    elif method == "svtv_fbp":  # svtv's default pre-estimate (FBP, Ram-Lak): what the learned one replaces
+        rec = run_solver("svtv", op, sino, {"lam": "auto", "iterations": ITERATIONS})
         out = {"lam": float(rec.info["lam"])}
     elif method == "graphla_net":
         rec = run_solver("graphla", op, sino, {"psi": net_ref(model)})
@@ -152,7 +155,7 @@ def write_report(results: dict, command: str, model: str) -> None:
         b = base.get(name, {}).get("methods", {})
         fbp, tv = b.get("fbp", {}).get("psnr"), b.get("tv_auto_I0", {}).get("psnr")
         ceil, tvo = b.get("svtv_ceiling", {}).get("psnr"), b.get("tv_oracle", {}).get("psnr")
-        u, s, g = r.get("unet"), r.get("svtv_learned"), r.get("graphla_net")
+        u, s, g, sf = r.get("unet"), r.get("svtv_learned"), r.get("graphla_net"), r.get("svtv_fbp")
         table[name] = {"group": group(spec), "fbp": fbp, "tv": tv, "ceiling": ceil, "tv_oracle": tvo,
                        "unet": u, "svtv": s, "graphla": g}
         cell = lambda v, t=None: "–" if v is None else (f"{v:.2f}" + (f" ({t:.0f} s)" if t is not None else ""))  # noqa: E731
@@ -161,6 +164,7 @@ def write_report(results: dict, command: str, model: str) -> None:
                      "–" if u is None else (f"{u['guard_ratio']:.2f} / {u['guard_noise_ratio']:.2f} / "
                                             f"{u['guard_noise_ratio'] / u['guard_ratio']:.2f}"),
                      "–" if s is None else f"{s['psnr']:.2f} ({s['time']:.0f} s)",
+                     "–" if sf is None else f"{sf['psnr']:.2f} ({sf['time']:.0f} s)",
                      "–" if g is None else f"{g['psnr']:.2f} ({g['time']:.0f} s)", "not run (fan60 model)"])
     L += ["## Per case (PSNR dB, wall time)", "",
           "`unet`: the network's own output (guard set to ignore); `guard ratios`: its data residual over FBP's "
@@ -168,8 +172,8 @@ def write_report(results: dict, command: str, model: str) -> None:
           "residual over the misfit. RISING: the "
           "shipped model is still the single-geometry fan60 one, which fits no suite test case.", "",
           md_table(["case", "group", "FBP (Hann)", "TV lam auto", "SV-TV ceiling", "unet (raw)",
-                    "residual: unet/FBP, unet/misfit, FBP/misfit", "SV-TV learned lam auto", "graphLa+Net", "RISING"], rows,
-                   "llrrrrrrrl"), ""]
+                    "residual: unet/FBP, unet/misfit, FBP/misfit", "SV-TV learned lam auto",
+                    "SV-TV FBP pre-estimate lam auto", "graphLa+Net", "RISING"], rows, "llrrrrrrrrl"), ""]
     # guard rules
     have = {n: t for n, t in table.items() if t["unet"] is not None and t["fbp"] is not None}
     rule_rows = []
