@@ -14,8 +14,8 @@ and the noise level; otherwise InputError naming the model file and the first mi
 Out-of-distribution guard (recon_cli.solvers.learned_guard): the network's output must explain the
 data about as well as the iterate x_k does (data residual at most ``implausible_factor`` times
 x_k's, and finite); with ``noise_factor`` set, also within that many times the data's expected
-misfit (noise plus model error, learned_guard.data_misfit; the ratio is always reported). Otherwise ``on_implausible``: ``fallback`` (default) runs the iterative solver
-as given in ``iterative`` (its own iteration count: the data-consistent result RISING approximates)
+misfit (noise plus model error, learned_guard.data_misfit; the ratio is always reported).
+Otherwise ``on_implausible``: ``fallback`` (default) runs the iterative solver as given in ``iterative`` (its own iteration count: the data-consistent result RISING approximates)
 and returns that, with a warning naming both residuals; ``fail`` stops (exit 1); ``ignore`` keeps the
 network's output. The residuals and the decision are in ``info`` (``guard_*``) and ``/metrics``.
 

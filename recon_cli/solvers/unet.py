@@ -10,7 +10,8 @@ Out-of-distribution guard (recon_cli.solvers.learned_guard): the network's outpu
 the data about as well as its input (e.g. FBP) does, and its residual must stay within
 ``noise_factor`` times the data's expected misfit (what TV ``lam: auto`` leaves, 0.97x); otherwise
 ``on_implausible`` decides: ``fallback`` (default: the ``fallback`` solver's image, by default the
-input solver's, with a warning naming the residuals), ``fail`` or ``ignore``. The residuals and the decision are in ``info`` (``guard_*``) and ``/metrics``.
+input solver's, with a warning naming the residuals), ``fail`` or ``ignore``. The residuals and
+the decision are in ``info`` (``guard_*``) and ``/metrics``.
 No torch: inference is ONNX Runtime only.
 """
 from __future__ import annotations
