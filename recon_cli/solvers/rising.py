@@ -16,7 +16,8 @@ data about as well as the iterate x_k does (data residual at most ``implausible_
 x_k's, and finite); with ``noise_factor`` set, also within that many times the data's expected
 misfit (noise plus model error, learned_guard.data_misfit; the ratio is always reported).
 Otherwise ``on_implausible``: ``fallback`` (default) runs the iterative solver as given in
-``iterative`` (its own iteration count: the data-consistent result RISING approximates) and returns that, with a warning naming both residuals; ``fail`` stops (exit 1); ``ignore`` keeps the
+``iterative`` (its own iteration count: the data-consistent result RISING approximates) and
+returns that, with a warning naming both residuals; ``fail`` stops (exit 1); ``ignore`` keeps the
 network's output. The residuals and the decision are in ``info`` (``guard_*``) and ``/metrics``.
 
 A stack of 2D slices is processed slice by slice (step one on each slice with a one-slice
