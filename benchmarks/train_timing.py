@@ -53,8 +53,8 @@ def main() -> None:
         arrays, _ = build_dataset(small)
         s_pair = (time.process_time() - t0) / args.pairs
     model = UNet(cfg.model)
-    train_t = to_tensors(arrays["train"], cfg.input_scale, model.pad_multiple, torch.device("cpu"))
-    val_t = to_tensors(arrays["val"], cfg.input_scale, model.pad_multiple, torch.device("cpu"))
+    train_t = to_tensors(arrays["train"], cfg, model.pad_multiple, torch.device("cpu"))
+    val_t = to_tensors(arrays["val"], cfg, model.pad_multiple, torch.device("cpu"))
     loss_fn = make_loss(cfg.training.loss)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.training.lr)
     gen = torch.Generator().manual_seed(0)

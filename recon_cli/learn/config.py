@@ -193,6 +193,10 @@ class EnvelopeSpec(Strict):
                                                                                   "by its intensity scale")
     extra_channels: list[Literal["noise_level", "n_views"]] = Field(
         default_factory=list, description="constant input planes telling the network the noise level / view count")
+    max_train_n: Optional[int] = Field(
+        None, ge=8, description="cap on the reconstruction grid side of a training pair: a finer drawn pixel size "
+                                "is simulated at field / max_train_n (the network sees the canonical grid anyway; "
+                                "the model still states pixel_size_mm)")
 
     @model_validator(mode="after")
     def _ranges(self):

@@ -175,7 +175,7 @@ def draw_acquisition(cfg: TrainConfig, seq: list[int]) -> dict:
     The field of view is the grid's (shape x voxel size); the pixel size, view count and dose are
     log-uniform in their ranges; the detector covers the field of view's circle. Fan beam: source
     1.8-2.6 fields of view from the axis, detector 0.5-1.0 times that beyond it, full circle; parallel
-    beam: half circle.
+    beam: half circle. ``envelope.max_train_n`` caps the grid side (the pixel size then grows).
     """
     env = cfg.envelope
     rng = np.random.default_rng(np.random.SeedSequence(list(seq) + [4]))
@@ -184,6 +184,8 @@ def draw_acquisition(cfg: TrainConfig, seq: list[int]) -> dict:
     n_views = int(round(log_uniform(*env.n_views)))
     fov = max(cfg.grid.shape) * cfg.grid.voxel_size
     n = max(8, int(round(fov / log_uniform(*env.pixel_size_mm))))
+    if env.max_train_n is not None:  # finer pixels cost (2n)^2 simulations and end resampled to the canonical grid
+        n = min(n, env.max_train_n)
     pixel = fov / n
     radius = fov / np.sqrt(2.0)  # the field's corners
     acq = {"type": kind, "n_views": n_views, "n": n, "pixel_size": pixel}

@@ -13,9 +13,11 @@ and the noise level; otherwise InputError naming the model file and the first mi
 
 Out-of-distribution guard (recon_cli.solvers.learned_guard): the network's output must explain the
 data about as well as the iterate x_k does (data residual at most ``implausible_factor`` times
-x_k's, and finite). Otherwise ``on_implausible``: ``fallback`` (default) runs the iterative solver
-as given in ``iterative`` (its own iteration count: the data-consistent result RISING approximates)
-and returns that, with a warning naming both residuals; ``fail`` stops (exit 1); ``ignore`` keeps the
+x_k's, and finite); with ``noise_factor`` set, also within that many times the data's expected
+misfit (noise plus model error, learned_guard.data_misfit; the ratio is always reported).
+Otherwise ``on_implausible``: ``fallback`` (default) runs the iterative solver as given in
+``iterative`` (its own iteration count: the data-consistent result RISING approximates) and
+returns that, with a warning naming both residuals; ``fail`` stops (exit 1); ``ignore`` keeps the
 network's output. The residuals and the decision are in ``info`` (``guard_*``) and ``/metrics``.
 
 A stack of 2D slices is processed slice by slice (step one on each slice with a one-slice
@@ -33,14 +35,14 @@ import math
 import time
 
 import numpy as np
-from typing import Literal
+from typing import Literal, Optional
 
 from pydantic import Field, field_validator
 
 from recon_cli.networks import conditions_for, load_model, param_differences
 from recon_cli.ops.operator import Operator
 from recon_cli.sinogram import Reconstruction, Sinogram
-from recon_cli.solvers.learned_guard import IMPLAUSIBLE_FACTOR, guard_output
+from recon_cli.solvers.learned_guard import IMPLAUSIBLE_FACTOR, guard_output, misfit_or_none
 from recon_cli.solvers.registry import (IterationState, SolverParams, SolverRef, default_params, get_solver,
                                        register, run_ref, unit)
 
@@ -70,6 +72,11 @@ class RisingParams(SolverParams):
         default="fallback")
     implausible_factor: float = unit("1", "largest accepted ratio of the network output's data residual to "
                                           "the iterate's", default=IMPLAUSIBLE_FACTOR, gt=1.0)
+    noise_factor: Optional[float] = unit(
+        "1", "largest accepted ratio of the network output's data residual to the data's expected misfit (noise "
+             "plus model error; the converged solver with lam auto leaves about 1x it); null (default: no RISING "
+             "envelope model has been measured yet): the ratio is reported (guard_noise_ratio), not enforced",
+        default=None, gt=1.0)
 
     @field_validator("iterative")
     @classmethod
@@ -243,7 +250,8 @@ def solve(op: Operator, sino: Sinogram, params: RisingParams, callback=None) -> 
     volume, guard = guard_output(op, sino.data, network_out, x_k, baseline_name=f"{ref.name} (k={params.k})",
                                  factor=params.implausible_factor, on_implausible=params.on_implausible,
                                  what=f"RISING network {model.name!r}",
-                                 fallback=lambda: run_ref(ref, op, sino).volume, fallback_name=f"{ref.name} (full)")
+                                 fallback=lambda: run_ref(ref, op, sino).volume, fallback_name=f"{ref.name} (full)",
+                                 misfit=misfit_or_none(sino), noise_factor=params.noise_factor)
     t4 = time.perf_counter()
     conv = (model.meta.get("target") or {}).get("solver") or {}
     info = {

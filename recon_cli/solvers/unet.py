@@ -7,9 +7,11 @@ and the input solver must be the trained one (InputError naming the model file a
 otherwise; ``allow_mismatch: true`` runs anyway with a warning).
 
 Out-of-distribution guard (recon_cli.solvers.learned_guard): the network's output must explain
-the data about as well as its input (e.g. FBP) does; otherwise ``on_implausible`` decides:
-``fallback`` (default: the input solver's image, with a warning naming both residuals), ``fail``
-or ``ignore``. The residuals and the decision are in ``info`` (``guard_*``) and ``/metrics``.
+the data about as well as its input (e.g. FBP) does, and its residual must stay within
+``noise_factor`` times the data's expected misfit (what TV ``lam: auto`` leaves, 0.97x); otherwise
+``on_implausible`` decides: ``fallback`` (default: the ``fallback`` solver's image, by default the
+input solver's, with a warning naming the residuals), ``fail`` or ``ignore``. The residuals and
+the decision are in ``info`` (``guard_*``) and ``/metrics``.
 No torch: inference is ONNX Runtime only.
 """
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pydantic import Field
 
 from recon_cli.networks import conditions_for, load_model
 from recon_cli.sinogram import Reconstruction
-from recon_cli.solvers.learned_guard import IMPLAUSIBLE_FACTOR, guard_output
+from recon_cli.solvers.learned_guard import IMPLAUSIBLE_FACTOR, NOISE_FACTOR, guard_output, misfit_or_none
 from recon_cli.solvers.registry import SolverParams, SolverRef, default_params, get_solver, register, run_ref, unit
 
 
@@ -38,6 +40,13 @@ class UNetParams(SolverParams):
              "(fallback), stop with an error (fail) or keep it (ignore); each with a warning", default="fallback")
     implausible_factor: float = unit("1", "largest accepted ratio of the network output's data residual to "
                                           "the input solver's", default=IMPLAUSIBLE_FACTOR, gt=1.0)
+    noise_factor: Optional[float] = unit(
+        "1", "largest accepted ratio of the network output's data residual to the data's expected misfit (noise "
+             "plus model error, from I0/sigma or estimated from the sinogram; TV lam auto leaves 0.97x it); "
+             "null: not checked", default=NOISE_FACTOR, gt=1.0)
+    fallback: Optional[SolverRef] = Field(
+        None, description="solver whose image replaces an implausible output (on_implausible: fallback); "
+                          "default: the input solver's image (no extra cost), e.g. {name: tv, params: {lam: auto}}")
 
 
 def _input_ref(params: UNetParams, model) -> SolverRef:
@@ -71,9 +80,13 @@ def solve(op, sino, params: UNetParams, callback=None) -> Reconstruction:
     t1 = time.perf_counter()
     network_out = model.apply(first.volume, voxel_size=sino.grid.voxel_size, conditions=conditions_for(sino))
     t2 = time.perf_counter()
+    fb = params.fallback
     volume, guard = guard_output(op, sino.data, network_out, first.volume, baseline_name=ref.name,
                                  factor=params.implausible_factor, on_implausible=params.on_implausible,
-                                 what=f"network {model.name!r}")
+                                 what=f"network {model.name!r}", misfit=misfit_or_none(sino),
+                                 noise_factor=params.noise_factor,
+                                 fallback=(lambda: run_ref(fb, op, sino).volume) if fb is not None else None,
+                                 fallback_name=fb.name if fb is not None else None)
     t3 = time.perf_counter()
     info = {
         "iterations": int(first.info.get("iterations", 0) or 0),
