@@ -27,7 +27,7 @@ from recon_cli.ops.finite_differences import Gradient
 from recon_cli.ops.operator import Operator
 from recon_cli.sinogram import Reconstruction, Sinogram
 from recon_cli.solvers.pdhg import pdhg
-from recon_cli.solvers.regularisation_parameter import data_misfit_norm
+from recon_cli.solvers.regularisation_parameter import data_misfit_norm, follow_discrepancy
 from recon_cli.solvers.registry import SolverParams, register, unit
 
 log = logging.getLogger(__name__)
@@ -79,13 +79,12 @@ def lam_scale(sino: Sinogram, params) -> float:
     return float(params.intensity_scale) * float(sino.grid.voxel_size) ** 2
 
 
-#: lam auto (:func:`choose_lam`) follows the discrepancy target along one warm-started PDHG chain:
-#: a first leg of FIRST_LEG_FRACTION x ``iterations`` (cold; ``search_iterations`` from a warm start),
-#: then legs of ``search_iterations``, each followed by one damped Newton step on log lam,
-#: lam <- lam * (target / residual)^(CONTROLLER_GAIN / RESIDUAL_SLOPE) (at most x10 after the first
-#: leg, x2 after the others), until two legs in a row end within ``search_rtol`` of the target or the
-#: budget is spent; then a final leg at the last lam of max(iterations - chain, FINAL_FRACTION x
-#: iterations). In all at most LAM_AUTO_BUDGET x ``iterations``.
+#: lam auto (:func:`choose_lam`) follows the discrepancy target along one warm-started PDHG chain
+#: (regularisation_parameter.follow_discrepancy): a first leg of FIRST_LEG_FRACTION x ``iterations``
+#: (cold; one leg from a warm start), then legs of ``search_iterations`` (at most iterations / 6),
+#: each followed by one damped Newton step on log lam, until two legs in a row end within
+#: ``search_rtol`` of the target or the budget is spent; then a final leg at the last lam of
+#: max(iterations - chain, FINAL_FRACTION x iterations). In all at most LAM_AUTO_BUDGET x ``iterations``.
 #: Why a controller and not a root search over separate trials (the previous design: a cold trial
 #: of ``iterations``, then x10 bracketing and regula falsi on 50-iteration warm trials): a trial
 #: stops before PDHG converges and its residual is still falling, by an amount that shrinks as the
@@ -98,14 +97,6 @@ def lam_scale(sino: Sinogram, params) -> float:
 FIRST_LEG_FRACTION = 1.0 / 3.0
 FINAL_FRACTION = 1.0 / 3.0
 LAM_AUTO_BUDGET = 1.5
-#: Prior d log(residual) / d log(lam) near the target: 0.33-0.56 measured between warm trials on
-#: the suite's tuning cases.
-RESIDUAL_SLOPE = 0.45
-#: After the first step the slope is the secant of the last two legs, kept in this range (the
-#: residual lags a change of lam, so a secant over one leg can be far off).
-SLOPE_RANGE = (0.2, 0.6)
-#: Fraction of the Newton step taken: the residual lags a change of lam by tens of iterations.
-CONTROLLER_GAIN = 0.8
 #: ``search_start: auto``: the first lam is this times the noise std of one line integral
 #: (||e|| / sqrt(M)) over the pixel size (mm). On the suite's tuning cases the chosen lam times the
 #: pixel size over the noise std was 240-610 mm (geometric mean 380), on its reported cases 320-660,
@@ -125,59 +116,46 @@ def choose_lam(op: Operator, y, B: Operator, weights, params, metadata: dict, sc
     misfit, misfit_info = data_misfit_norm(y, metadata, geometry, voxel_size,
                                            model_error=bool(params.model_error))
     target = float(params.discrepancy_tau) * misfit
-    if not (target > 0 and math.isfinite(target)):
-        raise ValueError(f"discrepancy target must be positive, got {target}")
     t0 = time.perf_counter()
     n_total = int(params.iterations)
     y_norm = float(op.xp.linalg.norm(y.ravel()))
     if params.search_start == "auto":
         noise_std = float(misfit_info["noise_norm"]) / math.sqrt(float(np.prod(y.shape)))
-        lam = START_PER_NOISE_STD * noise_std / float(voxel_size or 1.0)
+        lam0 = START_PER_NOISE_STD * noise_std / float(voxel_size or 1.0)
     else:
-        lam = float(params.search_start)
-    x, dual, lam_w, ratio = x0, dual0, None, "auto"
+        lam0 = float(params.search_start)
     # legs of at most a sixth of the run, so that a short run still gets several corrections
     leg = max(5, min(int(params.search_iterations), int(math.ceil(n_total / 6))))
-    n = leg if x0 is not None else max(leg, int(math.ceil(FIRST_LEG_FRACTION * n_total)))
+    first = leg if x0 is not None else max(leg, int(math.ceil(FIRST_LEG_FRACTION * n_total)))
     final_min = int(math.ceil(FINAL_FRACTION * n_total))
-    search_budget = int(LAM_AUTO_BUDGET * n_total) - final_min
-    used = legs = settled = 0
-    previous = None  # (lam, residual / target) of the last leg
-    t_proj = 0.0
-    rtol = float(params.search_rtol)
-    while True:
-        if dual is not None and lam_w:  # the dual s scales about with lam
-            dual = (dual[0], dual[1] * np.float32(lam / lam_w))
+    chain = {"x": x0, "dual": dual0, "lam": None, "ratio": "auto", "time_projector": 0.0}
+
+    def run_leg(lam: float, n: int):
+        dual = chain["dual"]
+        if dual is not None and chain["lam"]:  # the dual s scales about with lam
+            dual = (dual[0], dual[1] * np.float32(lam / chain["lam"]))
         x, info, dual = pdhg(op, y, B, lam * scale, weights, isotropic=params.isotropic,
-                             nonnegative=params.nonnegative, x0=x, dual0=dual, max_iter=n, gap_every=n,
-                             record_every=n, return_dual=True, step_ratio=ratio)
-        lam_w, ratio = lam, float(info["step_ratio"])
-        used, legs, t_proj = used + int(info["iterations"]), legs + 1, t_proj + info["time_projector"]
-        mismatch = float(info["residual"]) * y_norm / target
-        log.debug("lam auto: leg %d lam=%.4g residual/target=%.4f", legs, lam, mismatch)
-        settled = settled + 1 if abs(mismatch - 1.0) <= rtol else 0
-        if settled >= 2 or used + leg > search_budget:
-            break
-        slope = RESIDUAL_SLOPE
-        if previous is not None and previous[0] != lam and previous[1] > 0 and mismatch > 0:
-            secant = math.log(mismatch / previous[1]) / math.log(lam / previous[0])
-            slope = min(max(secant, SLOPE_RANGE[0]), SLOPE_RANGE[1])
-        previous = (lam, mismatch)
-        cap = math.log(10.0 if legs == 1 else min(2.0, factor))
-        step = CONTROLLER_GAIN * math.log(1.0 / max(mismatch, 1e-300)) / slope
-        lam *= math.exp(min(max(step, -cap), cap))
-        n = leg
-    if settled < 2:
+                             nonnegative=params.nonnegative, x0=chain["x"], dual0=dual, max_iter=n, gap_every=n,
+                             record_every=n, return_dual=True, step_ratio=chain["ratio"])
+        chain.update(x=x, dual=dual, lam=lam, ratio=float(info["step_ratio"]))
+        chain["time_projector"] += info["time_projector"]
+        return float(info["residual"]) * y_norm, int(info["iterations"])
+
+    followed = follow_discrepancy(run_leg, target, lam0, first=first, leg=leg,
+                                  budget=int(LAM_AUTO_BUDGET * n_total) - final_min,
+                                  rtol=float(params.search_rtol), factor=min(2.0, factor))
+    lam, used, settled, mismatch = followed.lam, followed.iterations, followed.settled, followed.mismatch
+    if not settled:
         log.info("lam auto: lam=%.4g still moving after %d iterations (residual/target %.3f); the final "
                  "leg keeps it", lam, used, mismatch)
     final_iterations = max(n_total - used, final_min)
     info = {"lam_auto": True, **misfit_info, "discrepancy_target": target, "final_iterations": final_iterations,
-            "final_step_ratio": ratio,
+            "final_step_ratio": chain["ratio"],
             "discrepancy_tau": float(params.discrepancy_tau),
-            "lam_search_evaluations": legs, "lam_search_iterations": used,
-            "lam_search_converged": settled >= 2, "time_lam_search": time.perf_counter() - t0,
-            "time_projector_lam_search": t_proj}
-    return {"lam": lam, "lam_abs": lam * scale, "x0": x, "dual0": dual, "info": info}
+            "lam_search_evaluations": followed.legs, "lam_search_iterations": used,
+            "lam_search_converged": settled, "time_lam_search": time.perf_counter() - t0,
+            "time_projector_lam_search": chain["time_projector"]}
+    return {"lam": lam, "lam_abs": lam * scale, "x0": chain["x"], "dual0": chain["dual"], "info": info}
 
 
 def lam_search_converged(search_info: dict, final_mismatch: float, rtol: float) -> bool:
