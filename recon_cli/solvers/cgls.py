@@ -18,6 +18,9 @@ class CGLSParams(SolverParams):
     tol: float = unit("-", "stop when ||A^T(y - A x)|| / ||A^T y|| < tol in every slice (0: never)",
                       default=0.0, ge=0.0)
 
+    def iteration_budget(self) -> int:
+        return self.iterations
+
 
 def _ratio(num, den, xp):
     """num / den where den > 0, else 0 (float32 arrays)."""

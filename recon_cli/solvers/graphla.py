@@ -3,7 +3,7 @@
     min_x 1/2 ||K x - y||^2 + lam_abs ||L x||_1   (+ x >= 0 with the Chambolle-Pock algorithm)
 
 (Bianchi, Evangelista, Aleotti, Donatelli, Loli Piccolomini, Li, arXiv 2312.16936.) Psi is any
-registered solver named in the YAML (``psi: {name: fbp}``, ``{name: tikhonov}``,
+registered solver named in the YAML as ``pre_estimate`` (``pre_estimate: {name: fbp}``, ``{name: tikhonov}``,
 ``{name: tv, params: {...}}``, ``{name: svtv}``, ``{name: unet, model: PATH}``); L = L(u) is built
 once by :func:`recon_cli.ops.graph_laplacian.graph_laplacian` (window R, weight scale sigma relative to
 u's intensity range, W / ||W||_F, L = diag(W1) - W), so the problem stays convex.
@@ -65,17 +65,23 @@ MU_WATER = 0.0192  # 1/mm
 
 
 class GraphLaParams(SolverParams):
-    """Parameters of ``graphla`` (lam and eps in the normalised convention of the module docstring)."""
+    """Parameters of ``graphla`` (lam and eps in the normalised convention of the module docstring).
 
-    psi: SolverRef = Field(default_factory=lambda: SolverRef(name="fbp"),
+    Former names (accepted for one release): ``psi`` (now ``pre_estimate``, as in svtv), ``graph_mode``
+    (``mode``, as in tv), ``tau`` (``discrepancy_tau``, as in tv, sgp_tv and tikhonov).
+    """
+
+    renamed = {"psi": "pre_estimate", "graph_mode": "mode", "tau": "discrepancy_tau"}
+
+    pre_estimate: SolverRef = Field(default_factory=lambda: SolverRef(name="fbp"),
                            description="solver giving the preliminary reconstruction u = Psi(y) that defines L")
     R: int = unit("pixels", "window: neighbours at ||pos_i - pos_j||_inf <= R - 1 (R = 5: 9 x 9)", default=5,
                   ge=1, le=20)
     sigma: float = unit("1 (relative)", "graph weight scale: w_ij = exp(-(u_i - u_j)^2 / sigma), u mapped to [0, 1]; contrasts "
                         "below about sqrt(sigma) are smoothed (1e-3 synthetic, 2e-4 clinical in the paper)", default=1e-3, gt=0.0)
-    graph_mode: Literal["slicewise", "3d"] = unit("-", "graph of a slice stack: per slice (block-diagonal) or 3D",
+    mode: Literal["slicewise", "3d"] = unit("-", "graph of a slice stack: per slice (block-diagonal) or 3D",
                                                   default="slicewise")
-    slice_half_width: int = unit("slices", "graph_mode 3d: neighbours in slices |dz| <= this", default=1, ge=0)
+    slice_half_width: int = unit("slices", "mode 3d: neighbours in slices |dz| <= this", default=1, ge=0)
     lam: Union[float, Literal["auto"]] = unit(
         "1 (image / intensity_scale, unit pixels)",
         "weight of ||L x||_1 for the normalised image (the solver uses lam * intensity_scale * voxel_size^2); "
@@ -87,7 +93,8 @@ class GraphLaParams(SolverParams):
     tol: float = unit("1", "stop when ||x_k+1 - x_k|| / ||x_k+1|| < tol (0: off)", default=1e-4, ge=0.0)
     intensity_scale: float = unit("1/mm", "attenuation that maps to 1 in the normalised image (2 x water)",
                                   default=2 * MU_WATER, gt=0.0)
-    tau: float = unit("1", "discrepancy principle: target residual = tau * noise norm", default=1.01, ge=0.5, le=3.0)
+    discrepancy_tau: float = unit("1", "discrepancy principle: target residual = discrepancy_tau * noise norm",
+                                  default=1.01, ge=0.5, le=3.0)
     noise_sigma: Optional[float] = unit("1 (line integral)", "noise std per sinogram value; default: metadata "
                                         "sigma / I0, else estimated", default=None)
     eps: float = unit("1 (normalised)", "mmgks: smoothing of |t| as sqrt(t^2 + eps^2)", default=0.1, gt=0.0)
@@ -100,6 +107,9 @@ class GraphLaParams(SolverParams):
     search_rtol: float = unit("1", "pdhg lam auto: accept |residual / target - 1| <= search_rtol", default=0.02,
                               gt=0.0, lt=1.0)
 
+    def iteration_budget(self) -> int:
+        return self.iterations
+
 
 def _scalars(info: dict) -> dict:
     return {k: v for k, v in info.items() if isinstance(v, (int, float, str, bool)) and v is not None}
@@ -108,7 +118,7 @@ def _scalars(info: dict) -> dict:
 def build_laplacian(u, params: GraphLaParams, xp) -> tuple[GraphLaplacianOperator, dict]:
     """L(u) as an Operator on u's shape, with its build record (time, nnz, bytes)."""
     clock = Stopwatch()
-    L = graph_laplacian(u, R=params.R, sigma=params.sigma, relative=True, xp=xp, mode=params.graph_mode,
+    L = graph_laplacian(u, R=params.R, sigma=params.sigma, relative=True, xp=xp, mode=params.mode,
                         slice_half_width=params.slice_half_width)
     synchronise(xp)
     t_build = clock.seconds()
@@ -142,12 +152,12 @@ def solve_with_psi(op: Operator, sino: Sinogram, params: GraphLaParams, u, callb
     auto = params.lam == "auto"
     if auto:
         e_norm, source = _noise(y, sino, params)
-        info.update(noise_norm=e_norm, noise_source=source, discrepancy_tau=float(params.tau),
-                    discrepancy_target=float(params.tau) * e_norm)
+        info.update(noise_norm=e_norm, noise_source=source, discrepancy_tau=float(params.discrepancy_tau),
+                    discrepancy_target=float(params.discrepancy_tau) * e_norm)
     context = dict(context or {})
     if params.algorithm == "mmgks":
         x, run = mmgks(op, y, L, lam=None if auto else float(params.lam) * scale,
-                       noise_norm=info.get("noise_norm"), tau=params.tau, eps=params.eps * s, x0=u,
+                       noise_norm=info.get("noise_norm"), tau=params.discrepancy_tau, eps=params.eps * s, x0=u,
                        krylov_dim=params.krylov_dim, restart=params.restart, max_iter=params.iterations,
                        tol=params.tol, nonnegative=params.nonnegative, callback=callback,
                        resume_state=resume_state, context=context)
@@ -165,7 +175,8 @@ def solve_with_psi(op: Operator, sino: Sinogram, params: GraphLaParams, u, callb
             lam_search = dict(resume_state.get("lam_search") or {})
         elif auto:
             search = LamSearch(isotropic=False, nonnegative=params.nonnegative, iterations=params.iterations,
-                               search_iterations=params.search_iterations, discrepancy_tau=params.tau,
+                               search_iterations=params.search_iterations,
+                               discrepancy_tau=params.discrepancy_tau,
                                search_start=params.search_start, search_rtol=params.search_rtol,
                                model_error=False)  # the paper's target: the noise alone
             meta = dict(sino.metadata)
@@ -207,7 +218,7 @@ def solve(op: Operator, sino: Sinogram, params: GraphLaParams, callback=None, *,
     """
     clock = Stopwatch()
     if resume_state is None:
-        pre = run_stage("psi", params.psi, op, sino, callback)
+        pre = run_stage("psi", params.pre_estimate, op, sino, callback)
         u, psi_info, t_psi = pre.volume, _scalars(pre.info), clock.seconds()
         del pre
     else:
@@ -217,5 +228,5 @@ def solve(op: Operator, sino: Sinogram, params: GraphLaParams, callback=None, *,
                          context={"psi_image": u, "psi_info": psi_info, "time_psi": t_psi})
     # Psi's scalar info, flattened (psi_lam, psi_iterations, ...) so that writers keep it
     rec.info.update({f"psi_{k}": v for k, v in psi_info.items()})
-    rec.info.update(psi=params.psi.name, time_psi=t_psi, time_total=clock.seconds())
+    rec.info.update(psi=params.pre_estimate.name, time_psi=t_psi, time_total=clock.seconds())
     return rec

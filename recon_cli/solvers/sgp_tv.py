@@ -92,6 +92,9 @@ class SGPTVParams(SolverParams):
             raise ValueError(f"alpha_min ({self.alpha_min}) must not exceed alpha_max ({self.alpha_max})")
         return self
 
+    def iteration_budget(self) -> int:
+        return self.iterations
+
 
 # ---------------------------------------------------------------------------------------------
 # The smooth objective and its pieces (any dtype; used by the loop and by the tests)

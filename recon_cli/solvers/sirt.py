@@ -29,6 +29,9 @@ class SIRTParams(SolverParams):
     nonnegative: bool = unit("-", "project onto x >= 0 after each update", default=True)
     relaxation: float = unit("-", "relaxation factor (0 < relaxation < 2)", default=1.0, gt=0.0, lt=2.0)
 
+    def iteration_budget(self) -> int:
+        return self.iterations
+
 
 class SIRT(Algorithm):
     """SIRT from x = 0 on ``op`` (a TimedOperator) for data ``y`` (op.range_shape, float32).

@@ -76,6 +76,9 @@ class TikhonovParams(SolverParams):
     nonnegative: bool = unit("-", "clip the result to x >= 0", default=False)
     mode: Literal["slicewise", "3d"] = unit("-", "gradient of a slice stack: per slice or 3D", default="slicewise")
 
+    def iteration_budget(self) -> int:
+        return self.iterations
+
 
 # ----------------------------------------------------------------------------- CGLS, stacked
 class StackedCGLS(Algorithm):

@@ -32,6 +32,10 @@ class TpVParams(TVParams):
     p: float = unit("1", "exponent of TpV: w = (eta / sqrt(eta^2 + |Dx|^2))^(1-p)", default=0.5, ge=0.0, le=1.0)
     eta: float = unit("1 (relative)", "edge threshold relative to the current iterate's range", default=2e-3, gt=0.0)
 
+    def iteration_budget(self) -> int:
+        """PDHG iterations over all outer steps."""
+        return self.iterations * self.outer_iterations
+
 
 #: (image-sized, sinogram-sized) float32 arrays at the peak: ``svtv``'s plus the previous outer
 #: step's x and dual pair (q, s) held while the next step runs, and the new weights computed while

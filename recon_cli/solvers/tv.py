@@ -66,6 +66,10 @@ class TVParams(SolverParams):
     search_rtol: float = unit("1", "lam auto: accept |residual / target - 1| <= search_rtol",
                               default=0.005, gt=0.0, lt=1.0)
 
+    def iteration_budget(self) -> int:
+        """PDHG iterations of the final solve (lam auto's search runs before and is not counted)."""
+        return self.iterations
+
 
 def make_gradient(op: Operator, params) -> Gradient:
     """The gradient operator D for the op's image shape, on its array module."""
