@@ -7,18 +7,17 @@ and that the registry marks every iterative solver resumable.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from recon_cli.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from recon_cli.geometry import VolumeGrid, parallel_beam_geometry
 from recon_cli.phantoms import shepp_logan
 from recon_cli.projectors.astra_matrix import AstraMatrixProjector
 from recon_cli.simulate import simulate_sinogram
 from recon_cli.solvers import graphla, registry, tikhonov
 from recon_cli.solvers.registry import get_solver, run_solver
+
+from test_resume_pdhg import interrupted_state
 
 #: Iterative solvers that cannot resume, with the reason.
 NOT_RESUMABLE = {"rising": "k (default 5) iterations of its iterative solver per slice, then a network"}
@@ -30,21 +29,6 @@ def problem():
     sino = simulate_sinogram(shepp_logan(48), 1.0, parallel_beam_geometry(40, 72, 1.0), VolumeGrid((48, 48), 1.0),
                              I0=1e5, seed=2)
     return AstraMatrixProjector(sino.geometry, sino.grid, use_cache=False), sino
-
-
-def interrupted_state(tmp_path: Path, op, sino, name: str, params: dict, stop_at: int) -> dict:
-    path = tmp_path / "state.ckpt.npz"
-
-    def stop(state):
-        if state.iteration == stop_at:
-            save_checkpoint(path, Checkpoint(key={}, state=state.extra["state"]))
-            return True
-        return False
-
-    assert run_solver(name, op, sino, params, callback=stop).info["stopped"] == "callback"
-    saved = load_checkpoint(path)
-    assert saved.iteration == stop_at
-    return saved.state
 
 
 CASES = [

@@ -45,6 +45,7 @@ import numpy as np
 from recon_cli.backend import to_numpy
 from recon_cli.ops.operator import Operator
 from recon_cli.solvers.algorithm import Algorithm, Halt, Stopwatch, TimedOperator, run
+from recon_cli.solvers.pdhg import checked_problem
 from recon_cli.solvers.registry import IterationState
 
 
@@ -94,7 +95,7 @@ def golub_kahan(K: Operator, y, steps: int, *, reorthogonalise: bool = True):
     return U[:k_done + 1], B[:k_done + 1, :k_done], V[:k_done], beta
 
 
-def _small_solve(G_K, h, G_L, lam: float) -> np.ndarray:
+def projected_solve(G_K, h, G_L, lam: float) -> np.ndarray:
     """argmin_z 1/2 z^T G_K z - h^T z + lam/2 z^T G_L z (float64; least squares if singular)."""
     H = G_K + lam * G_L
     try:
@@ -121,7 +122,7 @@ def discrepancy_lam(G_K, h, yy: float, G_L, target: float, span: float = 1e14) -
     tt = target * target
 
     def f(log_lam: float) -> float:
-        z = _small_solve(G_K, h, G_L, math.exp(log_lam))
+        z = projected_solve(G_K, h, G_L, math.exp(log_lam))
         return _residual_sq(G_K, h, yy, z) / tt - 1.0
 
     f_lo = f(lo)
@@ -155,16 +156,10 @@ class MMGKS(Algorithm):
                  tau: float = 1.01, eps: float = 0.1, x0=None, krylov_dim: int = 5, restart: int = 30,
                  max_iter: int = 200, tol: float = 1e-4, nonnegative: bool = False, state: dict | None = None):
         xp = self.xp = K.xp
-        if tuple(L.domain_shape) != tuple(K.domain_shape):
-            raise ValueError(f"K and L have different domains: {K.domain_shape} vs {L.domain_shape}")
-        y = xp.asarray(y, dtype=np.float32)
-        if tuple(y.shape) != tuple(K.range_shape):
-            raise ValueError(f"data shape {tuple(y.shape)} does not match K's range {K.range_shape}")
+        y = checked_problem(K, y, L, lam, "L")
         self.use_dp = use_dp = lam is None
         if use_dp and not (noise_norm is not None and noise_norm > 0):
             raise ValueError("the discrepancy principle needs a positive noise_norm")
-        if not use_dp and not (float(lam) >= 0 and math.isfinite(float(lam))):
-            raise ValueError(f"lam must be a finite non-negative number, got {lam}")
         self.eps = eps = float(eps)
         if not eps > 0:
             raise ValueError(f"eps must be positive, got {eps}")
@@ -273,7 +268,7 @@ class MMGKS(Algorithm):
         if self.use_dp:
             self.lam_k, self.reached = discrepancy_lam(Gk, hk, self.y64, G_L, self.target)
         lam_k = self.lam_k
-        z = _small_solve(Gk, hk, G_L, lam_k)
+        z = projected_solve(Gk, hk, G_L, lam_k)
         zx = xp.asarray(z.astype(np.float32))
         x_new = zx @ self.V[:k]
         self.kx = zx @ self.KV[:k]

@@ -146,6 +146,19 @@ def step_sizes(K: Operator, B: Operator, step_ratio: float = STEP_RATIO, *, norm
             "block_scale": c}
 
 
+def checked_problem(K: Operator, y, R: Operator, lam: float | None, name: str = "B"):
+    """``y`` as float32 on K.xp after checking that R (the regulariser, called ``name``) and K share a
+    domain, that y fits K's range and that ``lam`` (None: chosen later) is finite and >= 0."""
+    if tuple(R.domain_shape) != tuple(K.domain_shape):
+        raise ValueError(f"K and {name} have different domains: {K.domain_shape} vs {R.domain_shape}")
+    y = K.xp.asarray(y, dtype=np.float32)
+    if tuple(y.shape) != tuple(K.range_shape):
+        raise ValueError(f"data shape {tuple(y.shape)} does not match K's range {K.range_shape}")
+    if lam is not None and not (float(lam) >= 0 and math.isfinite(float(lam))):
+        raise ValueError(f"lam must be a finite non-negative number, got {lam}")
+    return y
+
+
 class ChambollePock(Algorithm):
     """Chambolle-Pock for min_x 1/2||Kx-y||^2 + lam sum_i w_i |(Bx)_i| (+ x >= 0); see the module docstring.
 
@@ -169,14 +182,8 @@ class ChambollePock(Algorithm):
                  tol_gap: float = 0.0, record_every: int = 1, gap_every: int = 10, dual0=None,
                  step_ratio="auto", state: dict | None = None):
         xp = self.xp = K.xp
-        if tuple(B.domain_shape) != tuple(K.domain_shape):
-            raise ValueError(f"K and B have different domains: {K.domain_shape} vs {B.domain_shape}")
-        y = xp.asarray(y, dtype=np.float32)
-        if tuple(y.shape) != tuple(K.range_shape):
-            raise ValueError(f"data shape {tuple(y.shape)} does not match K's range {K.range_shape}")
+        y = checked_problem(K, y, B, lam)
         lam = float(lam)
-        if not (lam >= 0 and math.isfinite(lam)):
-            raise ValueError(f"lam must be a finite non-negative number, got {lam}")
         self.K = K if isinstance(K, TimedOperator) else TimedOperator(K)
         self.B, self.y, self.lam, self.nonnegative = B, y, lam, nonnegative
         self.max_iterations = int(max_iter)

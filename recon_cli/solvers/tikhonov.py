@@ -49,7 +49,7 @@ from recon_cli.backend import to_numpy
 from recon_cli.ops.finite_differences import Gradient
 from recon_cli.ops.operator import Operator
 from recon_cli.sinogram import Reconstruction, Sinogram
-from recon_cli.solvers.mmgks import discrepancy_lam, golub_kahan
+from recon_cli.solvers.mmgks import discrepancy_lam, golub_kahan, projected_solve
 from recon_cli.solvers.regularisation_parameter import noise_norm
 from recon_cli.solvers.algorithm import Algorithm, Halt, Stopwatch, TimedOperator, run
 from recon_cli.solvers.registry import IterationState, SolverParams, register, unit
@@ -178,15 +178,6 @@ def cgls_stacked(K: Operator, y, D: Operator, lam: float, *, x0=None, iterations
 
 
 # ----------------------------------------------------------------------------- GCV
-def _projected_solution(BtB, Bte, G_D, lam: float) -> np.ndarray:
-    H = BtB + lam * G_D
-    try:
-        c = np.linalg.cholesky(H)
-        return np.linalg.solve(c.T, np.linalg.solve(c, Bte))
-    except np.linalg.LinAlgError:
-        return np.linalg.lstsq(H, Bte, rcond=1e-13)[0]
-
-
 def projected_gcv(B: np.ndarray, beta: float, G_D: np.ndarray, omega: float = 1.0, n_grid: int = 241,
                   decades: float = 12.0) -> dict:
     """Minimise the (weighted) GCV function of min ||B z - beta e1||^2 + lam z^T G_D z.
@@ -260,7 +251,7 @@ def projected_lam(K: Operator, y, D: Operator, steps: int = 40, *, method: str =
         e1[0] = beta
         BtB, Bte = B.T @ B, B.T @ e1
         lam, reached = discrepancy_lam(BtB, Bte, beta * beta, G_D, float(target))
-        z = _projected_solution(BtB, Bte, G_D, lam)
+        z = projected_solve(BtB, Bte, G_D, lam)
         out.update(reached=bool(reached))
     else:
         raise ValueError(f"unknown lam method {method!r}")
