@@ -8,13 +8,13 @@ same parameters (not to the ground truth), so the result stays tied to the varia
 The network only fits the conditions it was trained for, so the model's metadata must match the
 iterative solver's name and parameters (all but the iteration count), ``k``, the geometry, the grid
 and the noise level; otherwise InputError naming the model file and the first mismatching field
-(``iterative.name``, ``iterative.params.<name>``, ``k``, ``geometry``, ``grid``, ``noise``,
+(``pre_estimate.name``, ``pre_estimate.params.<name>``, ``k``, ``geometry``, ``grid``, ``noise``,
 ``target``). ``allow_mismatch: true`` runs anyway with warnings.
 
 Out-of-distribution guard (recon_cli.solvers.learned_guard): the network's output must explain the
 data about as well as the iterate x_k does (data residual at most ``implausible_factor`` times
 x_k's, and finite). Otherwise ``on_implausible``: ``fallback`` (default) runs the iterative solver
-as given in ``iterative`` (its own iteration count: the data-consistent result RISING approximates)
+as given in ``pre_estimate`` (its own iteration count: the data-consistent result RISING approximates)
 and returns that, with a warning naming both residuals; ``fail`` stops (exit 1); ``ignore`` keeps the
 network's output. The residuals and the decision are in ``info`` (``guard_*``) and ``/metrics``.
 
@@ -55,9 +55,13 @@ NOT_ITERATIVE = ("rising", "unet")
 
 
 class RisingParams(SolverParams):
-    iterative: SolverRef = Field(default_factory=lambda: SolverRef(name="sgp_tv"),
-                                 description="the iterative solver of step one, with its parameters (its "
-                                             "iteration count is replaced by k); must be those of training")
+    """Parameters of ``rising``; ``iterative`` is the former name of ``pre_estimate`` (one release)."""
+
+    renamed = {"iterative": "pre_estimate"}
+
+    pre_estimate: SolverRef = Field(default_factory=lambda: SolverRef(name="sgp_tv"),
+                                    description="the iterative solver of step one, with its parameters (its "
+                                                "iteration count is replaced by k); must be those of training")
     k: int = unit("1", "iterations of the iterative solver from x = 0 (the network's input)", default=5, ge=1)
     model: str = unit("-", "model file (.onnx, or its .pt/.json sibling) or a shipped model's name",
                       default=DEFAULT_MODEL)
@@ -71,7 +75,7 @@ class RisingParams(SolverParams):
     implausible_factor: float = unit("1", "largest accepted ratio of the network output's data residual to "
                                           "the iterate's", default=IMPLAUSIBLE_FACTOR, gt=1.0)
 
-    @field_validator("iterative")
+    @field_validator("pre_estimate")
     @classmethod
     def _iterative(cls, ref: SolverRef) -> SolverRef:
         spec = get_solver(ref.name)
@@ -180,14 +184,14 @@ def rising_mismatches(meta: dict, ref: SolverRef, k: int) -> list[tuple[str, str
         return found
     have = ref.model_dump(mode="json", exclude_none=True)
     if trained_in.get("name") != have["name"]:
-        found.append(("iterative.name", f"trained on {trained_in.get('name')!r} iterates, got {have['name']!r}"))
+        found.append(("pre_estimate.name", f"trained on {trained_in.get('name')!r} iterates, got {have['name']!r}"))
         return found
     trained_params = trained_in.get("params") or {}
     trained_k = trained_params.get(ITERATIONS_KEY)
     if trained_k is not None and int(trained_k) != int(k):
         found.append(("k", f"trained on {trained_k} iterations, got k={k}"))
     for name in _param_differences(trained_params, have.get("params") or {}, have["name"]):
-        found.append((f"iterative.params.{name}", f"{have['name']} {name}={have['params'].get(name)!r} "
+        found.append((f"pre_estimate.params.{name}", f"{have['name']} {name}={have['params'].get(name)!r} "
                                                   f"(trained {trained_params.get(name)!r})"))
     conv = target.get("solver") or {}
     if conv.get("name") != trained_in.get("name") or _param_differences(trained_params, conv.get("params"),
@@ -230,7 +234,7 @@ def solve(op: Operator, sino: Sinogram, params: RisingParams, callback=None) -> 
     """
     t0 = time.perf_counter()
     model = load_model(params.model)
-    ref = params.iterative
+    ref = params.pre_estimate
     mismatches = check_model(model, ref, params.k, sino, params.allow_mismatch)
     t1 = time.perf_counter()
     x_k, history, infos = step_one(ref, params.k, op, sino, callback)
@@ -279,5 +283,5 @@ def early_iterate(op: Operator, sino: Sinogram, params: RisingParams | dict, cal
     """Step one alone: x_k as RISING computes it (for benchmarks and tests)."""
     if not isinstance(params, RisingParams):
         params = RisingParams.model_validate(params)
-    return step_one(params.iterative, params.k, op, sino, callback)[0]
+    return step_one(params.pre_estimate, params.k, op, sino, callback)[0]
 

@@ -26,8 +26,12 @@ from recon_cli.solvers.registry import SolverParams, SolverRef, default_params, 
 
 
 class UNetParams(SolverParams):
+    """Parameters of ``unet``; ``input`` is the former name of ``pre_estimate`` (one release)."""
+
+    renamed = {"input": "pre_estimate"}
+
     model: str = unit("-", "model file (.onnx, or its .pt/.json sibling, or a packaged model's name)")
-    input: Optional[SolverRef] = Field(
+    pre_estimate: Optional[SolverRef] = Field(
         None, description="solver whose output the network maps; default: the input the model was trained on "
                           "(from its metadata, e.g. {name: fbp})")
     allow_mismatch: bool = unit("-", "run even if the model was trained for another geometry, grid, noise "
@@ -41,7 +45,7 @@ class UNetParams(SolverParams):
 
 
 def _input_ref(params: UNetParams, model) -> SolverRef:
-    return params.input if params.input is not None else SolverRef.model_validate(model.trained_input or {"name": "fbp"})
+    return params.pre_estimate if params.pre_estimate is not None else SolverRef.model_validate(model.trained_input or {"name": "fbp"})
 
 
 def _slice_independent(params: UNetParams) -> bool:
