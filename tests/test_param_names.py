@@ -107,3 +107,21 @@ def test_every_iterative_solver_states_its_iteration_budget(name):
         assert isinstance(budget, int) and budget > 0
     elif not spec.iterative:
         assert budget is None
+
+
+def test_a_run_validates_the_solver_parameters_once(tmp_path, capsys, monkeypatch):
+    """Loaded (with a --set override) and run with output/device overrides: one validation."""
+    from recon_cli.solvers.sirt import SIRTParams
+
+    calls = []
+    original = SIRTParams.model_validate.__func__
+
+    def counting(cls, *args, **kwargs):
+        calls.append(args)
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(SIRTParams, "model_validate", classmethod(counting))
+    code, _, err = recon_quiet(capsys, "run", str(ROOT / "pipelines" / "sirt.yaml"), "--set",
+                               "solver.params.iterations=3", "-o", str(tmp_path / "x.h5"), "--device", "cpu")
+    assert code == 0, err
+    assert len(calls) == 1

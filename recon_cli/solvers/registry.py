@@ -201,6 +201,8 @@ class SolverRef(BaseModel):
 
     @model_validator(mode="after")
     def _validate_params(self):
+        if self._parsed is not None:  # an instance validated before, passed in again (pydantic re-runs this)
+            return self
         spec = get_solver(self.name)
         params = dict(self.params)
         if self.model is not None:
