@@ -66,3 +66,48 @@ def test_every_iterative_solver_is_resumable():
     assert {"sirt", "cgls", "sgp_tv", "tv", "svtv", "tpv", "tikhonov", "graphla"} <= iterative
     for name in sorted(iterative - set(NOT_RESUMABLE)):
         assert get_solver(name).resumable, f"{name} cannot resume"
+
+
+def test_sigterm_then_resume_tpv_pipeline_past_its_first_outer_step(tmp_path, capsys):
+    """The iteration budget is the solver's (tpv: all outer steps), so checkpoints continue after the
+    first outer step and such a checkpoint fits the run (it did not when the budget was read from
+    ``iterations``, the per-step count)."""
+    import h5py
+    import yaml
+
+    from interrupt import leftovers, sigterm_after_first_checkpoint
+    from recon_cli.checkpoint import load_checkpoint
+    from recon_cli.cli.main import main
+    from recon_cli.config import config_from_dict
+    from recon_cli.io.hdf5 import write_sinogram
+    from recon_cli.runner import run_pipeline
+
+    per_step, every = 1500, 1520
+    data = tmp_path / "tiny.h5"
+    write_sinogram(data, simulate_sinogram(shepp_logan(48), 1.0, parallel_beam_geometry(30, 72, 1.0),
+                                           VolumeGrid((48, 48), 1.0), I0=1e5, seed=1))
+    pipe = tmp_path / "tpv.yaml"
+    pipe.write_text(yaml.safe_dump({
+        "name": "tpv-resume", "input": {"path": str(data)}, "device": "cpu",
+        "solver": {"name": "tpv", "params": {"lam": 8.0, "iterations": per_step, "outer_iterations": 2}},
+        "output": {"path": str(tmp_path / "out" / "x.h5"), "formats": ["hdf5"]},
+        "checkpoint": {"every": every}}))
+    out = tmp_path / "out" / "x.h5"
+    ckpt = tmp_path / "out" / ".recon-checkpoints" / "x.h5.ckpt.npz"
+    returncode, err = sigterm_after_first_checkpoint(pipe, ckpt)
+    assert returncode == 143, err
+    assert not out.exists() and leftovers(tmp_path) == []
+    saved = load_checkpoint(ckpt)
+    assert saved.iteration == every and saved.state["outer"] == 1
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(["-q", "run", str(pipe), "--resume"])
+    assert exc.value.code == 0, capsys.readouterr().err
+    with h5py.File(out) as f:
+        resumed = f["reconstruction"][()]
+        assert int(f["info"].attrs["resumed_from"]) == every
+        assert int(f["info"].attrs["iterations"]) == 2 * per_step
+    cfg = config_from_dict(yaml.safe_load(pipe.read_text()), overrides=["checkpoint.every=0"])
+    straight = run_pipeline(cfg, output_override=str(tmp_path / "straight.h5"), progress=False)
+    assert np.array_equal(resumed, straight.volume)
