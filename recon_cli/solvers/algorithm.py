@@ -29,19 +29,13 @@ from recon_cli.solvers.registry import IterationState
 
 
 class Stopwatch:
-    """Wall-clock seconds since creation (or the last :meth:`restart`)."""
+    """Wall-clock seconds since creation."""
 
     def __init__(self) -> None:
         self.t0 = time.perf_counter()
 
     def seconds(self) -> float:
         return time.perf_counter() - self.t0
-
-    def restart(self) -> float:
-        """Seconds since the start, and start again."""
-        now = time.perf_counter()
-        elapsed, self.t0 = now - self.t0, now
-        return elapsed
 
 
 def synchronise(xp) -> None:
