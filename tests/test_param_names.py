@@ -35,13 +35,23 @@ def test_former_graphla_names_load_with_a_deprecation_warning():
         assert q.tau == 1.2  # read under the former name, too
 
 
-def test_current_names_give_no_warning_and_both_names_are_an_error():
+def test_current_names_give_no_warning_and_of_both_names_the_later_wins():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         p = GraphLaParams(pre_estimate={"name": "fbp"}, discrepancy_tau=1.1, mode="slicewise")
         assert p.discrepancy_tau == 1.1
-    with pytest.raises(ValueError, match="former name of 'discrepancy_tau'"):
-        GraphLaParams(tau=1.1, discrepancy_tau=1.2)
+    with pytest.warns(FutureWarning):
+        assert GraphLaParams.model_validate({"tau": 1.1, "discrepancy_tau": 1.2}).discrepancy_tau == 1.2
+    with pytest.warns(FutureWarning):
+        assert GraphLaParams.model_validate({"discrepancy_tau": 1.2, "tau": 1.1}).discrepancy_tau == 1.1
+
+
+def test_a_former_name_set_on_the_command_line_overrides_the_pipeline(tmp_path):
+    """pipelines/unet.yaml names ``pre_estimate``; ``--set solver.params.input=...`` (the former name) wins."""
+    with pytest.warns(FutureWarning, match="'input' is deprecated"):
+        cfg = load_config(str(ROOT / "pipelines" / "unet.yaml"),
+                          ["solver.params.input={name: fbp, params: {filter: hann}}"])
+    assert cfg.solver.params["pre_estimate"]["params"]["filter"] == "hann" and "input" not in cfg.solver.params
 
 
 def test_former_names_in_a_pipeline_resolve_to_the_current_ones(tmp_path, caplog):

@@ -52,7 +52,8 @@ class SolverParams(BaseModel):
     """Base of every solver's parameter model: strict, unknown keys are errors.
 
     ``renamed``: former parameter names -> current ones. A former name is still accepted for one release,
-    with a FutureWarning (logged as a warning by the CLI) naming the new one; giving both is an error.
+    with a FutureWarning (logged as a warning by the CLI) naming the new one. Given with its current name,
+    the later of the two in the mapping wins (``--set`` with a former name overrides the file's value).
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, defer_build=True)
@@ -63,16 +64,15 @@ class SolverParams(BaseModel):
     def _accept_former_names(cls, data: Any) -> Any:
         if not (cls.renamed and isinstance(data, dict)) or not (set(cls.renamed) & set(data)):
             return data
-        data = dict(data)
-        for old, new in cls.renamed.items():
-            if old not in data:
-                continue
-            if new in data:
-                raise ValueError(f"{old!r} is the former name of {new!r}; give only {new!r}")
-            data[new] = data.pop(old)
-            warnings.warn(f"solver parameter {old!r} is deprecated and will be removed in the next release; "
-                          f"use {new!r}", FutureWarning, stacklevel=2)
-        return data
+        current: dict = {}
+        for key, value in data.items():  # in order: a later key overrides an earlier one of the same idea
+            name = cls.renamed.get(key, key)
+            if name != key:
+                warnings.warn(f"solver parameter {key!r} is deprecated and will be removed in the next release; "
+                              f"use {name!r}", FutureWarning, stacklevel=2)
+            current.pop(name, None)
+            current[name] = value
+        return current
 
     def __getattr__(self, name: str) -> Any:
         renamed = type(self).renamed
