@@ -135,3 +135,24 @@ def test_a_run_validates_the_solver_parameters_once(tmp_path, capsys, monkeypatc
                                "solver.params.iterations=3", "-o", str(tmp_path / "x.h5"), "--device", "cpu")
     assert code == 0, err
     assert len(calls) == 1
+
+
+def test_model_metadata_written_with_former_names_still_fits():
+    """A model trained before a rename stores the former parameter names; they compare as the current ones."""
+    from recon_cli.networks import param_differences
+    from recon_cli.solvers.rising import rising_mismatches
+
+    assert param_differences({"tau": 1.05, "R": 5}, {"discrepancy_tau": 1.05, "R": 5}) == ["discrepancy_tau", "tau"]
+    assert param_differences({"tau": 1.05, "R": 5}, {"discrepancy_tau": 1.05, "R": 5}, {},
+                             GraphLaParams.renamed) == []
+    assert param_differences({"tau": 1.05}, {"discrepancy_tau": 1.2}, {}, GraphLaParams.renamed) == ["discrepancy_tau"]
+    ref = SolverRef(name="graphla", params={"discrepancy_tau": 1.05})
+    former = {new: old for old, new in GraphLaParams.renamed.items()}
+    # as training wrote it before the rename: the resolved parameters under their former names
+    trained = {"name": "graphla", "params": {former.get(k, k): v for k, v in ref.params.items()}}
+    assert {"tau", "psi", "graph_mode"} <= set(trained["params"])
+    meta = {"target": {"kind": "converged", "solver": trained}, "input": trained}
+    k = ref.params["iterations"]
+    assert rising_mismatches(meta, ref, k) == []
+    other = SolverRef(name="graphla", params={"discrepancy_tau": 1.2})
+    assert [f for f, _ in rising_mismatches(meta, other, k)] == ["pre_estimate.params.discrepancy_tau"]

@@ -168,9 +168,9 @@ def _params_without_iterations(params: dict | None) -> dict:
 
 def _param_differences(want: dict, have: dict, name: str) -> list[str]:
     """Names of parameters of solver ``name`` (iteration count excluded) whose values differ; a missing
-    one counts as its default (networks.param_differences)."""
+    one counts as its default, a former name as its current one (networks.param_differences)."""
     want, have = _params_without_iterations(want), _params_without_iterations(have)
-    return param_differences(want, have, default_params(name))
+    return param_differences(want, have, default_params(name), get_solver(name).params_model.renamed)
 
 
 def rising_mismatches(meta: dict, ref: SolverRef, k: int) -> list[tuple[str, str]]:

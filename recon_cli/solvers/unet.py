@@ -70,7 +70,8 @@ def solve(op, sino, params: UNetParams, callback=None) -> Reconstruction:
     ref = _input_ref(params, model)
     expected = ref.model_dump(mode="json", exclude_none=True)
     mismatches = model.check_fits(sino.geometry, sino.grid, expected_input=expected, noise=sino.metadata,
-                                  override=params.allow_mismatch, input_defaults=default_params(ref.name))
+                                  override=params.allow_mismatch, input_defaults=default_params(ref.name),
+                                  input_renamed=get_solver(ref.name).params_model.renamed)
     first = run_ref(ref, op, sino, callback)
     t1 = time.perf_counter()
     network_out = model.apply(first.volume, voxel_size=sino.grid.voxel_size, conditions=conditions_for(sino))
