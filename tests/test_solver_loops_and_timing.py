@@ -29,11 +29,6 @@ ALLOWED_LOOPS = {
     ("sgp_tv", "SGP.step"): "Armijo backtracking inside one SGP iteration",
 }
 
-#: Modules whose stage timings are still plain perf_counter calls: a parallel change (issue #14) edits
-#: their network step; they time loading and inference, not iterations.
-ALLOWED_CLOCKS = {"unet", "rising"}
-
-
 def iteration_shaped_loops(path: Path) -> list[tuple[str, int, str]]:
     """(enclosing function as Class.method, line, source) of each while / for-in-range loop in ``path``."""
     found = []
@@ -74,7 +69,7 @@ def test_the_loop_check_catches_a_hand_written_loop(tmp_path):
 
 @pytest.mark.parametrize("path", sorted(SOLVERS.glob("*.py")), ids=lambda p: p.name)
 def test_timing_only_in_the_driver(path):
-    if path.stem in {"algorithm"} | ALLOWED_CLOCKS:
+    if path.stem == "algorithm":
         return
     text = path.read_text()
     assert "perf_counter" not in text and "synchronize()" not in text, \

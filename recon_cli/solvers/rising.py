@@ -30,7 +30,6 @@ import dataclasses
 import inspect
 import logging
 import math
-import time
 
 import numpy as np
 from typing import Literal
@@ -40,6 +39,7 @@ from pydantic import Field, field_validator
 from recon_cli.networks import conditions_for, load_model, param_differences
 from recon_cli.ops.operator import Operator
 from recon_cli.sinogram import Reconstruction, Sinogram
+from recon_cli.solvers.algorithm import Stopwatch
 from recon_cli.solvers.learned_guard import IMPLAUSIBLE_FACTOR, guard_output
 from recon_cli.solvers.registry import (IterationState, SolverParams, SolverRef, default_params, get_solver,
                                        register, run_ref, unit)
@@ -232,15 +232,16 @@ def solve(op: Operator, sino: Sinogram, params: RisingParams, callback=None) -> 
     its target's iteration count and any tolerated mismatches. The final image's data residual is
     the runner's ``residual`` metric.
     """
-    t0 = time.perf_counter()
+    clock = Stopwatch()
+    t0 = clock.seconds()
     model = load_model(params.model)
     ref = params.pre_estimate
     mismatches = check_model(model, ref, params.k, sino, params.allow_mismatch)
-    t1 = time.perf_counter()
+    t1 = clock.seconds()
     x_k, history, infos = step_one(ref, params.k, op, sino, callback)
-    t2 = time.perf_counter()
+    t2 = clock.seconds()
     network_out = model.apply(x_k, voxel_size=sino.grid.voxel_size, conditions=conditions_for(sino))
-    t3 = time.perf_counter()
+    t3 = clock.seconds()
     xp = op.xp
     norm_k = float(xp.linalg.norm(x_k.ravel()))
     change = float(xp.linalg.norm((network_out - x_k).ravel())) / norm_k if norm_k > 0 else math.inf
@@ -248,7 +249,7 @@ def solve(op: Operator, sino: Sinogram, params: RisingParams, callback=None) -> 
                                  factor=params.implausible_factor, on_implausible=params.on_implausible,
                                  what=f"RISING network {model.name!r}",
                                  fallback=lambda: run_ref(ref, op, sino).volume, fallback_name=f"{ref.name} (full)")
-    t4 = time.perf_counter()
+    t4 = clock.seconds()
     conv = (model.meta.get("target") or {}).get("solver") or {}
     info = {
         "iterations": int(max(int(i.get("iterations", params.k) or 0) for i in infos)),

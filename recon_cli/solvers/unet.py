@@ -14,13 +14,13 @@ No torch: inference is ONNX Runtime only.
 """
 from __future__ import annotations
 
-import time
 from typing import Literal, Optional
 
 from pydantic import Field
 
 from recon_cli.networks import conditions_for, load_model
 from recon_cli.sinogram import Reconstruction
+from recon_cli.solvers.algorithm import Stopwatch
 from recon_cli.solvers.learned_guard import IMPLAUSIBLE_FACTOR, guard_output
 from recon_cli.solvers.registry import SolverParams, SolverRef, default_params, get_solver, register, run_ref, unit
 
@@ -65,7 +65,8 @@ def _scalars(info: dict) -> dict:
                               "as in training)", slice_independent=_slice_independent)
 def solve(op, sino, params: UNetParams, callback=None) -> Reconstruction:
     """Network(input solver(sino)); ``volume`` has ``op.domain_shape`` in 1/mm."""
-    t0 = time.perf_counter()
+    clock = Stopwatch()
+    t0 = clock.seconds()
     model = load_model(params.model)
     ref = _input_ref(params, model)
     expected = ref.model_dump(mode="json", exclude_none=True)
@@ -73,13 +74,13 @@ def solve(op, sino, params: UNetParams, callback=None) -> Reconstruction:
                                   override=params.allow_mismatch, input_defaults=default_params(ref.name),
                                   input_renamed=get_solver(ref.name).params_model.renamed)
     first = run_ref(ref, op, sino, callback)
-    t1 = time.perf_counter()
+    t1 = clock.seconds()
     network_out = model.apply(first.volume, voxel_size=sino.grid.voxel_size, conditions=conditions_for(sino))
-    t2 = time.perf_counter()
+    t2 = clock.seconds()
     volume, guard = guard_output(op, sino.data, network_out, first.volume, baseline_name=ref.name,
                                  factor=params.implausible_factor, on_implausible=params.on_implausible,
                                  what=f"network {model.name!r}")
-    t3 = time.perf_counter()
+    t3 = clock.seconds()
     info = {
         "iterations": int(first.info.get("iterations", 0) or 0),
         "history": first.info.get("history", {}),
