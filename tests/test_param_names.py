@@ -113,7 +113,7 @@ def test_the_parsed_parameters_are_validated_once():
 def test_every_iterative_solver_states_its_iteration_budget(name):
     spec = get_solver(name)
     budget = spec.params_model.model_construct().iteration_budget()  # defaults, no required model file
-    if spec.iterative and name != "rising":  # rising's budget is its inner solver's k (see its module)
+    if spec.iterative:
         assert isinstance(budget, int) and budget > 0
     elif not spec.iterative:
         assert budget is None

@@ -75,6 +75,10 @@ class RisingParams(SolverParams):
     implausible_factor: float = unit("1", "largest accepted ratio of the network output's data residual to "
                                           "the iterate's", default=IMPLAUSIBLE_FACTOR, gt=1.0)
 
+    def iteration_budget(self) -> int:
+        """Iterations of the iterative solver per slice (states count them per slice)."""
+        return self.k
+
     @field_validator("pre_estimate")
     @classmethod
     def _iterative(cls, ref: SolverRef) -> SolverRef:
@@ -106,12 +110,33 @@ def _stop_after(k: int, callback):
     return cb
 
 
-def run_early(ref: SolverRef, k: int, op: Operator, sino: Sinogram, callback=None) -> Reconstruction:
-    """k iterations of ``ref`` from zero on ``sino`` (one 2D slice, or a stack solved as the op does)."""
+def run_early(ref: SolverRef, k: int, op: Operator, sino: Sinogram, callback=None, *,
+              resume_state: dict | None = None) -> Reconstruction:
+    """k iterations of ``ref`` from zero on ``sino`` (one 2D slice, or a stack solved as the op does);
+    ``resume_state``: continue from a state ``ref`` reported."""
     ref_k = early_ref(ref, k)
     if ITERATIONS_KEY in get_solver(ref.name).params_model.model_fields:
-        return run_ref(ref_k, op, sino, callback)
-    return run_ref(ref_k, op, sino, _stop_after(k, callback))
+        return run_ref(ref_k, op, sino, callback, resume_state=resume_state)
+    return run_ref(ref_k, op, sino, _stop_after(k, callback), resume_state=resume_state)
+
+
+def _in_slice(callback, i: int, done, done_info: list):
+    """``callback`` seeing slice ``i``'s iterations with the state a resumed run needs: {iteration (of that
+    slice), slice, done (x_k of the slices before it), done_info (their infos), inner (the iterative
+    solver's state)}; states without a solver state (stage announcements) pass unchanged."""
+    if callback is None:
+        return None
+
+    def reporting(state: IterationState):
+        inner = (state.extra or {}).get("state")
+        if inner is None:
+            return callback(state)
+        return callback(IterationState(state.iteration, state.x, state.objective, state.residual, state.gap,
+                                       extra={"state": {"iteration": state.iteration, "slice": i, "done": done,
+                                                        "done_info": done_info, "inner": inner}}))
+
+    reporting.wants_stages = getattr(callback, "wants_stages", False)  # a pre-estimate's stages, as before
+    return reporting
 
 
 def slice_operator(op: Operator, sino: Sinogram) -> Operator | None:
@@ -134,28 +159,34 @@ def _slice(sino: Sinogram, i: int) -> Sinogram:
     return dataclasses.replace(sino, data=sino.data[i], grid=sino.grid.slice_grid(), reference=ref)
 
 
-def step_one(ref: SolverRef, k: int, op: Operator, sino: Sinogram, callback=None) -> tuple[object, dict, list]:
-    """(x_k with op.domain_shape, history, per-slice infos): slice by slice for a stack."""
+def step_one(ref: SolverRef, k: int, op: Operator, sino: Sinogram, callback=None, *,
+             resume_state: dict | None = None) -> tuple[object, dict, list]:
+    """(x_k with op.domain_shape, history, per-slice infos): slice by slice for a stack.
+
+    Restartable: ``resume_state`` (a state the callback saw, see :func:`_in_slice`) keeps the finished
+    slices and continues the iterative solver's run of the slice in progress from its state."""
     n = sino.grid.n_slices
-    if n is None or n == 1:
-        rec = run_early(ref, k, op, sino, callback)
-        return rec.volume, dict(rec.info.get("history") or {}), [rec.info]
-    one = slice_operator(op, sino)
+    first, inner = (0, None) if resume_state is None else (int(resume_state["slice"]), resume_state["inner"])
+    one = None if n is None or n == 1 else slice_operator(op, sino)
     if one is None:
-        log.warning("rising: cannot build a one-slice projector like %s; running the %d slices jointly",
-                    type(op).__name__, n)
-        rec = run_early(ref, k, op, sino, callback)
+        if n is not None and n > 1:
+            log.warning("rising: cannot build a one-slice projector like %s; running the %d slices jointly",
+                        type(op).__name__, n)
+        rec = run_early(ref, k, op, sino, _in_slice(callback, 0, None, []), resume_state=inner)
         return rec.volume, dict(rec.info.get("history") or {}), [rec.info]
     xp = op.xp
     volume = xp.empty(tuple(op.domain_shape), dtype=np.float32)
-    history: dict = {}
-    infos = []
-    for i in range(n):
-        rec = run_early(ref, k, one, _slice(sino, i), callback)
+    infos: list = []
+    if resume_state is not None and first > 0:
+        volume[:first] = xp.asarray(resume_state["done"], dtype=np.float32)
+        infos = [dict(info) for info in resume_state["done_info"]]
+    for i in range(first, n):
+        rec = run_early(ref, k, one, _slice(sino, i), _in_slice(callback, i, volume[:i], infos),
+                        resume_state=inner if i == first else None)
         volume[i] = rec.volume
         infos.append(rec.info)
-        for name, values in (rec.info.get("history") or {}).items():
-            history[f"{name}_slice{i}"] = values
+    history = {f"{name}_slice{i}": values for i, info in enumerate(infos)
+               for name, values in (info.get("history") or {}).items()}
     return volume, history, infos
 
 
@@ -223,8 +254,11 @@ def _slice_independent(params: RisingParams) -> bool:
 @register("rising", RisingParams, "RISING: k iterations of an iterative solver (default sgp_tv) from zero, "
                                   "then a U-Net trained to map them to that solver's converged solution",
           iterative=True, state_arrays=(32, 5), slice_independent=_slice_independent)
-def solve(op: Operator, sino: Sinogram, params: RisingParams, callback=None) -> Reconstruction:
+def solve(op: Operator, sino: Sinogram, params: RisingParams, callback=None, *,
+          resume_state: dict | None = None) -> Reconstruction:
     """Network(x_k); ``volume`` has ``op.domain_shape`` in 1/mm (numpy or cupy as ``op.xp``).
+
+    Restartable in step one (see :func:`step_one`); the network then runs on the same x_k.
 
     ``info``: ``k``, ``time_iterative`` / ``time_network`` / ``time_total`` (s), ``history`` (the
     iterate's per-iteration history, per slice for a stack), ``objective_iterate`` /
@@ -238,7 +272,7 @@ def solve(op: Operator, sino: Sinogram, params: RisingParams, callback=None) -> 
     ref = params.pre_estimate
     mismatches = check_model(model, ref, params.k, sino, params.allow_mismatch)
     t1 = clock.seconds()
-    x_k, history, infos = step_one(ref, params.k, op, sino, callback)
+    x_k, history, infos = step_one(ref, params.k, op, sino, callback, resume_state=resume_state)
     t2 = clock.seconds()
     network_out = model.apply(x_k, voxel_size=sino.grid.voxel_size, conditions=conditions_for(sino))
     t3 = clock.seconds()
@@ -273,6 +307,8 @@ def solve(op: Operator, sino: Sinogram, params: RisingParams, callback=None) -> 
     }
     if info["converged_iterations"] is None:
         info.pop("converged_iterations")
+    if resume_state is not None:
+        info["resumed_from"] = int(resume_state["iteration"])
     for name in ("objective", "residual"):  # the iterate's last values, when the solver records them
         last = [float(i["history"][name][-1]) for i in infos if (i.get("history") or {}).get(name)]
         if last:
