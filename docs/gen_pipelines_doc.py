@@ -32,6 +32,11 @@ def solver_section() -> str:
             default = "required" if p["required"] else f"`{json.dumps(p['default'])}`"
             parts.append("| " + " | ".join(_cell(c) for c in (f"`{pname}`", p["type"], default, p["unit"],
                                                                  p["range"], p["description"])) + " |")
+        renamed = get_solver(name).params_model.renamed
+        if renamed:
+            parts.append("")
+            parts.append("Former names, accepted with a deprecation warning for one release: "
+                         + ", ".join(f"`{old}` (now `{new}`)" for old, new in renamed.items()) + ".")
         parts.append("")
     return "\n".join(parts)
 

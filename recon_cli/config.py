@@ -467,6 +467,8 @@ def with_overrides(cfg: PipelineConfig, values: dict[str, Any]) -> PipelineConfi
         key_path = _split_key(dotted, dotted)
         set_path(raw, key_path, value, dotted)
         set_paths.append(key_path)
+    if not any(path[0] == "solver" for path in set_paths):
+        raw["solver"] = cfg.solver  # validated already: its typed parameters are kept, not validated again
     try:
         new = PipelineConfig.model_validate(raw)
     except ValidationError as exc:

@@ -164,11 +164,7 @@ def run_products(cfg) -> int:
     from recon_cli.solvers.registry import get_solver
 
     spec = get_solver(cfg.solver.name)
-    try:
-        params = cfg.solver.parsed().model_dump()  # with the defaults filled in
-    except Exception:
-        params = dict(cfg.solver.params or {})
-    return estimated_products(spec.iterative, iteration_budget(params))
+    return estimated_products(spec.iterative, iteration_budget(cfg.solver.parsed()))
 
 
 def estimate_memory(cfg, sino, device_name: str, projector_kind: str | None = None) -> MemoryEstimate:

@@ -163,13 +163,17 @@ def _norm_json(value):
     return value
 
 
-def param_differences(want: dict | None, have: dict | None, defaults: dict | None = None) -> list[str]:
+def param_differences(want: dict | None, have: dict | None, defaults: dict | None = None,
+                      renamed: dict | None = None) -> list[str]:
     """Names of solver parameters whose values differ between training (``want``) and this run.
 
     A parameter missing on one side counts as its default (``defaults``, JSON values): parameters added
     to a solver after a model was trained, left at their defaults, do not change what it computes.
+    ``renamed``: the solver's former parameter names -> current ones (metadata written before a rename).
     """
-    want, have, defaults = want or {}, have or {}, defaults or {}
+    renamed = renamed or {}
+    want, have = ({renamed.get(k, k): v for k, v in (side or {}).items()} for side in (want, have))
+    defaults = defaults or {}
     return sorted(k for k in set(want) | set(have)
                   if _norm_json(want.get(k, defaults.get(k))) != _norm_json(have.get(k, defaults.get(k))))
 
@@ -212,15 +216,18 @@ class Model:
         return envelope_of(self.meta)
 
     def mismatches(self, geometry: Geometry, grid: VolumeGrid, *, expected_input: dict | None = None,
-                   noise: dict | None = None, input_defaults: dict | None = None) -> list[tuple[str, str]]:
+                   noise: dict | None = None, input_defaults: dict | None = None,
+                   input_renamed: dict | None = None) -> list[tuple[str, str]]:
         """(field, explanation) for every way the input leaves the model's envelope or input solver.
-        ``input_defaults``: the input solver's default parameters (see :func:`param_differences`)."""
+        ``input_defaults`` / ``input_renamed``: the input solver's default parameters and former parameter
+        names (see :func:`param_differences`)."""
         found = envelope_mismatches(self.envelope, geometry, grid, noise)
         if expected_input is not None and self.trained_input is not None:
             want, have = self.trained_input, expected_input
             if want.get("name") != have.get("name"):
                 found.append(("input", f"trained on {want.get('name')!r} inputs, got {have.get('name')!r}"))
-            elif diff := param_differences(want.get("params", {}), have.get("params", {}), input_defaults):
+            elif diff := param_differences(want.get("params", {}), have.get("params", {}), input_defaults,
+                                           input_renamed):
                 found.append(("input", f"input solver {have.get('name')!r} parameters differ from training: "
                                        + ", ".join(f"{k}={have.get('params', {}).get(k)!r} "
                                                    f"(trained {want.get('params', {}).get(k)!r})" for k in diff)))
@@ -228,7 +235,7 @@ class Model:
 
     def check_fits(self, geometry: Geometry, grid: VolumeGrid, *, expected_input: dict | None = None,
                    noise: dict | None = None, override: bool = False,
-                   input_defaults: dict | None = None) -> list[tuple[str, str]]:
+                   input_defaults: dict | None = None, input_renamed: dict | None = None) -> list[tuple[str, str]]:
         """Raise InputError (file = model, field = first mismatch) unless the input fits or ``override``.
 
         ``noise``: the sinogram's metadata (keys ``I0`` / ``sigma``); ``expected_input``: the
@@ -236,7 +243,7 @@ class Model:
         fits); with ``override`` they are logged as warnings instead of raised.
         """
         found = self.mismatches(geometry, grid, expected_input=expected_input, noise=noise,
-                                input_defaults=input_defaults)
+                                input_defaults=input_defaults, input_renamed=input_renamed)
         return self.enforce_fit(found, override)
 
     def enforce_fit(self, found: list[tuple[str, str]], override: bool,

@@ -19,25 +19,19 @@ import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
-from recon_cli.solvers.registry import IterationState
+from recon_cli.solvers.registry import IterationState, SolverParams
 
 log = logging.getLogger(__name__)
 
-#: Parameter names solvers use for their iteration budget, looked up in this order.
-ITERATION_KEYS = ("iterations", "max_iterations", "n_iter", "maxiter")
 #: A log line at least every this share of the iterations ...
 LOG_FRACTION = 0.1
 #: ... or after this many seconds without one.
 LOG_INTERVAL_S = 30.0
 
 
-def iteration_budget(params: dict) -> int | None:
-    """The planned number of iterations from a solver's parameters, if it has one."""
-    for key in ITERATION_KEYS:
-        value = params.get(key)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    return None
+def iteration_budget(params: SolverParams) -> int | None:
+    """The planned number of iterations, as the solver's typed parameters state it (None: no budget)."""
+    return params.iteration_budget()
 
 
 def _fmt(value: float | None) -> str:

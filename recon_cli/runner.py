@@ -82,7 +82,7 @@ def run_pipeline(cfg: PipelineConfig, *, input_override: str | None = None, outp
     plan = plan_memory(cfg, sino, device.name, max_memory, jobs=jobs)
     digest = input_digest(input_path)
     writer = prepare_checkpoint(cfg, outputs, digest, device, plan, resume, grid_shape=sino.grid.shape)
-    budget = iteration_budget(cfg.solver.params)
+    budget = iteration_budget(cfg.solver.parsed())
     log_stage("solve", cfg.solver.name + (f" ({budget} iterations)" if budget else "") +
               (f", {len(plan.chunks)} chunks" if len(plan.chunks) > 1 else ""), solver=cfg.solver.name, total=budget)
     if executor is not None:
@@ -426,7 +426,7 @@ def prepare_checkpoint(cfg: PipelineConfig, outputs: dict[str, Path], input_sha2
             ckpt = load_checkpoint(path)
             check_key(ckpt, key, path)
             if grid_shape is not None:
-                check_fits_run(ckpt, grid_shape, iteration_budget(cfg.solver.params), path)
+                check_fits_run(ckpt, grid_shape, iteration_budget(cfg.solver.parsed()), path)
         except (ConfigError, InputError) as exc:
             if resume != "auto":
                 raise
@@ -464,7 +464,7 @@ def solve_in_chunks(cfg: PipelineConfig, sino: Sinogram, device: Device, plan, w
     volume = np.empty(sino.grid.shape, dtype=np.float32) if split else None
     if split and first > 0:
         volume[:chunks[first - 1][1]] = ckpt.done_volume
-    budget = iteration_budget(cfg.solver.params)
+    budget = iteration_budget(cfg.solver.parsed())
     writer.final_iteration = budget
     res_sq = y_sq = 0.0
     time_setup = wall_time = 0.0

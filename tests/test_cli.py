@@ -239,7 +239,12 @@ def test_progress_callback_reports_and_never_stops(monkeypatch, capsys):
     from recon_cli.progress import iteration_budget, solver_progress
     from recon_cli.solvers.registry import IterationState
 
-    assert iteration_budget({"iterations": 12, "tol": 0.0}) == 12 and iteration_budget({"filter": "x"}) is None
+    from recon_cli.solvers.fbp import FBPParams
+    from recon_cli.solvers.sirt import SIRTParams
+    from recon_cli.solvers.tpv import TpVParams
+
+    assert iteration_budget(SIRTParams(iterations=12, relaxation=1.5)) == 12 and iteration_budget(FBPParams()) is None
+    assert iteration_budget(TpVParams(iterations=20, outer_iterations=3)) == 60
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     with solver_progress("sirt", 3, enabled=True) as cb:
         assert not cb(IterationState(1, None, objective=2.5))

@@ -123,7 +123,7 @@ def test_graphla_fbp_beats_fbp_and_meets_the_discrepancy_target(fan_case):
     K, sino = fan_case
     psnr = lambda x: compute_metrics(x, sino.reference, names=["psnr"])["psnr"]  # noqa: E731
     fbp = psnr(run_solver("fbp", K, sino).volume)
-    rec = run_solver("graphla", K, sino, {"psi": {"name": "fbp"}, "nonnegative": False})
+    rec = run_solver("graphla", K, sino, {"pre_estimate": {"name": "fbp"}, "nonnegative": False})
     info = rec.info
     assert psnr(rec.volume) > fbp + 3.0, (psnr(rec.volume), fbp)
     e_norm, _ = noise_norm(sino.data, sino.metadata)
@@ -144,14 +144,14 @@ def test_graphla_fbp_beats_fbp_and_meets_the_discrepancy_target(fan_case):
 
 def test_graphla_params_and_psi_reference():
     p = GraphLaParams()
-    assert p.psi.name == "fbp" and p.R == 5 and p.sigma == 1e-3 and p.algorithm == "mmgks"
-    assert p.tau == 1.01 and p.eps == 0.1 and p.restart == 30 and p.tol == 1e-4 and p.lam == "auto"
-    p = GraphLaParams(psi={"name": "tv", "params": {"lam": 2.0}})
-    assert isinstance(p.psi, SolverRef) and p.psi.params["lam"] == 2.0
+    assert p.pre_estimate.name == "fbp" and p.R == 5 and p.sigma == 1e-3 and p.algorithm == "mmgks"
+    assert p.discrepancy_tau == 1.01 and p.eps == 0.1 and p.restart == 30 and p.tol == 1e-4 and p.lam == "auto"
+    p = GraphLaParams(pre_estimate={"name": "tv", "params": {"lam": 2.0}})
+    assert isinstance(p.pre_estimate, SolverRef) and p.pre_estimate.params["lam"] == 2.0
     with pytest.raises(ValueError, match="unknown solver"):
-        GraphLaParams(psi={"name": "tvv"})
+        GraphLaParams(pre_estimate={"name": "tvv"})
     with pytest.raises(ValueError):
-        GraphLaParams(psi={"name": "tv", "params": {"lamda": 2.0}})
+        GraphLaParams(pre_estimate={"name": "tv", "params": {"lamda": 2.0}})
     with pytest.raises(ValueError):
         GraphLaParams(algorithm="admm")
     spec = get_solver("graphla")
@@ -183,7 +183,7 @@ def test_slice_stack_is_solved_slice_by_slice():
 
     s1 = Sinogram(y, geometry, VolumeGrid((N, N), 1.0))
     s2 = Sinogram(np.stack([y, y]), geometry, VolumeGrid((2, N, N), 1.0))
-    params = {"lam": 50.0, "psi": {"name": "fbp"}, "iterations": 60}
+    params = {"lam": 50.0, "pre_estimate": {"name": "fbp"}, "iterations": 60}
     one = run_solver("graphla", K1, s1, params).volume
     two = run_solver("graphla", K2, s2, params).volume
     assert two.shape == (2, N, N)

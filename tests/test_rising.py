@@ -94,7 +94,7 @@ def data():
 
 
 def _params(solver, model, **extra):
-    return {"iterative": {"name": solver, "params": dict(SOLVERS[solver])}, "k": K, "model": str(model), **extra}
+    return {"pre_estimate": {"name": solver, "params": dict(SOLVERS[solver])}, "k": K, "model": str(model), **extra}
 
 
 # ----------------------------------------------------------------------------- the two steps
@@ -183,9 +183,9 @@ def test_recon_run_from_yaml(models, tmp_path):
 
 @pytest.mark.parametrize("change, field", [
     ({"k": K + 2}, "k"),
-    ({"iterative": {"name": "sgp_tv", "params": {"lam": 5.0}}}, "iterative.params.lam"),
-    ({"iterative": {"name": "sgp_tv", "params": {"lam": 10.0, "beta": 1e-2}}}, "iterative.params.beta"),
-    ({"iterative": {"name": "tv", "params": {"lam": 1.0}}}, "iterative.name"),
+    ({"pre_estimate": {"name": "sgp_tv", "params": {"lam": 5.0}}}, "pre_estimate.params.lam"),
+    ({"pre_estimate": {"name": "sgp_tv", "params": {"lam": 10.0, "beta": 1e-2}}}, "pre_estimate.params.beta"),
+    ({"pre_estimate": {"name": "tv", "params": {"lam": 1.0}}}, "pre_estimate.name"),
 ])
 def test_other_solver_params_or_k_is_refused_naming_the_field(models, data, change, field):
     op, sino = data

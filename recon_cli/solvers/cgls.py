@@ -7,10 +7,9 @@ geometries the whole volume is one problem.
 """
 from __future__ import annotations
 
-import time
-
+from recon_cli.solvers.algorithm import Algorithm, Stopwatch, TimedOperator, run
 from recon_cli.solvers.registry import IterationState, SolverParams, register, unit
-from recon_cli.solvers.sirt import TimedOperator, relative_norm
+from recon_cli.solvers.sirt import relative_norm
 from recon_cli.sinogram import Reconstruction
 
 
@@ -19,10 +18,75 @@ class CGLSParams(SolverParams):
     tol: float = unit("-", "stop when ||A^T(y - A x)|| / ||A^T y|| < tol in every slice (0: never)",
                       default=0.0, ge=0.0)
 
+    def iteration_budget(self) -> int:
+        return self.iterations
+
 
 def _ratio(num, den, xp):
     """num / den where den > 0, else 0 (float32 arrays)."""
     return xp.where(den > 0, num / xp.where(den > 0, den, 1.0), 0.0).astype(xp.float32, copy=False)
+
+
+class CGLS(Algorithm):
+    """CGLS from x = 0 on ``op`` (a TimedOperator) for data ``y``; ``per_slice``: step sizes per slice
+    of a 2D stack (arrays (nz, 1, 1)), else one problem. ``tol`` on the max normal residual (0: off).
+
+    State: {iteration, x, r, p, gamma, gamma0, history}; ``state``: continue from such a dict.
+    """
+
+    def __init__(self, op: TimedOperator, y, iterations: int, tol: float = 0.0, per_slice: bool = False,
+                 state: dict | None = None):
+        xp = self.xp = op.xp
+        self.op, self.max_iterations, self.tol = op, int(iterations), float(tol)
+        self.x_axes = (-2, -1) if per_slice else tuple(range(len(op.domain_shape)))
+        self.y_axes = (-2, -1) if per_slice else tuple(range(len(op.range_shape)))
+        self.y_norm = float(xp.linalg.norm(y.ravel()))
+        self.history: dict[str, list[float]] = {"residual": [], "normal_residual": []}
+        if state is not None:
+            self.resume(state)
+            return
+        self.x = xp.zeros(op.domain_shape, dtype=xp.float32)
+        self.r = y.copy()
+        s = op.adjoint(self.r)
+        self.p = s.copy()
+        self.gamma = self._sumsq(s, self.x_axes)
+        self.gamma0 = self.gamma.copy()
+
+    def _sumsq(self, v, axes):
+        return self.xp.sum(v * v, axis=axes, keepdims=True, dtype=self.xp.float32)
+
+    def load_state(self, state: dict) -> None:
+        def restored(key):
+            return self.xp.array(state[key], dtype=self.xp.float32)
+
+        self.x, self.r, self.p = restored("x"), restored("r"), restored("p")
+        self.gamma, self.gamma0 = restored("gamma"), restored("gamma0")
+        self.history = {k: [float(v) for v in state["history"][k]] for k in self.history}
+
+    def step(self, k: int):
+        xp = self.xp
+        q = self.op.forward(self.p)
+        alpha = _ratio(self.gamma, self._sumsq(q, self.y_axes), xp)
+        self.x += alpha * self.p
+        self.r -= alpha * q  # alpha: (nz, 1, 1) per slice or (1, ..., 1)
+        s = self.op.adjoint(self.r)
+        gamma_new = self._sumsq(s, self.x_axes)
+        beta = _ratio(gamma_new, self.gamma, xp)
+        self.p = s + beta * self.p
+        self.gamma = gamma_new
+        self.history["residual"].append(relative_norm(self.r, self.y_norm, xp))
+        self.history["normal_residual"].append(float(xp.sqrt(xp.max(_ratio(self.gamma, self.gamma0, xp)))))
+        return None
+
+    def converged(self):
+        return "tol" if self.tol > 0 and self.history["normal_residual"][-1] < self.tol else None
+
+    def report(self) -> IterationState:
+        return IterationState(self.iteration, self.x, residual=self.history["residual"][-1])
+
+    def state(self) -> dict:
+        return {"iteration": self.iteration, "x": self.x, "r": self.r, "p": self.p, "gamma": self.gamma,
+                "gamma0": self.gamma0, "history": self.history}
 
 
 @register("cgls", CGLSParams, "conjugate gradient least squares (no regularisation)", iterative=True,
@@ -34,60 +98,15 @@ def solve(op, sino, params: CGLSParams, callback=None, *, resume_state: dict | N
     Restartable: the callback's ``extra['state']`` is {iteration, x, r, p, gamma, gamma0, history};
     ``resume_state`` (such a dict) continues after its iteration with the uninterrupted iterates.
     """
-    t_start = time.perf_counter()
+    clock = Stopwatch()
     xp = op.xp
     timed = TimedOperator(op)
     y = xp.asarray(sino.data, dtype=xp.float32).reshape(op.range_shape)
     per_slice = len(op.domain_shape) == 3 and not getattr(sino.geometry, "is_3d", False)
-    x_axes = (-2, -1) if per_slice else tuple(range(len(op.domain_shape)))
-    y_axes = (-2, -1) if per_slice else tuple(range(len(op.range_shape)))
-
-    def sumsq(v, axes):
-        return xp.sum(v * v, axis=axes, keepdims=True, dtype=xp.float32)
-
-    y_norm = float(xp.linalg.norm(y.ravel()))
-    history: dict[str, list[float]] = {"residual": [], "normal_residual": []}
-    start = 0
-    if resume_state is None:
-        x = xp.zeros(op.domain_shape, dtype=xp.float32)
-        r = y.copy()
-        s = timed.adjoint(r)
-        p = s.copy()
-        gamma = sumsq(s, x_axes)
-        gamma0 = gamma.copy()
-    else:
-        def restored(key):
-            return xp.array(resume_state[key], dtype=xp.float32)
-
-        x, r, p = restored("x"), restored("r"), restored("p")
-        gamma, gamma0 = restored("gamma"), restored("gamma0")
-        start = int(resume_state["iteration"])
-        history = {k: [float(v) for v in resume_state["history"][k]] for k in history}
-    stopped = "iterations"
-    k = start
-    for k in range(start + 1, params.iterations + 1):
-        q = timed.forward(p)
-        alpha = _ratio(gamma, sumsq(q, y_axes), xp)
-        x += alpha * p
-        r -= alpha * q  # alpha: (nz, 1, 1) per slice or (1, ..., 1)
-        s = timed.adjoint(r)
-        gamma_new = sumsq(s, x_axes)
-        beta = _ratio(gamma_new, gamma, xp)
-        p = s + beta * p
-        gamma = gamma_new
-        residual = relative_norm(r, y_norm, xp)
-        normal = float(xp.sqrt(xp.max(_ratio(gamma, gamma0, xp))))
-        history["residual"].append(residual)
-        history["normal_residual"].append(normal)
-        state = {"iteration": k, "x": x, "r": r, "p": p, "gamma": gamma, "gamma0": gamma0, "history": history}
-        if callback is not None and callback(IterationState(k, x, residual=residual, extra={"state": state})):
-            stopped = "callback"
-            break
-        if params.tol > 0 and normal < params.tol:
-            stopped = "tol"
-            break
-    info = {"iterations": k, "history": history, "stopped": stopped, "tol": params.tol,
-            "time_projector": timed.seconds, "time_total": time.perf_counter() - t_start}
-    if start:
-        info["resumed_from"] = start
-    return Reconstruction(x, info)
+    alg = CGLS(timed, y, params.iterations, params.tol, per_slice, state=resume_state)
+    record = run(alg, callback)
+    info = {"iterations": record.iterations, "history": alg.history, "stopped": record.stopped, "tol": params.tol,
+            "time_projector": timed.seconds, "time_total": clock.seconds()}
+    if record.resumed_from:
+        info["resumed_from"] = record.resumed_from
+    return Reconstruction(alg.x, info)

@@ -3,7 +3,7 @@
     min_x 1/2 ||K x - y||^2 + lam_abs ||L x||_1   (+ x >= 0 with the Chambolle-Pock algorithm)
 
 (Bianchi, Evangelista, Aleotti, Donatelli, Loli Piccolomini, Li, arXiv 2312.16936.) Psi is any
-registered solver named in the YAML (``psi: {name: fbp}``, ``{name: tikhonov}``,
+registered solver named in the YAML as ``pre_estimate`` (``pre_estimate: {name: fbp}``, ``{name: tikhonov}``,
 ``{name: tv, params: {...}}``, ``{name: svtv}``, ``{name: unet, model: PATH}``); L = L(u) is built
 once by :func:`recon_cli.ops.graph_laplacian.graph_laplacian` (window R, weight scale sigma relative to
 u's intensity range, W / ||W||_F, L = diag(W1) - W), so the problem stays convex.
@@ -44,8 +44,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
-from types import SimpleNamespace
 from typing import Literal, Optional, Union
 
 import numpy as np
@@ -54,11 +52,12 @@ from pydantic import Field
 from recon_cli.ops.graph_laplacian import GraphLaplacianOperator, graph_laplacian, laplacian_nbytes
 from recon_cli.ops.operator import Operator
 from recon_cli.sinogram import Reconstruction, Sinogram
+from recon_cli.solvers.algorithm import Stopwatch, synchronise
 from recon_cli.solvers.mmgks import mmgks
 from recon_cli.solvers.pdhg import pdhg
 from recon_cli.solvers.registry import SolverParams, SolverRef, register, run_stage, unit
 from recon_cli.solvers.regularisation_parameter import noise_norm
-from recon_cli.solvers.tv import choose_lam, lam_search_converged
+from recon_cli.solvers.tv import LamSearch, choose_lam, lam_search_converged
 
 log = logging.getLogger(__name__)
 
@@ -66,17 +65,23 @@ from recon_cli.constants import MU_WATER  # 1/mm
 
 
 class GraphLaParams(SolverParams):
-    """Parameters of ``graphla`` (lam and eps in the normalised convention of the module docstring)."""
+    """Parameters of ``graphla`` (lam and eps in the normalised convention of the module docstring).
 
-    psi: SolverRef = Field(default_factory=lambda: SolverRef(name="fbp"),
+    Former names (accepted for one release): ``psi`` (now ``pre_estimate``, as in svtv), ``graph_mode``
+    (``mode``, as in tv), ``tau`` (``discrepancy_tau``, as in tv, sgp_tv and tikhonov).
+    """
+
+    renamed = {"psi": "pre_estimate", "graph_mode": "mode", "tau": "discrepancy_tau"}
+
+    pre_estimate: SolverRef = Field(default_factory=lambda: SolverRef(name="fbp"),
                            description="solver giving the preliminary reconstruction u = Psi(y) that defines L")
     R: int = unit("pixels", "window: neighbours at ||pos_i - pos_j||_inf <= R - 1 (R = 5: 9 x 9)", default=5,
                   ge=1, le=20)
     sigma: float = unit("1 (relative)", "graph weight scale: w_ij = exp(-(u_i - u_j)^2 / sigma), u mapped to [0, 1]; contrasts "
                         "below about sqrt(sigma) are smoothed (1e-3 synthetic, 2e-4 clinical in the paper)", default=1e-3, gt=0.0)
-    graph_mode: Literal["slicewise", "3d"] = unit("-", "graph of a slice stack: per slice (block-diagonal) or 3D",
+    mode: Literal["slicewise", "3d"] = unit("-", "graph of a slice stack: per slice (block-diagonal) or 3D",
                                                   default="slicewise")
-    slice_half_width: int = unit("slices", "graph_mode 3d: neighbours in slices |dz| <= this", default=1, ge=0)
+    slice_half_width: int = unit("slices", "mode 3d: neighbours in slices |dz| <= this", default=1, ge=0)
     lam: Union[float, Literal["auto"]] = unit(
         "1 (image / intensity_scale, unit pixels)",
         "weight of ||L x||_1 for the normalised image (the solver uses lam * intensity_scale * voxel_size^2); "
@@ -88,7 +93,8 @@ class GraphLaParams(SolverParams):
     tol: float = unit("1", "stop when ||x_k+1 - x_k|| / ||x_k+1|| < tol (0: off)", default=1e-4, ge=0.0)
     intensity_scale: float = unit("1/mm", "attenuation that maps to 1 in the normalised image (2 x water)",
                                   default=2 * MU_WATER, gt=0.0)
-    tau: float = unit("1", "discrepancy principle: target residual = tau * noise norm", default=1.01, ge=0.5, le=3.0)
+    discrepancy_tau: float = unit("1", "discrepancy principle: target residual = discrepancy_tau * noise norm",
+                                  default=1.01, ge=0.5, le=3.0)
     noise_sigma: Optional[float] = unit("1 (line integral)", "noise std per sinogram value; default: metadata "
                                         "sigma / I0, else estimated", default=None)
     eps: float = unit("1 (normalised)", "mmgks: smoothing of |t| as sqrt(t^2 + eps^2)", default=0.1, gt=0.0)
@@ -101,6 +107,9 @@ class GraphLaParams(SolverParams):
     search_rtol: float = unit("1", "pdhg lam auto: accept |residual / target - 1| <= search_rtol", default=0.02,
                               gt=0.0, lt=1.0)
 
+    def iteration_budget(self) -> int:
+        return self.iterations
+
 
 def _scalars(info: dict) -> dict:
     return {k: v for k, v in info.items() if isinstance(v, (int, float, str, bool)) and v is not None}
@@ -108,12 +117,11 @@ def _scalars(info: dict) -> dict:
 
 def build_laplacian(u, params: GraphLaParams, xp) -> tuple[GraphLaplacianOperator, dict]:
     """L(u) as an Operator on u's shape, with its build record (time, nnz, bytes)."""
-    t0 = time.perf_counter()
-    L = graph_laplacian(u, R=params.R, sigma=params.sigma, relative=True, xp=xp, mode=params.graph_mode,
+    clock = Stopwatch()
+    L = graph_laplacian(u, R=params.R, sigma=params.sigma, relative=True, xp=xp, mode=params.mode,
                         slice_half_width=params.slice_half_width)
-    if xp is not np:
-        xp.cuda.Stream.null.synchronize()
-    t_build = time.perf_counter() - t0
+    synchronise(xp)
+    t_build = clock.seconds()
     op = GraphLaplacianOperator(L, tuple(u.shape), xp=xp)
     return op, {"time_laplacian": t_build, "laplacian_nnz": int(L.nnz), "laplacian_bytes": laplacian_nbytes(L)}
 
@@ -124,9 +132,15 @@ def _noise(y, sino: Sinogram, params: GraphLaParams) -> tuple[float, str]:
     return noise_norm(y, sino.metadata)
 
 
-def solve_with_psi(op: Operator, sino: Sinogram, params: GraphLaParams, u, callback=None) -> Reconstruction:
-    """graphLa with the graph of a given preliminary image ``u`` (shape ``op.domain_shape``, 1/mm)."""
-    t0 = time.perf_counter()
+def solve_with_psi(op: Operator, sino: Sinogram, params: GraphLaParams, u, callback=None, *,
+                   resume_state: dict | None = None, context: dict | None = None) -> Reconstruction:
+    """graphLa with the graph of a given preliminary image ``u`` (shape ``op.domain_shape``, 1/mm).
+
+    Restartable: the callback's ``extra['state']`` is the algorithm's (MM-GKS or Chambolle-Pock) plus
+    ``context`` and, for pdhg, the chosen ``lam_abs`` and ``lam_search`` record; ``resume_state``
+    continues it (L is rebuilt from the same u, the lam search is not run again).
+    """
+    clock = Stopwatch()
     xp = op.xp
     u = xp.asarray(u, dtype=np.float32).reshape(op.domain_shape)
     y = xp.asarray(sino.data, dtype=np.float32).reshape(op.range_shape)
@@ -138,13 +152,15 @@ def solve_with_psi(op: Operator, sino: Sinogram, params: GraphLaParams, u, callb
     auto = params.lam == "auto"
     if auto:
         e_norm, source = _noise(y, sino, params)
-        info.update(noise_norm=e_norm, noise_source=source, discrepancy_tau=float(params.tau),
-                    discrepancy_target=float(params.tau) * e_norm)
+        info.update(noise_norm=e_norm, noise_source=source, discrepancy_tau=float(params.discrepancy_tau),
+                    discrepancy_target=float(params.discrepancy_tau) * e_norm)
+    context = dict(context or {})
     if params.algorithm == "mmgks":
         x, run = mmgks(op, y, L, lam=None if auto else float(params.lam) * scale,
-                       noise_norm=info.get("noise_norm"), tau=params.tau, eps=params.eps * s, x0=u,
+                       noise_norm=info.get("noise_norm"), tau=params.discrepancy_tau, eps=params.eps * s, x0=u,
                        krylov_dim=params.krylov_dim, restart=params.restart, max_iter=params.iterations,
-                       tol=params.tol, nonnegative=params.nonnegative, callback=callback)
+                       tol=params.tol, nonnegative=params.nonnegative, callback=callback,
+                       resume_state=resume_state, context=context)
         lam_abs = float(run["lam"])
         info.update(eps=float(params.eps), eps_abs=params.eps * s, restarts=run["restarts"],
                     lam_reached=run["lam_reached"])
@@ -153,22 +169,29 @@ def solve_with_psi(op: Operator, sino: Sinogram, params: GraphLaParams, u, callb
         run["history"]["lam"] = [v / scale for v in run["history"]["lam"]]
     else:
         x0, dual0 = u, None
-        if auto:
-            search = SimpleNamespace(isotropic=False, nonnegative=params.nonnegative, iterations=params.iterations,
-                                     search_iterations=params.search_iterations, discrepancy_tau=params.tau,
-                                     search_start=params.search_start, search_rtol=params.search_rtol,
-                                     model_error=False)  # the paper's target: the noise alone
+        if resume_state is not None:
+            lam_abs = float(resume_state["lam_abs"])
+            info.update(resume_state.get("lam_search") or {})
+            lam_search = dict(resume_state.get("lam_search") or {})
+        elif auto:
+            search = LamSearch(isotropic=False, nonnegative=params.nonnegative, iterations=params.iterations,
+                               search_iterations=params.search_iterations,
+                               discrepancy_tau=params.discrepancy_tau,
+                               search_start=params.search_start, search_rtol=params.search_rtol,
+                               model_error=False)  # the paper's target: the noise alone
             meta = dict(sino.metadata)
             if params.noise_sigma is not None:
                 meta = {"sigma": float(params.noise_sigma)}
             chosen = choose_lam(op, y, L, None, search, meta, scale, x0=u, factor=4.0)
             lam_abs, x0, dual0 = chosen["lam_abs"], chosen["x0"], chosen["dual0"]
-            info.update({k: v for k, v in chosen["info"].items() if k not in ("noise_norm", "noise_source")})
+            lam_search = {k: v for k, v in chosen["info"].items() if k not in ("noise_norm", "noise_source")}
+            info.update(lam_search)
         else:
-            lam_abs = float(params.lam) * scale
+            lam_abs, lam_search = float(params.lam) * scale, {}
         x, run = pdhg(op, y, L, lam_abs, None, isotropic=False, nonnegative=params.nonnegative, x0=x0,
                       dual0=dual0, max_iter=params.iterations, tol_rel_change=params.tol, callback=callback,
-                      step_ratio=params.step_ratio)
+                      step_ratio=params.step_ratio, resume_state=resume_state,
+                      context={**context, "lam_abs": lam_abs, "lam_search": lam_search})
         info.update(gap=run["gap"], rel_gap=run["rel_gap"], tau_step=run["tau"], sigma_step=run["sigma"],
                     norm_K=run["norm_K"], norm_L=run["norm_B"])
     y_norm = float(xp.linalg.norm(y.ravel())) or 1.0
@@ -180,20 +203,33 @@ def solve_with_psi(op: Operator, sino: Sinogram, params: GraphLaParams, u, callb
         if params.algorithm != "mmgks":
             info["lam_search_converged"] = lam_search_converged(info, info["discrepancy_ratio"],
                                                                 float(params.search_rtol))
-    info["time_total"] = time.perf_counter() - t0
+    if "resumed_from" in run:
+        info["resumed_from"] = run["resumed_from"]
+    info["time_total"] = clock.seconds()
     return Reconstruction(volume=x, info=info)
 
 
 @register("graphla", GraphLaParams, "graphLa+Psi: l1 of the graph Laplacian of a preliminary reconstruction "
           "Psi(y); MM-GKS with the discrepancy principle, or Chambolle-Pock with x >= 0", iterative=True,
           state_arrays=(250, 45))
-def solve(op: Operator, sino: Sinogram, params: GraphLaParams, callback=None) -> Reconstruction:
-    """graphLa+Psi reconstruction of ``sino`` on ``op``'s grid (1/mm)."""
-    t0 = time.perf_counter()
-    pre = run_stage("psi", params.psi, op, sino, callback)
-    t_psi = time.perf_counter() - t0
-    rec = solve_with_psi(op, sino, params, pre.volume, callback)
+def solve(op: Operator, sino: Sinogram, params: GraphLaParams, callback=None, *,
+          resume_state: dict | None = None) -> Reconstruction:
+    """graphLa+Psi reconstruction of ``sino`` on ``op``'s grid (1/mm).
+
+    Restartable (see :func:`solve_with_psi`): the state also carries Psi's image ``psi_image``, its
+    scalar info and time, so a resumed run neither runs Psi again nor searches lam again.
+    """
+    clock = Stopwatch()
+    if resume_state is None:
+        pre = run_stage("psi", params.pre_estimate, op, sino, callback)
+        u, psi_info, t_psi = pre.volume, _scalars(pre.info), clock.seconds()
+        del pre
+    else:
+        u = op.xp.array(resume_state["psi_image"], dtype=np.float32, copy=True)
+        psi_info, t_psi = dict(resume_state["psi_info"]), float(resume_state["time_psi"])
+    rec = solve_with_psi(op, sino, params, u, callback, resume_state=resume_state,
+                         context={"psi_image": u, "psi_info": psi_info, "time_psi": t_psi})
     # Psi's scalar info, flattened (psi_lam, psi_iterations, ...) so that writers keep it
-    rec.info.update({f"psi_{k}": v for k, v in _scalars(pre.info).items()})
-    rec.info.update(psi=params.psi.name, time_psi=t_psi, time_total=time.perf_counter() - t0)
+    rec.info.update({f"psi_{k}": v for k, v in psi_info.items()})
+    rec.info.update(psi=params.pre_estimate.name, time_psi=t_psi, time_total=clock.seconds())
     return rec

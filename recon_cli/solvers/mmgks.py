@@ -39,18 +39,14 @@ for the constrained problem.
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 
 from recon_cli.backend import to_numpy
 from recon_cli.ops.operator import Operator
+from recon_cli.solvers.algorithm import Algorithm, Halt, Stopwatch, TimedOperator, run
+from recon_cli.solvers.pdhg import checked_problem
 from recon_cli.solvers.registry import IterationState
-
-
-def _sync(xp) -> None:
-    if xp is not np:
-        xp.cuda.Stream.null.synchronize()
 
 
 def golub_kahan(K: Operator, y, steps: int, *, reorthogonalise: bool = True):
@@ -99,7 +95,7 @@ def golub_kahan(K: Operator, y, steps: int, *, reorthogonalise: bool = True):
     return U[:k_done + 1], B[:k_done + 1, :k_done], V[:k_done], beta
 
 
-def _small_solve(G_K, h, G_L, lam: float) -> np.ndarray:
+def projected_solve(G_K, h, G_L, lam: float) -> np.ndarray:
     """argmin_z 1/2 z^T G_K z - h^T z + lam/2 z^T G_L z (float64; least squares if singular)."""
     H = G_K + lam * G_L
     try:
@@ -126,7 +122,7 @@ def discrepancy_lam(G_K, h, yy: float, G_L, target: float, span: float = 1e14) -
     tt = target * target
 
     def f(log_lam: float) -> float:
-        z = _small_solve(G_K, h, G_L, math.exp(log_lam))
+        z = projected_solve(G_K, h, G_L, math.exp(log_lam))
         return _residual_sq(G_K, h, yy, z) / tt - 1.0
 
     f_lo = f(lo)
@@ -141,203 +137,229 @@ def discrepancy_lam(G_K, h, yy: float, G_L, target: float, span: float = 1e14) -
     return math.exp(root), True
 
 
-def mmgks(K: Operator, y, L: Operator, *, lam: float | None = None, noise_norm: float | None = None,
-          tau: float = 1.01, eps: float = 0.1, x0=None, krylov_dim: int = 5, restart: int = 30,
-          max_iter: int = 200, tol: float = 1e-4, nonnegative: bool = False, callback=None):
+class MMGKS(Algorithm):
     """MM-GKS for min 1/2||Kx - y||^2 + lam sum_i sqrt((Lx)_i^2 + eps^2) (see the module docstring).
 
     ``lam=None``: discrepancy principle with ``noise_norm`` (= ||e||, required) and ``tau``; else the
     fixed (absolute) lam. ``eps``: smoothing in the units of L x. ``x0``: initial iterate (weights) and
     first basis vector. Shapes: x ``K.domain_shape`` (= ``L.domain_shape``), y ``K.range_shape``.
 
-    Returns (x, info): iterations, stopped ('tol' | 'max_iter' | 'callback'), lam (last), history
-    {objective (1/2||Kx-y||^2 + lam ||Lx||_1), objective_smoothed (J), residual (||Kx-y||/||y||),
-    lam, rel_change, subspace_dim}, residual_norm, discrepancy_ratio (||Kx - y|| / (tau delta), of the
-    returned, possibly clipped, x), residual_norm_unclipped (before the clip),
-    restarts, lam_reached (the target was reachable at the last iteration), time_projector /
-    time_total (s).
+    Iteration k > 1 first expands the subspace by the normal-equation residual of iteration k - 1
+    (restarting it every ``restart`` iterations), then minimises the majorant over it. State: the
+    basis V with K V, L V (float32), the Gram data G_K, h (float64), its dimension, x, L x, K x - y,
+    the weights, lam, the restart counters and the history; ``state`` continues from such a dict.
     """
-    t_start = time.perf_counter()
-    xp = K.xp
-    if tuple(L.domain_shape) != tuple(K.domain_shape):
-        raise ValueError(f"K and L have different domains: {K.domain_shape} vs {L.domain_shape}")
-    y = xp.asarray(y, dtype=np.float32)
-    if tuple(y.shape) != tuple(K.range_shape):
-        raise ValueError(f"data shape {tuple(y.shape)} does not match K's range {K.range_shape}")
-    use_dp = lam is None
-    if use_dp and not (noise_norm is not None and noise_norm > 0):
-        raise ValueError("the discrepancy principle needs a positive noise_norm")
-    if not use_dp and not (float(lam) >= 0 and math.isfinite(float(lam))):
-        raise ValueError(f"lam must be a finite non-negative number, got {lam}")
-    eps = float(eps)
-    if not eps > 0:
-        raise ValueError(f"eps must be positive, got {eps}")
-    restart = max(int(restart), 1)
-    dshape = tuple(K.domain_shape)
-    t_proj = [0.0]
 
-    def Kf(v):
-        _sync(xp)
-        t0 = time.perf_counter()
-        out = K.forward(v.reshape(dshape)).reshape(-1)
-        _sync(xp)
-        t_proj[0] += time.perf_counter() - t0
-        return out
+    budget_reason = "max_iter"
 
-    def Ka(r):
-        _sync(xp)
-        t0 = time.perf_counter()
-        out = K.adjoint(r.reshape(K.range_shape)).reshape(-1)
-        _sync(xp)
-        t_proj[0] += time.perf_counter() - t0
-        return out
+    def __init__(self, K: Operator, y, L: Operator, *, lam: float | None = None, noise_norm: float | None = None,
+                 tau: float = 1.01, eps: float = 0.1, x0=None, krylov_dim: int = 5, restart: int = 30,
+                 max_iter: int = 200, tol: float = 1e-4, nonnegative: bool = False, state: dict | None = None):
+        xp = self.xp = K.xp
+        y = checked_problem(K, y, L, lam, "L")
+        self.use_dp = use_dp = lam is None
+        if use_dp and not (noise_norm is not None and noise_norm > 0):
+            raise ValueError("the discrepancy principle needs a positive noise_norm")
+        self.eps = eps = float(eps)
+        if not eps > 0:
+            raise ValueError(f"eps must be positive, got {eps}")
+        self.restart, self.max_iterations, self.tol = max(int(restart), 1), int(max_iter), tol
+        self.nonnegative, self.tau = nonnegative, float(tau)
+        self.dshape = dshape = tuple(K.domain_shape)
+        self.K = TimedOperator(K)
+        self.L = L
+        self.yv = yv = y.reshape(-1)
+        self.y64 = float(xp.vdot(yv.astype(np.float64), yv.astype(np.float64)))
+        self.y_norm = math.sqrt(self.y64) or 1.0
+        self.target = float(tau) * float(noise_norm) if use_dp else None
+        self.eps2 = np.float32(eps * eps)
+        self.hist = {"objective": [], "objective_smoothed": [], "residual": [], "lam": [], "rel_change": [],
+                     "subspace_dim": []}
+        self.restarts, self.reached, self.since_restart = 0, True, 0
+        self.lam_k = float(lam) if not use_dp else None
+        self.rel_change = None
+        if state is not None:
+            self.resume(state)
+            return
+        # ---- initial subspace: x0 (if any) and the Krylov space K_k(K^T K, K^T y)
+        _, _, V_gk, _ = golub_kahan(self.K, y, max(int(krylov_dim), 1))
+        basis = []
+        if x0 is not None:
+            x0 = xp.asarray(x0, dtype=np.float32).reshape(-1)
+            if float(xp.linalg.norm(x0)) > 0:
+                basis.append(x0)
+        basis.extend(V_gk[i] for i in range(V_gk.shape[0]))
+        cap = len(basis) + self.restart + 2
+        n = int(np.prod(dshape))
+        self.V = xp.zeros((cap, n), dtype=np.float32)
+        self.KV = xp.zeros((cap, yv.size), dtype=np.float32)
+        self.LV = xp.zeros((cap, int(np.prod(L.range_shape))), dtype=np.float32)
+        self.dim = 0
+        self.G_K = np.zeros((cap, cap))
+        self.h = np.zeros(cap)
+        for v in basis:  # a handful of starting vectors, not iterations
+            self._add(v)
+        self.x = x0.copy() if x0 is not None else xp.zeros(n, dtype=np.float32)
+        self.lx = self._Lf(self.x)
+        self.kx = self._Kf(self.x) if x0 is not None else xp.zeros(yv.size, dtype=np.float32)
+        self.res = self.w = None
 
-    def Lf(v):
-        return L.forward(v.reshape(dshape)).reshape(-1)
+    def _Kf(self, v):
+        return self.K.forward(v.reshape(self.dshape)).reshape(-1)
 
-    def La(v):
-        return L.adjoint(v.reshape(L.range_shape)).reshape(-1)
+    def _Ka(self, r):
+        return self.K.adjoint(r.reshape(self.K.range_shape)).reshape(-1)
 
-    yv = y.reshape(-1)
-    y64 = float(xp.vdot(yv.astype(np.float64), yv.astype(np.float64)))
-    y_norm = math.sqrt(y64) or 1.0
-    target = float(tau) * float(noise_norm) if use_dp else None
+    def _Lf(self, v):
+        return self.L.forward(v.reshape(self.dshape)).reshape(-1)
 
-    # ---- initial subspace: x0 (if any) and the Krylov space K_k(K^T K, K^T y)
-    _, _, V_gk, _ = golub_kahan(_TimedK(K, Kf, Ka), y, max(int(krylov_dim), 1))
-    basis = []
-    if x0 is not None:
-        x0 = xp.asarray(x0, dtype=np.float32).reshape(-1)
-        if float(xp.linalg.norm(x0)) > 0:
-            basis.append(x0)
-    basis.extend(V_gk[i] for i in range(V_gk.shape[0]))
-    cap = len(basis) + restart + 2
-    n = int(np.prod(dshape))
-    V = xp.zeros((cap, n), dtype=np.float32)
-    KV = xp.zeros((cap, yv.size), dtype=np.float32)
-    LV = xp.zeros((cap, int(np.prod(L.range_shape))), dtype=np.float32)
-    k = 0
-    G_K = np.zeros((cap, cap))
-    h = np.zeros(cap)
+    def _La(self, v):
+        return self.L.adjoint(v.reshape(self.L.range_shape)).reshape(-1)
 
-    def add(v, kv=None, lv=None) -> bool:
-        """Orthonormalise v against V[:k] and append it (with K v, L v); False if v lies in span(V)."""
-        nonlocal k
+    def _add(self, v, kv=None, lv=None) -> bool:
+        """Orthonormalise v against V[:dim] and append it (with K v, L v); False if v lies in span(V)."""
+        xp, k, V = self.xp, self.dim, self.V
+        cap = V.shape[0]
         v = v.astype(np.float32, copy=True)
         v_norm0 = float(xp.linalg.norm(v))
         if v_norm0 == 0:
             return False
         recompute = kv is None or k > 0
         if k > 0:
-            for _ in range(2):
-                v -= V[:k].T @ (V[:k] @ v)
+            v -= V[:k].T @ (V[:k] @ v)  # twice: classical Gram-Schmidt, reorthogonalised
+            v -= V[:k].T @ (V[:k] @ v)
         v_norm = float(xp.linalg.norm(v))
         if v_norm <= 1e-6 * v_norm0 or k >= cap:
             return False
         v /= np.float32(v_norm)
         V[k] = v
-        KV[k] = Kf(v) if recompute else kv / np.float32(v_norm)
-        LV[k] = Lf(v) if recompute else lv / np.float32(v_norm)
-        new64 = KV[k].astype(np.float64)
-        G_K[k, : k + 1] = G_K[: k + 1, k] = to_numpy(KV[: k + 1].astype(np.float64) @ new64)
-        h[k] = float(xp.vdot(new64, yv.astype(np.float64)))
-        k += 1
+        self.KV[k] = self._Kf(v) if recompute else kv / np.float32(v_norm)
+        self.LV[k] = self._Lf(v) if recompute else lv / np.float32(v_norm)
+        new64 = self.KV[k].astype(np.float64)
+        self.G_K[k, : k + 1] = self.G_K[: k + 1, k] = to_numpy(self.KV[: k + 1].astype(np.float64) @ new64)
+        self.h[k] = float(xp.vdot(new64, self.yv.astype(np.float64)))
+        self.dim = k + 1
         return True
 
-    for v in basis:
-        add(v)
-
-    x = x0.copy() if x0 is not None else xp.zeros(n, dtype=np.float32)
-    lx = Lf(x)
-    kx = Kf(x) if x0 is not None else xp.zeros(yv.size, dtype=np.float32)
-    eps2 = np.float32(eps * eps)
-    hist = {"objective": [], "objective_smoothed": [], "residual": [], "lam": [], "rel_change": [],
-            "subspace_dim": []}
-    stopped, it, restarts, reached = "max_iter", 0, 0, True
-    lam_k = float(lam) if not use_dp else None
-    since_restart = 0
-    for it in range(1, int(max_iter) + 1):
-        w = xp.sqrt(lx * lx + eps2)
+    def step(self, it: int):
+        xp = self.xp
+        if it > 1:  # expand by the residual of the normal equations of iteration it - 1's majorised problem
+            g = self._Ka(self.res)
+            g += np.float32(self.lam_k) * self._La(self.w * self.lx)
+            self.since_restart += 1
+            if self.since_restart >= self.restart or self.dim >= self.V.shape[0]:
+                # restart: keep the current x as the first basis vector (K x, L x known)
+                self.dim = 0
+                self.G_K[:] = 0.0
+                self.h[:] = 0.0
+                self._add(self.x, self.kx, self.lx)
+                self.since_restart = 0
+                self.restarts += 1
+            if not self._add(g):
+                return Halt("subspace_exhausted")
+        k, lx = self.dim, self.lx
+        w = xp.sqrt(lx * lx + self.eps2)
         xp.divide(np.float32(1.0), w, out=w)  # w_i = 1 / sqrt((Lx)_i^2 + eps^2)
-        M = LV[:k] * xp.sqrt(w)[None, :]
+        self.w = w
+        M = self.LV[:k] * xp.sqrt(w)[None, :]
         G_L = to_numpy(M @ M.T).astype(np.float64)
         del M
-        Gk, hk = G_K[:k, :k], h[:k]
-        if use_dp:
-            lam_k, reached = discrepancy_lam(Gk, hk, y64, G_L, target)
-        z = _small_solve(Gk, hk, G_L, lam_k)
+        Gk, hk = self.G_K[:k, :k], self.h[:k]
+        if self.use_dp:
+            self.lam_k, self.reached = discrepancy_lam(Gk, hk, self.y64, G_L, self.target)
+        lam_k = self.lam_k
+        z = projected_solve(Gk, hk, G_L, lam_k)
         zx = xp.asarray(z.astype(np.float32))
-        x_new = zx @ V[:k]
-        kx = zx @ KV[:k]
-        lx = zx @ LV[:k]
-        diff = float(xp.linalg.norm(x_new - x))
+        x_new = zx @ self.V[:k]
+        self.kx = zx @ self.KV[:k]
+        self.lx = lx = zx @ self.LV[:k]
+        diff = float(xp.linalg.norm(x_new - self.x))
         x_norm = float(xp.linalg.norm(x_new))
-        rel_change = diff / x_norm if x_norm > 0 else 0.0
-        x = x_new
-        res = kx - yv
-        res_norm = float(xp.linalg.norm(res))
+        self.rel_change = diff / x_norm if x_norm > 0 else 0.0
+        self.x = x_new
+        self.res = self.kx - self.yv
+        self.res_norm = res_norm = float(xp.linalg.norm(self.res))
         l1 = float(xp.sum(xp.abs(lx), dtype=np.float64))
-        smooth = float(xp.sum(xp.sqrt(lx * lx + eps2), dtype=np.float64))
+        smooth = float(xp.sum(xp.sqrt(lx * lx + self.eps2), dtype=np.float64))
+        hist = self.hist
         hist["objective"].append(0.5 * res_norm ** 2 + lam_k * l1)
         hist["objective_smoothed"].append(0.5 * res_norm ** 2 + lam_k * smooth)
-        hist["residual"].append(res_norm / y_norm)
+        hist["residual"].append(res_norm / self.y_norm)
         hist["lam"].append(lam_k)
-        hist["rel_change"].append(rel_change)
+        hist["rel_change"].append(self.rel_change)
         hist["subspace_dim"].append(k)
-        if callback is not None and callback(IterationState(it, x.reshape(dshape), hist["objective"][-1],
-                                                            res_norm / y_norm)):
-            stopped = "callback"
-            break
+        return None
+
+    def converged(self):
         # right after a restart the subspace is tiny and x barely moves: no convergence test there
-        if it > 1 and since_restart >= 2 and rel_change < tol:
-            stopped = "tol"
-            break
-        if it == int(max_iter):
-            break
-        # residual of the normal equations of the majorised problem
-        g = Ka(res)
-        g += np.float32(lam_k) * La(w * lx)
-        since_restart += 1
-        if since_restart >= restart or k >= cap:
-            # restart: keep the current x as the first basis vector (K x, L x known)
-            k = 0
-            G_K[:] = 0.0
-            h[:] = 0.0
-            add(x, kx, lx)
-            since_restart = 0
-            restarts += 1
-        if not add(g):
-            stopped = "subspace_exhausted"
-            break
+        if self.iteration > 1 and self.since_restart >= 2 and self.rel_change < self.tol:
+            return "tol"
+        return None
 
-    x = x.reshape(dshape)
-    res_unclipped = res_norm
-    if nonnegative:
-        xp.maximum(x, 0, out=x)
-        kx = Kf(x)
-        lx = Lf(x)
-        res_norm = float(xp.linalg.norm(kx - yv))
-    objective = 0.5 * res_norm ** 2 + lam_k * float(xp.sum(xp.abs(lx), dtype=np.float64))
+    def report(self) -> IterationState:
+        return IterationState(self.iteration, self.x.reshape(self.dshape), self.hist["objective"][-1],
+                              self.res_norm / self.y_norm)
+
+    _ARRAYS = ("V", "KV", "LV", "x", "lx", "kx", "res", "w")
+
+    def state(self) -> dict:
+        return {"iteration": self.iteration, **{name: getattr(self, name) for name in self._ARRAYS},
+                "G_K": self.G_K, "h": self.h, "dim": self.dim, "lam_k": self.lam_k, "reached": self.reached,
+                "since_restart": self.since_restart, "restarts": self.restarts, "rel_change": self.rel_change,
+                "res_norm": self.res_norm, "history": self.hist}
+
+    def load_state(self, state: dict) -> None:
+        xp = self.xp
+        for name in self._ARRAYS:
+            setattr(self, name, xp.array(state[name], dtype=np.float32, copy=True))
+        self.G_K = np.array(state["G_K"], dtype=np.float64, copy=True)
+        self.h = np.array(state["h"], dtype=np.float64, copy=True)
+        self.dim, self.since_restart, self.restarts = int(state["dim"]), int(state["since_restart"]), \
+            int(state["restarts"])
+        self.lam_k, self.reached = float(state["lam_k"]), bool(state["reached"])
+        self.rel_change, self.res_norm = float(state["rel_change"]), float(state["res_norm"])
+        self.hist = {name: list(state["history"][name]) for name in self.hist}
+
+    def finish(self) -> None:
+        """Clip to x >= 0 when asked, and the final objective and residual of the returned x."""
+        xp = self.xp
+        self.x = self.x.reshape(self.dshape)
+        self.res_unclipped = self.res_norm
+        lx = self.lx
+        if self.nonnegative:
+            xp.maximum(self.x, 0, out=self.x)
+            kx = self._Kf(self.x)
+            lx = self._Lf(self.x)
+            self.res_norm = float(xp.linalg.norm(kx - self.yv))
+        self.objective = 0.5 * self.res_norm ** 2 + self.lam_k * float(xp.sum(xp.abs(lx), dtype=np.float64))
+
+
+def mmgks(K: Operator, y, L: Operator, *, lam: float | None = None, noise_norm: float | None = None,
+          tau: float = 1.01, eps: float = 0.1, x0=None, krylov_dim: int = 5, restart: int = 30,
+          max_iter: int = 200, tol: float = 1e-4, nonnegative: bool = False, callback=None,
+          resume_state: dict | None = None, context: dict | None = None):
+    """:class:`MMGKS` run by the driver (arguments as there; ``resume_state``: a state it reported).
+
+    Returns (x, info): iterations, stopped ('tol' | 'max_iter' | 'callback' | 'subspace_exhausted'), lam
+    (last), history {objective (1/2||Kx-y||^2 + lam ||Lx||_1), objective_smoothed (J), residual
+    (||Kx-y||/||y||), lam, rel_change, subspace_dim}, residual_norm, discrepancy_ratio (||Kx - y|| /
+    (tau delta), of the returned, possibly clipped, x), residual_norm_unclipped (before the clip),
+    restarts, lam_reached (the target was reachable at the last iteration), time_projector /
+    time_total (s).
+    """
+    clock = Stopwatch()
+    alg = MMGKS(K, y, L, lam=lam, noise_norm=noise_norm, tau=tau, eps=eps, x0=x0, krylov_dim=krylov_dim,
+                restart=restart, max_iter=max_iter, tol=tol, nonnegative=nonnegative, state=resume_state)
+    record = run(alg, callback, context=context)
+    use_dp, res_norm = alg.use_dp, alg.res_norm
     info = {
-        "iterations": it, "stopped": stopped, "history": hist, "lam": lam_k, "objective": objective,
-        "residual": res_norm / y_norm, "residual_norm": res_norm, "restarts": restarts,
-        "lam_reached": bool(reached), "eps": eps, "tau": float(tau) if use_dp else None,
-        "discrepancy_ratio": res_norm / target if use_dp else None,
-        "residual_norm_unclipped": res_unclipped,
-        "time_projector": t_proj[0], "time_total": time.perf_counter() - t_start,
+        "iterations": record.iterations, "stopped": record.stopped, "history": alg.hist, "lam": alg.lam_k,
+        "objective": alg.objective, "residual": res_norm / alg.y_norm, "residual_norm": res_norm,
+        "restarts": alg.restarts, "lam_reached": bool(alg.reached), "eps": alg.eps,
+        "tau": alg.tau if use_dp else None, "discrepancy_ratio": res_norm / alg.target if use_dp else None,
+        "residual_norm_unclipped": alg.res_unclipped,
+        "time_projector": alg.K.seconds, "time_total": clock.seconds(),
     }
-    return x, info
-
-
-class _TimedK(Operator):
-    """K with its products routed through the timed closures (for golub_kahan)."""
-
-    def __init__(self, K: Operator, fwd, adj):
-        self.K, self._f, self._a = K, fwd, adj
-        self.domain_shape, self.range_shape, self.xp = K.domain_shape, K.range_shape, K.xp
-
-    def forward(self, x):
-        return self._f(x).reshape(self.range_shape)
-
-    def adjoint(self, y):
-        return self._a(y).reshape(self.domain_shape)
+    if record.resumed_from is not None:
+        info["resumed_from"] = record.resumed_from
+    return alg.x, info

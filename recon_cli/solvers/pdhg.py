@@ -52,12 +52,12 @@ last gap; the stopping test uses gap / |P(x_k)|.
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 
 from recon_cli.ops.operator import Operator
 from recon_cli.ops.prox import project_l2_balls, project_linf_box, group_magnitude
+from recon_cli.solvers.algorithm import Algorithm, Stopwatch, TimedOperator, run
 from recon_cli.solvers.registry import IterationState
 
 #: Initial tau / sigma balance r: tau = r * 0.99 / (sqrt(2) ||K||), sigma = 0.99 / (r sqrt(2) ||K||).
@@ -68,12 +68,6 @@ REBALANCE_AT = (10, 20, 40, 80, 160, 320)
 #: r = ||x*|| / ||z*||; measured, the fastest fixed r was ~0.07 of that ratio (0.06-0.13 over the
 #: fan-beam cases 128^2 / 2 mm, 256^2 / 1 mm and a 24^2 parallel-beam case).
 KAPPA = 0.07
-
-
-def _sync(xp) -> None:
-    """Wait for the GPU (so timings are real); nothing on numpy."""
-    if xp is not np:
-        xp.cuda.Stream.null.synchronize()
 
 
 def _norm(xp, a) -> float:
@@ -152,218 +146,239 @@ def step_sizes(K: Operator, B: Operator, step_ratio: float = STEP_RATIO, *, norm
             "block_scale": c}
 
 
-def pdhg(K: Operator, y, B: Operator, lam: float, weights=None, *, isotropic: bool = True,
-         nonnegative: bool = True, x0=None, max_iter: int = 500, tol_rel_change: float = 0.0,
-         tol_gap: float = 0.0, callback=None, record_every: int = 1, gap_every: int = 10,
-         dual0=None, return_dual: bool = False, step_ratio="auto", resume_state: dict | None = None):
-    """Solve min_x 1/2||Kx-y||^2 + lam sum_i w_i |(Bx)_i| (+ x >= 0) by Chambolle-Pock.
+def checked_problem(K: Operator, y, R: Operator, lam: float | None, name: str = "B"):
+    """``y`` as float32 on K.xp after checking that R (the regulariser, called ``name``) and K share a
+    domain, that y fits K's range and that ``lam`` (None: chosen later) is finite and >= 0."""
+    if tuple(R.domain_shape) != tuple(K.domain_shape):
+        raise ValueError(f"K and {name} have different domains: {K.domain_shape} vs {R.domain_shape}")
+    y = K.xp.asarray(y, dtype=np.float32)
+    if tuple(y.shape) != tuple(K.range_shape):
+        raise ValueError(f"data shape {tuple(y.shape)} does not match K's range {K.range_shape}")
+    if lam is not None and not (float(lam) >= 0 and math.isfinite(float(lam))):
+        raise ValueError(f"lam must be a finite non-negative number, got {lam}")
+    return y
+
+
+class ChambollePock(Algorithm):
+    """Chambolle-Pock for min_x 1/2||Kx-y||^2 + lam sum_i w_i |(Bx)_i| (+ x >= 0); see the module docstring.
 
     Shapes: x ``K.domain_shape`` (= ``B.domain_shape``), y ``K.range_shape``; float32 on K.xp.
     ``x0``: warm start (copied). ``dual0``: optional (q, s) warm start of the dual variables.
-    ``callback(IterationState)`` is called after every iteration (``objective``/``residual``
-    filled on recorded iterations, ``gap`` on gap iterations); a truthy return stops.
-    Stops after ``max_iter`` iterations, when ||x_{k+1} - x_k|| / ||x_{k+1}|| < ``tol_rel_change``,
-    when gap / |P| < ``tol_gap`` (checked every ``gap_every`` iterations), or on the callback.
+    ``max_iter``, ``tol_rel_change`` (||x_{k+1} - x_k|| / ||x_{k+1}||), ``tol_gap`` (gap / |P|, tested
+    every ``gap_every`` iterations and at the last one); objective and residual are recorded every
+    ``record_every`` iterations (every one when observed by a callback). ``step_ratio``: "auto" or r.
 
-    Restartable: the callback's ``extra['state']`` is the full state after the iteration
-    {iteration, x, q, s, kxbar, bxbar (the extrapolations K xbar, B xbar for the next iteration),
+    State {iteration, x, q, s, kxbar, bxbar (the extrapolations K xbar, B xbar for the next iteration),
     tau, sigma, sigma_B, norm_K, norm_B, history, objective, residual, rel_change, rel_gap,
-    last_recorded, pending_stop (a stopping test met at that iteration)} (live arrays, not copies).
-    ``resume_state`` (such a dict; ``x0``/``dual0`` are then ignored) continues after its
+    last_recorded}; ``state`` (such a dict; ``x0``/``dual0`` are then ignored) continues after its
     iteration with exactly the uninterrupted iterates: K x and B x are recomputed from x, the same
     products as in the loop, and the step-ratio resets keep their iteration numbers.
+    """
+
+    budget_reason = "max_iter"
+
+    def __init__(self, K: Operator, y, B: Operator, lam: float, weights=None, *, isotropic: bool = True,
+                 nonnegative: bool = True, x0=None, max_iter: int = 500, tol_rel_change: float = 0.0,
+                 tol_gap: float = 0.0, record_every: int = 1, gap_every: int = 10, dual0=None,
+                 step_ratio="auto", state: dict | None = None):
+        xp = self.xp = K.xp
+        y = checked_problem(K, y, B, lam)
+        lam = float(lam)
+        self.K = K if isinstance(K, TimedOperator) else TimedOperator(K)
+        self.B, self.y, self.lam, self.nonnegative = B, y, lam, nonnegative
+        self.max_iterations = int(max_iter)
+        self.record_every, self.gap_every = max(1, int(record_every)), max(1, int(gap_every))
+        self.tol_rel_change, self.tol_gap = tol_rel_change, tol_gap
+        self.auto_ratio = step_ratio == "auto"
+        rs = state
+        steps = step_sizes(K, B, STEP_RATIO if self.auto_ratio else step_ratio,
+                           norms=None if rs is None else (rs["norm_K"], rs["norm_B"]))
+        self.norm_K, self.norm_B = steps["norm_K"], steps["norm_B"]
+        self.base, self.c2 = 0.99 / (math.sqrt(2.0) * steps["norm_K"]), steps["block_scale"] ** 2
+        self.tau, self.sigma, self.sigma_b = steps["tau"], steps["sigma"], steps["sigma_B"]
+        self.reg = _Reg(B, lam, weights, isotropic, xp)
+        self.y_norm = _norm(xp, y) or 1.0
+        self.hist = {"objective": [], "residual": [], "rel_change": [], "gap": [], "gap_iteration": [],
+                     "step_ratio": []}
+        self.objective = self.residual = self.gap = self.rel_gap = self.rel_change = None
+        self.last_recorded = 0
+        self.want_record = False
+        if rs is not None:
+            self.resume(rs)
+            return
+        Kt = self.K
+        if x0 is None:
+            self.x = xp.zeros(K.domain_shape, dtype=np.float32)
+            self.kx = xp.zeros(K.range_shape, dtype=np.float32)
+        else:
+            self.x = xp.array(x0, dtype=np.float32, copy=True).reshape(K.domain_shape)
+            if nonnegative:
+                xp.maximum(self.x, 0, out=self.x)
+            self.kx = Kt.forward(self.x)
+        self.bx = B.forward(self.x)
+        self.kxbar = self.kx.copy()
+        self.bxbar = self.bx.copy()
+        self.x_prev = xp.empty_like(self.x)
+        if dual0 is None:
+            self.q = xp.zeros(K.range_shape, dtype=np.float32)
+            self.s = xp.zeros(B.range_shape, dtype=np.float32)
+        else:
+            self.q = xp.array(dual0[0], dtype=np.float32, copy=True)
+            self.s = xp.array(dual0[1], dtype=np.float32, copy=True)
+            self.reg.project(self.s)
+
+    def load_state(self, rs: dict) -> None:
+        xp, K, B = self.xp, self.K, self.B
+        self.tau, self.sigma, self.sigma_b = float(rs["tau"]), float(rs["sigma"]), float(rs["sigma_B"])
+        self.x = xp.array(rs["x"], dtype=np.float32, copy=True).reshape(K.domain_shape)
+        self.kx = K.forward(self.x)
+        self.bx = B.forward(self.x)
+        self.kxbar = xp.array(rs["kxbar"], dtype=np.float32, copy=True).reshape(K.range_shape)
+        self.bxbar = xp.array(rs["bxbar"], dtype=np.float32, copy=True).reshape(B.range_shape)
+        self.x_prev = xp.empty_like(self.x)
+        self.q = xp.array(rs["q"], dtype=np.float32, copy=True).reshape(K.range_shape)
+        self.s = xp.array(rs["s"], dtype=np.float32, copy=True).reshape(B.range_shape)
+        self.hist = {name: list(rs["history"][name]) for name in self.hist}
+        self.objective, self.residual, self.rel_change, self.rel_gap = (
+            rs[k] for k in ("objective", "residual", "rel_change", "rel_gap"))
+        self.last_recorded = int(rs["last_recorded"])
+
+    def step(self, it: int):
+        xp, K, B, y, reg = self.xp, self.K, self.B, self.y, self.reg
+        x, q, s, kxbar, bxbar = self.x, self.q, self.s, self.kxbar, self.bxbar
+        want_gap = (it % self.gap_every == 0) or it == self.max_iterations
+        if self.auto_ratio and it in REBALANCE_AT:
+            xn = _norm(xp, x)
+            zn = math.sqrt(_dot(xp, q, q) + _dot(xp, s, s) / self.c2)
+            if xn > 0 and zn > 0:
+                r = KAPPA * xn / zn
+                self.tau, self.sigma = self.base * r, self.base / r
+                self.sigma_b = self.sigma * self.c2
+                self.hist["step_ratio"].append(r)
+        tau, sigma = self.tau, self.sigma
+        want_record = self.want_record = want_gap or (it % self.record_every == 0) or self.observed
+        # dual ascent: data block, then regulariser block (kxbar, bxbar are consumed)
+        kxbar -= y
+        kxbar *= sigma
+        q += kxbar
+        q *= 1.0 / (1.0 + sigma)
+        bxbar *= self.sigma_b
+        s += bxbar
+        reg.project(s)
+        # primal descent
+        g = K.adjoint(q)
+        g += B.adjoint(s)
+        if want_gap:
+            dual_data = 0.5 * _dot(xp, q, q) + _dot(xp, q, y)
+            if self.nonnegative:
+                viol = float(xp.sum(xp.maximum(-g, 0), dtype=np.float64))
+            else:
+                viol = float(xp.sum(xp.abs(g), dtype=np.float64))
+        x_prev = self.x_prev
+        x_prev[...] = x
+        g *= tau
+        x -= g
+        if self.nonnegative:
+            xp.maximum(x, 0, out=x)
+        del g
+        # K x_{k+1}, B x_{k+1}, and the extrapolations K xbar = 2 K x_{k+1} - K x_k
+        kx_new = K.forward(x)
+        xp.multiply(kx_new, 2.0, out=kxbar)
+        kxbar -= self.kx
+        kx_old, self.kx = self.kx, kx_new
+        bx_new = B.forward(x)
+        xp.multiply(bx_new, 2.0, out=bxbar)
+        bxbar -= self.bx
+        self.bx = bx_new
+        # convergence measures
+        x_prev -= x
+        x_norm = _norm(xp, x)
+        self.rel_change = _norm(xp, x_prev) / x_norm if x_norm > 0 else 0.0
+        self.gap = None
+        hist = self.hist
+        if want_record:
+            xp.subtract(self.kx, y, out=kx_old)  # reuse the old buffer as the residual
+            res_norm = _norm(xp, kx_old)
+            self.objective = 0.5 * res_norm * res_norm + reg.value(self.bx)
+            self.residual = res_norm / self.y_norm
+            self.last_recorded = it
+            if it % self.record_every == 0 or want_gap:
+                hist["objective"].append(self.objective)
+                hist["residual"].append(self.residual)
+                hist["rel_change"].append(self.rel_change)
+        del kx_old
+        if want_gap:
+            radius = float(xp.max(x)) if self.nonnegative else float(xp.max(xp.abs(x)))
+            dual_value = -dual_data - radius * viol
+            self.gap = self.objective - dual_value
+            self.rel_gap = self.gap / abs(self.objective) if self.objective else abs(self.gap)
+            hist["gap"].append(self.gap)
+            hist["gap_iteration"].append(it)
+        return None
+
+    def converged(self):
+        if self.tol_rel_change > 0 and self.rel_change < self.tol_rel_change:
+            return "rel_change"
+        if self.tol_gap > 0 and self.gap is not None and self.rel_gap < self.tol_gap:
+            return "gap"
+        return None
+
+    def report(self) -> IterationState:
+        rec = self.want_record
+        return IterationState(self.iteration, self.x, self.objective if rec else None,
+                              self.residual if rec else None, self.gap)
+
+    def state(self) -> dict:
+        return {"iteration": self.iteration, "x": self.x, "q": self.q, "s": self.s, "kxbar": self.kxbar,
+                "bxbar": self.bxbar, "tau": self.tau, "sigma": self.sigma, "sigma_B": self.sigma_b,
+                "norm_K": self.norm_K, "norm_B": self.norm_B, "history": self.hist, "objective": self.objective,
+                "residual": self.residual, "rel_change": self.rel_change, "rel_gap": self.rel_gap,
+                "last_recorded": self.last_recorded}
+
+    def finish(self) -> None:
+        if self.last_recorded != self.iteration:  # stopped on an unrecorded iteration: objective of x
+            res_norm = _norm(self.xp, self.kx - self.y)
+            self.objective = 0.5 * res_norm * res_norm + self.reg.value(self.bx)
+            self.residual = res_norm / self.y_norm
+
+    def info(self) -> dict:
+        """iterations, history, objective, residual, rel_change, gap, rel_gap, lam, the final steps
+        (tau, sigma, sigma_B, step_ratio), norm_K, norm_B, time_projector (s, in K's products)."""
+        hist = self.hist
+        return {"iterations": self.iteration, "history": hist, "objective": self.objective,
+                "residual": self.residual, "rel_change": self.rel_change,
+                "gap": hist["gap"][-1] if hist["gap"] else None, "rel_gap": self.rel_gap,
+                "lam": self.lam, "tau": self.tau, "sigma": self.sigma, "sigma_B": self.sigma_b,
+                "step_ratio": math.sqrt(self.tau / self.sigma), "norm_K": self.norm_K, "norm_B": self.norm_B,
+                "time_projector": self.K.seconds}
+
+
+def pdhg(K: Operator, y, B: Operator, lam: float, weights=None, *, isotropic: bool = True,
+         nonnegative: bool = True, x0=None, max_iter: int = 500, tol_rel_change: float = 0.0,
+         tol_gap: float = 0.0, callback=None, record_every: int = 1, gap_every: int = 10,
+         dual0=None, return_dual: bool = False, step_ratio="auto", resume_state: dict | None = None,
+         context: dict | None = None):
+    """Solve min_x 1/2||Kx-y||^2 + lam sum_i w_i |(Bx)_i| (+ x >= 0) by :class:`ChambollePock` and the driver.
+
+    ``callback(IterationState)`` is called after every iteration (``objective``/``residual``
+    filled on recorded iterations, ``gap`` on gap iterations); a truthy return stops. Its
+    ``extra['state']`` is the algorithm's state plus ``pending_stop`` and ``context``;
+    ``resume_state`` (such a dict) continues it.
 
     Returns ``(x, info)`` (``(x, info, (q, s))`` with ``return_dual``). ``info``: iterations,
     stopped, history {objective, residual (||Kx-y||/||y||), rel_change, gap, gap_iteration},
     objective, gap, rel_gap, residual, lam, tau, sigma, sigma_B (final steps), step_ratio, norm_K, norm_B,
     time_projector / time_total (s; time inside K.forward/K.adjoint and overall).
     """
-    t_start = time.perf_counter()
-    xp = K.xp
-    if tuple(B.domain_shape) != tuple(K.domain_shape):
-        raise ValueError(f"K and B have different domains: {K.domain_shape} vs {B.domain_shape}")
-    y = xp.asarray(y, dtype=np.float32)
-    if tuple(y.shape) != tuple(K.range_shape):
-        raise ValueError(f"data shape {tuple(y.shape)} does not match K's range {K.range_shape}")
-    lam = float(lam)
-    if not (lam >= 0 and math.isfinite(lam)):
-        raise ValueError(f"lam must be a finite non-negative number, got {lam}")
-    max_iter, record_every, gap_every = int(max_iter), max(1, int(record_every)), max(1, int(gap_every))
-
-    auto_ratio = step_ratio == "auto"
-    rs = resume_state
-    steps = step_sizes(K, B, STEP_RATIO if auto_ratio else step_ratio,
-                       norms=None if rs is None else (rs["norm_K"], rs["norm_B"]))
-    base, c2 = 0.99 / (math.sqrt(2.0) * steps["norm_K"]), steps["block_scale"] ** 2
-    if rs is None:
-        tau, sigma, sigma_b = steps["tau"], steps["sigma"], steps["sigma_B"]
-    else:
-        tau, sigma, sigma_b = float(rs["tau"]), float(rs["sigma"]), float(rs["sigma_B"])
-    inv_1ps = 1.0 / (1.0 + sigma)
-    reg = _Reg(B, lam, weights, isotropic, xp)
-    y_norm = _norm(xp, y) or 1.0
-
-    t_proj = 0.0
-    # primal state
-    if rs is not None:
-        x = xp.array(rs["x"], dtype=np.float32, copy=True).reshape(K.domain_shape)
-        _sync(xp)
-        t0 = time.perf_counter()
-        kx = K.forward(x)
-        _sync(xp)
-        t_proj += time.perf_counter() - t0
-    elif x0 is None:
-        x = xp.zeros(K.domain_shape, dtype=np.float32)
-        kx = xp.zeros(K.range_shape, dtype=np.float32)
-    else:
-        x = xp.array(x0, dtype=np.float32, copy=True).reshape(K.domain_shape)
-        if nonnegative:
-            xp.maximum(x, 0, out=x)
-        _sync(xp)
-        t0 = time.perf_counter()
-        kx = K.forward(x)
-        _sync(xp)
-        t_proj += time.perf_counter() - t0
-    bx = B.forward(x)
-    if rs is None:
-        kxbar = kx.copy()
-        bxbar = bx.copy()
-    else:
-        kxbar = xp.array(rs["kxbar"], dtype=np.float32, copy=True).reshape(K.range_shape)
-        bxbar = xp.array(rs["bxbar"], dtype=np.float32, copy=True).reshape(B.range_shape)
-    x_prev = xp.empty_like(x)
-    # dual state
-    if rs is not None:
-        q = xp.array(rs["q"], dtype=np.float32, copy=True).reshape(K.range_shape)
-        s = xp.array(rs["s"], dtype=np.float32, copy=True).reshape(B.range_shape)
-    elif dual0 is None:
-        q = xp.zeros(K.range_shape, dtype=np.float32)
-        s = xp.zeros(B.range_shape, dtype=np.float32)
-    else:
-        q = xp.array(dual0[0], dtype=np.float32, copy=True)
-        s = xp.array(dual0[1], dtype=np.float32, copy=True)
-        reg.project(s)
-
-    hist = {"objective": [], "residual": [], "rel_change": [], "gap": [], "gap_iteration": [], "step_ratio": []}
-    stopped = "max_iter"
-    objective = residual = gap = rel_gap = rel_change = None
-    it = last_recorded = start = 0
-    if rs is not None:
-        start = it = int(rs["iteration"])
-        hist = {name: list(rs["history"][name]) for name in hist}
-        objective, residual, rel_change, rel_gap = (rs[k] for k in ("objective", "residual", "rel_change",
-                                                                    "rel_gap"))
-        last_recorded = int(rs["last_recorded"])
-        if rs.get("pending_stop"):  # the uninterrupted run stopped at this very iteration
-            stopped, max_iter = str(rs["pending_stop"]), start
-    for it in range(start + 1, max_iter + 1):
-        want_gap = (it % gap_every == 0) or it == max_iter
-        if auto_ratio and it in REBALANCE_AT:
-            xn = _norm(xp, x)
-            zn = math.sqrt(_dot(xp, q, q) + _dot(xp, s, s) / c2)
-            if xn > 0 and zn > 0:
-                r = KAPPA * xn / zn
-                tau, sigma = base * r, base / r
-                sigma_b = sigma * c2
-                inv_1ps = 1.0 / (1.0 + sigma)
-                hist["step_ratio"].append(r)
-        want_record = want_gap or (it % record_every == 0) or callback is not None
-        # dual ascent: data block, then regulariser block (kxbar, bxbar are consumed)
-        kxbar -= y
-        kxbar *= sigma
-        q += kxbar
-        q *= inv_1ps
-        bxbar *= sigma_b
-        s += bxbar
-        reg.project(s)
-        # primal descent
-        _sync(xp)
-        t0 = time.perf_counter()
-        g = K.adjoint(q)
-        _sync(xp)
-        t_proj += time.perf_counter() - t0
-        g += B.adjoint(s)
-        if want_gap:
-            dual_data = 0.5 * _dot(xp, q, q) + _dot(xp, q, y)
-            if nonnegative:
-                viol = float(xp.sum(xp.maximum(-g, 0), dtype=np.float64))
-            else:
-                viol = float(xp.sum(xp.abs(g), dtype=np.float64))
-        x_prev[...] = x
-        g *= tau
-        x -= g
-        if nonnegative:
-            xp.maximum(x, 0, out=x)
-        del g
-        # K x_{k+1}, B x_{k+1}, and the extrapolations K xbar = 2 K x_{k+1} - K x_k
-        _sync(xp)
-        t0 = time.perf_counter()
-        kx_new = K.forward(x)
-        _sync(xp)
-        t_proj += time.perf_counter() - t0
-        xp.multiply(kx_new, 2.0, out=kxbar)
-        kxbar -= kx
-        kx_old, kx = kx, kx_new
-        bx_new = B.forward(x)
-        xp.multiply(bx_new, 2.0, out=bxbar)
-        bxbar -= bx
-        bx = bx_new
-        # convergence measures
-        x_prev -= x
-        x_norm = _norm(xp, x)
-        rel_change = _norm(xp, x_prev) / x_norm if x_norm > 0 else 0.0
-        gap = None
-        if want_record:
-            xp.subtract(kx, y, out=kx_old)  # reuse the old buffer as the residual
-            res_norm = _norm(xp, kx_old)
-            objective = 0.5 * res_norm * res_norm + reg.value(bx)
-            residual = res_norm / y_norm
-            last_recorded = it
-            if it % record_every == 0 or want_gap:
-                hist["objective"].append(objective)
-                hist["residual"].append(residual)
-                hist["rel_change"].append(rel_change)
-        del kx_old
-        if want_gap:
-            radius = float(xp.max(x)) if nonnegative else float(xp.max(xp.abs(x)))
-            dual_value = -dual_data - radius * viol
-            gap = objective - dual_value
-            rel_gap = gap / abs(objective) if objective else abs(gap)
-            hist["gap"].append(gap)
-            hist["gap_iteration"].append(it)
-        pending = None
-        if tol_rel_change > 0 and rel_change < tol_rel_change:
-            pending = "rel_change"
-        elif tol_gap > 0 and gap is not None and rel_gap < tol_gap:
-            pending = "gap"
-        if callback is not None:
-            full = {"iteration": it, "x": x, "q": q, "s": s, "kxbar": kxbar, "bxbar": bxbar, "tau": tau,
-                    "sigma": sigma, "sigma_B": sigma_b, "norm_K": steps["norm_K"], "norm_B": steps["norm_B"],
-                    "history": hist, "objective": objective, "residual": residual, "rel_change": rel_change,
-                    "rel_gap": rel_gap, "last_recorded": last_recorded, "pending_stop": pending}
-            state = IterationState(it, x, objective if want_record else None,
-                                   residual if want_record else None, gap, extra={"state": full})
-            if callback(state):
-                stopped = "callback"
-                break
-        if pending is not None:
-            stopped = pending
-            break
-    if last_recorded != it:  # stopped on an unrecorded iteration: objective of the returned x
-        res_norm = _norm(xp, kx - y)
-        objective = 0.5 * res_norm * res_norm + reg.value(bx)
-        residual = res_norm / y_norm
-    _sync(xp)
-    info = {
-        "iterations": it, "stopped": stopped, "history": hist,
-        "objective": objective, "residual": residual, "rel_change": rel_change,
-        "gap": hist["gap"][-1] if hist["gap"] else None, "rel_gap": rel_gap,
-        "lam": lam, "tau": tau, "sigma": sigma, "sigma_B": sigma_b, "step_ratio": math.sqrt(tau / sigma),
-        "norm_K": steps["norm_K"], "norm_B": steps["norm_B"],
-        "time_projector": t_proj, "time_total": time.perf_counter() - t_start,
-    }
-    if rs is not None:
-        info["resumed_from"] = start
+    clock = Stopwatch()
+    alg = ChambollePock(K, y, B, lam, weights, isotropic=isotropic, nonnegative=nonnegative, x0=x0,
+                        max_iter=max_iter, tol_rel_change=tol_rel_change, tol_gap=tol_gap,
+                        record_every=record_every, gap_every=gap_every, dual0=dual0, step_ratio=step_ratio,
+                        state=resume_state)
+    record = run(alg, callback, context=context)
+    info = {**alg.info(), "stopped": record.stopped, "time_total": clock.seconds()}
+    if record.resumed_from is not None:
+        info["resumed_from"] = record.resumed_from
     if return_dual:
-        return x, info, (q, s)
-    return x, info
+        return alg.x, info, (alg.q, alg.s)
+    return alg.x, info

@@ -9,10 +9,11 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, Union
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Optional, Protocol, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from recon_cli.errors import ConfigError
 
@@ -48,9 +49,43 @@ class Callback(Protocol):
 
 
 class SolverParams(BaseModel):
-    """Base of every solver's parameter model: strict, unknown keys are errors."""
+    """Base of every solver's parameter model: strict, unknown keys are errors.
+
+    ``renamed``: former parameter names -> current ones. A former name is still accepted for one release,
+    with a FutureWarning (logged as a warning by the CLI) naming the new one. Given with its current name,
+    the later of the two in the mapping wins (``--set`` with a former name overrides the file's value).
+    """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, defer_build=True)
+    renamed: ClassVar[dict[str, str]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _accept_former_names(cls, data: Any) -> Any:
+        if not (cls.renamed and isinstance(data, dict)) or not (set(cls.renamed) & set(data)):
+            return data
+        current: dict = {}
+        for key, value in data.items():  # in order: a later key overrides an earlier one of the same idea
+            name = cls.renamed.get(key, key)
+            if name != key:
+                warnings.warn(f"solver parameter {key!r} is deprecated and will be removed in the next release; "
+                              f"use {name!r}", FutureWarning, stacklevel=2)
+            current.pop(name, None)
+            current[name] = value
+        return current
+
+    def __getattr__(self, name: str) -> Any:
+        renamed = type(self).renamed
+        if name in renamed:  # a former name read in Python: the same warning, then the current value
+            warnings.warn(f"solver parameter {name!r} is deprecated and will be removed in the next release; "
+                          f"use {renamed[name]!r}", FutureWarning, stacklevel=2)
+            return getattr(self, renamed[name])
+        return super().__getattr__(name)
+
+    def iteration_budget(self) -> int | None:
+        """The iterations the solver plans (progress totals, checkpoint bounds); None: no budget (direct
+        solvers). Iterative solvers override this."""
+        return None
 
 
 def unit(u: str, description: str, **kwargs) -> Any:
@@ -152,6 +187,8 @@ class SolverRef(BaseModel):
     name: str
     params: dict[str, Any] = Field(default_factory=dict)
     model: Optional[str] = Field(default=None, description="model file for learned solvers (e.g. unet)")
+    #: The parameter model validated once from ``params`` (which keeps its JSON form for provenance).
+    _parsed: Optional[SolverParams] = PrivateAttr(default=None)
 
     @field_validator("name")
     @classmethod
@@ -164,6 +201,8 @@ class SolverRef(BaseModel):
 
     @model_validator(mode="after")
     def _validate_params(self):
+        if self._parsed is not None:  # an instance validated before, passed in again (pydantic re-runs this)
+            return self
         spec = get_solver(self.name)
         params = dict(self.params)
         if self.model is not None:
@@ -173,10 +212,14 @@ class SolverRef(BaseModel):
         # Validate now so errors point at the YAML; store the fully resolved values.
         resolved = spec.params_model.model_validate(params)
         object.__setattr__(self, "params", resolved.model_dump(mode="json"))
+        self._parsed = resolved
         return self
 
     def parsed(self) -> SolverParams:
-        return get_solver(self.name).params_model.model_validate(self.params)
+        """The typed parameters, validated once when this reference was (``params`` is their JSON form)."""
+        if self._parsed is None:
+            self._parsed = get_solver(self.name).params_model.model_validate(self.params)
+        return self._parsed
 
 
 def run_solver(name: str, op: Operator, sinogram: Sinogram, params: dict | SolverParams | None = None,
@@ -209,8 +252,7 @@ def run_stage(stage: str, ref: SolverRef, op: Operator, sinogram: Sinogram,
     """
     if callback is None or not getattr(callback, "wants_stages", False):
         return run_ref(ref, op, sinogram)
-    total = ref.params.get("iterations") if isinstance(ref.params, dict) else None
-    info = {"stage": stage, "solver": ref.name, "total": total if isinstance(total, int) else None}
+    info = {"stage": stage, "solver": ref.name, "total": ref.parsed().iteration_budget()}
     callback(IterationState(0, None, extra=dict(info)))
 
     def staged(state: IterationState) -> None:

@@ -8,7 +8,7 @@ same parameters (not to the ground truth), so the result stays tied to the varia
 The network only fits the conditions it was trained for, so the model's metadata must match the
 iterative solver's name and parameters (all but the iteration count), ``k``, the geometry, the grid
 and the noise level; otherwise InputError naming the model file and the first mismatching field
-(``iterative.name``, ``iterative.params.<name>``, ``k``, ``geometry``, ``grid``, ``noise``,
+(``pre_estimate.name``, ``pre_estimate.params.<name>``, ``k``, ``geometry``, ``grid``, ``noise``,
 ``target``). ``allow_mismatch: true`` runs anyway with warnings.
 
 Out-of-distribution guard (recon_cli.solvers.learned_guard): the network's output must explain the
@@ -16,7 +16,7 @@ data about as well as the iterate x_k does (data residual at most ``implausible_
 x_k's, and finite); with ``noise_factor`` set, also within that many times the data's expected
 misfit (noise plus model error, learned_guard.data_misfit; the ratio is always reported).
 Otherwise ``on_implausible``: ``fallback`` (default) runs the iterative solver as given in
-``iterative`` (its own iteration count: the data-consistent result RISING approximates) and
+``pre_estimate`` (its own iteration count: the data-consistent result RISING approximates) and
 returns that, with a warning naming both residuals; ``fail`` stops (exit 1); ``ignore`` keeps the
 network's output. The residuals and the decision are in ``info`` (``guard_*``) and ``/metrics``.
 
@@ -32,7 +32,6 @@ import dataclasses
 import inspect
 import logging
 import math
-import time
 
 import numpy as np
 from typing import Literal, Optional
@@ -42,6 +41,7 @@ from pydantic import Field, field_validator
 from recon_cli.networks import conditions_for, load_model, param_differences
 from recon_cli.ops.operator import Operator
 from recon_cli.sinogram import Reconstruction, Sinogram
+from recon_cli.solvers.algorithm import Stopwatch
 from recon_cli.solvers.learned_guard import IMPLAUSIBLE_FACTOR, guard_output, misfit_or_none
 from recon_cli.solvers.registry import (IterationState, SolverParams, SolverRef, default_params, get_solver,
                                        register, run_ref, unit)
@@ -57,9 +57,13 @@ NOT_ITERATIVE = ("rising", "unet")
 
 
 class RisingParams(SolverParams):
-    iterative: SolverRef = Field(default_factory=lambda: SolverRef(name="sgp_tv"),
-                                 description="the iterative solver of step one, with its parameters (its "
-                                             "iteration count is replaced by k); must be those of training")
+    """Parameters of ``rising``; ``iterative`` is the former name of ``pre_estimate`` (one release)."""
+
+    renamed = {"iterative": "pre_estimate"}
+
+    pre_estimate: SolverRef = Field(default_factory=lambda: SolverRef(name="sgp_tv"),
+                                    description="the iterative solver of step one, with its parameters (its "
+                                                "iteration count is replaced by k); must be those of training")
     k: int = unit("1", "iterations of the iterative solver from x = 0 (the network's input)", default=5, ge=1)
     model: str = unit("-", "model file (.onnx, or its .pt/.json sibling) or a shipped model's name",
                       default=DEFAULT_MODEL)
@@ -78,7 +82,11 @@ class RisingParams(SolverParams):
              "envelope model has been measured yet): the ratio is reported (guard_noise_ratio), not enforced",
         default=None, gt=1.0)
 
-    @field_validator("iterative")
+    def iteration_budget(self) -> int:
+        """Iterations of the iterative solver per slice (states count them per slice)."""
+        return self.k
+
+    @field_validator("pre_estimate")
     @classmethod
     def _iterative(cls, ref: SolverRef) -> SolverRef:
         spec = get_solver(ref.name)
@@ -109,12 +117,33 @@ def _stop_after(k: int, callback):
     return cb
 
 
-def run_early(ref: SolverRef, k: int, op: Operator, sino: Sinogram, callback=None) -> Reconstruction:
-    """k iterations of ``ref`` from zero on ``sino`` (one 2D slice, or a stack solved as the op does)."""
+def run_early(ref: SolverRef, k: int, op: Operator, sino: Sinogram, callback=None, *,
+              resume_state: dict | None = None) -> Reconstruction:
+    """k iterations of ``ref`` from zero on ``sino`` (one 2D slice, or a stack solved as the op does);
+    ``resume_state``: continue from a state ``ref`` reported."""
     ref_k = early_ref(ref, k)
     if ITERATIONS_KEY in get_solver(ref.name).params_model.model_fields:
-        return run_ref(ref_k, op, sino, callback)
-    return run_ref(ref_k, op, sino, _stop_after(k, callback))
+        return run_ref(ref_k, op, sino, callback, resume_state=resume_state)
+    return run_ref(ref_k, op, sino, _stop_after(k, callback), resume_state=resume_state)
+
+
+def _in_slice(callback, i: int, done, done_info: list):
+    """``callback`` seeing slice ``i``'s iterations with the state a resumed run needs: {iteration (of that
+    slice), slice, done (x_k of the slices before it), done_info (their infos), inner (the iterative
+    solver's state)}; states without a solver state (stage announcements) pass unchanged."""
+    if callback is None:
+        return None
+
+    def reporting(state: IterationState):
+        inner = (state.extra or {}).get("state")
+        if inner is None:
+            return callback(state)
+        return callback(IterationState(state.iteration, state.x, state.objective, state.residual, state.gap,
+                                       extra={"state": {"iteration": state.iteration, "slice": i, "done": done,
+                                                        "done_info": done_info, "inner": inner}}))
+
+    reporting.wants_stages = getattr(callback, "wants_stages", False)  # a pre-estimate's stages, as before
+    return reporting
 
 
 def slice_operator(op: Operator, sino: Sinogram) -> Operator | None:
@@ -137,28 +166,34 @@ def _slice(sino: Sinogram, i: int) -> Sinogram:
     return dataclasses.replace(sino, data=sino.data[i], grid=sino.grid.slice_grid(), reference=ref)
 
 
-def step_one(ref: SolverRef, k: int, op: Operator, sino: Sinogram, callback=None) -> tuple[object, dict, list]:
-    """(x_k with op.domain_shape, history, per-slice infos): slice by slice for a stack."""
+def step_one(ref: SolverRef, k: int, op: Operator, sino: Sinogram, callback=None, *,
+             resume_state: dict | None = None) -> tuple[object, dict, list]:
+    """(x_k with op.domain_shape, history, per-slice infos): slice by slice for a stack.
+
+    Restartable: ``resume_state`` (a state the callback saw, see :func:`_in_slice`) keeps the finished
+    slices and continues the iterative solver's run of the slice in progress from its state."""
     n = sino.grid.n_slices
-    if n is None or n == 1:
-        rec = run_early(ref, k, op, sino, callback)
-        return rec.volume, dict(rec.info.get("history") or {}), [rec.info]
-    one = slice_operator(op, sino)
+    first, inner = (0, None) if resume_state is None else (int(resume_state["slice"]), resume_state["inner"])
+    one = None if n is None or n == 1 else slice_operator(op, sino)
     if one is None:
-        log.warning("rising: cannot build a one-slice projector like %s; running the %d slices jointly",
-                    type(op).__name__, n)
-        rec = run_early(ref, k, op, sino, callback)
+        if n is not None and n > 1:
+            log.warning("rising: cannot build a one-slice projector like %s; running the %d slices jointly",
+                        type(op).__name__, n)
+        rec = run_early(ref, k, op, sino, _in_slice(callback, 0, None, []), resume_state=inner)
         return rec.volume, dict(rec.info.get("history") or {}), [rec.info]
     xp = op.xp
     volume = xp.empty(tuple(op.domain_shape), dtype=np.float32)
-    history: dict = {}
-    infos = []
-    for i in range(n):
-        rec = run_early(ref, k, one, _slice(sino, i), callback)
+    infos: list = []
+    if resume_state is not None and first > 0:
+        volume[:first] = xp.asarray(resume_state["done"], dtype=np.float32)
+        infos = [dict(info) for info in resume_state["done_info"]]
+    for i in range(first, n):
+        rec = run_early(ref, k, one, _slice(sino, i), _in_slice(callback, i, volume[:i], infos),
+                        resume_state=inner if i == first else None)
         volume[i] = rec.volume
         infos.append(rec.info)
-        for name, values in (rec.info.get("history") or {}).items():
-            history[f"{name}_slice{i}"] = values
+    history = {f"{name}_slice{i}": values for i, info in enumerate(infos)
+               for name, values in (info.get("history") or {}).items()}
     return volume, history, infos
 
 
@@ -171,9 +206,9 @@ def _params_without_iterations(params: dict | None) -> dict:
 
 def _param_differences(want: dict, have: dict, name: str) -> list[str]:
     """Names of parameters of solver ``name`` (iteration count excluded) whose values differ; a missing
-    one counts as its default (networks.param_differences)."""
+    one counts as its default, a former name as its current one (networks.param_differences)."""
     want, have = _params_without_iterations(want), _params_without_iterations(have)
-    return param_differences(want, have, default_params(name))
+    return param_differences(want, have, default_params(name), get_solver(name).params_model.renamed)
 
 
 def rising_mismatches(meta: dict, ref: SolverRef, k: int) -> list[tuple[str, str]]:
@@ -187,14 +222,14 @@ def rising_mismatches(meta: dict, ref: SolverRef, k: int) -> list[tuple[str, str
         return found
     have = ref.model_dump(mode="json", exclude_none=True)
     if trained_in.get("name") != have["name"]:
-        found.append(("iterative.name", f"trained on {trained_in.get('name')!r} iterates, got {have['name']!r}"))
+        found.append(("pre_estimate.name", f"trained on {trained_in.get('name')!r} iterates, got {have['name']!r}"))
         return found
     trained_params = trained_in.get("params") or {}
     trained_k = trained_params.get(ITERATIONS_KEY)
     if trained_k is not None and int(trained_k) != int(k):
         found.append(("k", f"trained on {trained_k} iterations, got k={k}"))
     for name in _param_differences(trained_params, have.get("params") or {}, have["name"]):
-        found.append((f"iterative.params.{name}", f"{have['name']} {name}={have['params'].get(name)!r} "
+        found.append((f"pre_estimate.params.{name}", f"{have['name']} {name}={have['params'].get(name)!r} "
                                                   f"(trained {trained_params.get(name)!r})"))
     conv = target.get("solver") or {}
     if conv.get("name") != trained_in.get("name") or _param_differences(trained_params, conv.get("params"),
@@ -226,8 +261,11 @@ def _slice_independent(params: RisingParams) -> bool:
 @register("rising", RisingParams, "RISING: k iterations of an iterative solver (default sgp_tv) from zero, "
                                   "then a U-Net trained to map them to that solver's converged solution",
           iterative=True, state_arrays=(32, 5), slice_independent=_slice_independent)
-def solve(op: Operator, sino: Sinogram, params: RisingParams, callback=None) -> Reconstruction:
+def solve(op: Operator, sino: Sinogram, params: RisingParams, callback=None, *,
+          resume_state: dict | None = None) -> Reconstruction:
     """Network(x_k); ``volume`` has ``op.domain_shape`` in 1/mm (numpy or cupy as ``op.xp``).
+
+    Restartable in step one (see :func:`step_one`); the network then runs on the same x_k.
 
     ``info``: ``k``, ``time_iterative`` / ``time_network`` / ``time_total`` (s), ``history`` (the
     iterate's per-iteration history, per slice for a stack), ``objective_iterate`` /
@@ -235,15 +273,16 @@ def solve(op: Operator, sino: Sinogram, params: RisingParams, callback=None) -> 
     its target's iteration count and any tolerated mismatches. The final image's data residual is
     the runner's ``residual`` metric.
     """
-    t0 = time.perf_counter()
+    clock = Stopwatch()
+    t0 = clock.seconds()
     model = load_model(params.model)
-    ref = params.iterative
+    ref = params.pre_estimate
     mismatches = check_model(model, ref, params.k, sino, params.allow_mismatch)
-    t1 = time.perf_counter()
-    x_k, history, infos = step_one(ref, params.k, op, sino, callback)
-    t2 = time.perf_counter()
+    t1 = clock.seconds()
+    x_k, history, infos = step_one(ref, params.k, op, sino, callback, resume_state=resume_state)
+    t2 = clock.seconds()
     network_out = model.apply(x_k, voxel_size=sino.grid.voxel_size, conditions=conditions_for(sino))
-    t3 = time.perf_counter()
+    t3 = clock.seconds()
     xp = op.xp
     norm_k = float(xp.linalg.norm(x_k.ravel()))
     change = float(xp.linalg.norm((network_out - x_k).ravel())) / norm_k if norm_k > 0 else math.inf
@@ -252,7 +291,7 @@ def solve(op: Operator, sino: Sinogram, params: RisingParams, callback=None) -> 
                                  what=f"RISING network {model.name!r}",
                                  fallback=lambda: run_ref(ref, op, sino).volume, fallback_name=f"{ref.name} (full)",
                                  misfit=misfit_or_none(sino), noise_factor=params.noise_factor)
-    t4 = time.perf_counter()
+    t4 = clock.seconds()
     conv = (model.meta.get("target") or {}).get("solver") or {}
     info = {
         "iterations": int(max(int(i.get("iterations", params.k) or 0) for i in infos)),
@@ -276,6 +315,8 @@ def solve(op: Operator, sino: Sinogram, params: RisingParams, callback=None) -> 
     }
     if info["converged_iterations"] is None:
         info.pop("converged_iterations")
+    if resume_state is not None:
+        info["resumed_from"] = int(resume_state["iteration"])
     for name in ("objective", "residual"):  # the iterate's last values, when the solver records them
         last = [float(i["history"][name][-1]) for i in infos if (i.get("history") or {}).get(name)]
         if last:

@@ -30,7 +30,6 @@ float32 and in place. Works on numpy and cupy (``op.xp``); a stack of slices is 
 """
 from __future__ import annotations
 
-import time
 from collections import deque
 from typing import Annotated, Any, Literal, Optional, Union
 
@@ -41,6 +40,7 @@ from recon_cli.errors import InputError, RunError
 from recon_cli.ops.finite_differences import Gradient
 from recon_cli.ops.operator import Operator
 from recon_cli.sinogram import Reconstruction, Sinogram
+from recon_cli.solvers.algorithm import Algorithm, Halt, Stopwatch, TimedOperator, run
 from recon_cli.solvers.registry import IterationState, SolverParams, SolverRef, register, run_ref, unit
 
 from recon_cli.constants import MU_WATER  # 1/mm
@@ -92,6 +92,9 @@ class SGPTVParams(SolverParams):
             raise ValueError(f"alpha_min ({self.alpha_min}) must not exceed alpha_max ({self.alpha_max})")
         return self
 
+    def iteration_budget(self) -> int:
+        return self.iterations
+
 
 # ---------------------------------------------------------------------------------------------
 # The smooth objective and its pieces (any dtype; used by the loop and by the tests)
@@ -115,7 +118,7 @@ def choose_lam_sgp(op: Operator, sino: Sinogram, params: SGPTVParams, x0=None) -
                                            model_error=bool(params.model_error))
     target = float(params.discrepancy_tau) * misfit
     y_norm = float(op.xp.linalg.norm(op.xp.asarray(y).ravel()))
-    t0 = time.perf_counter()
+    clock = Stopwatch()
     iterations = [0]
 
     def evaluate(lam: float, warm):
@@ -130,7 +133,7 @@ def choose_lam_sgp(op: Operator, sino: Sinogram, params: SGPTVParams, x0=None) -
     info = {"lam_auto": True, **misfit_info, "discrepancy_target": target,
             "discrepancy_tau": float(params.discrepancy_tau), "lam_search_evaluations": result.evaluations,
             "lam_search_iterations": iterations[0], "lam_search_converged": bool(result.converged),
-            "time_lam_search": time.perf_counter() - t0}
+            "time_lam_search": clock.seconds()}
     return result.lam, result.state, info
 
 
@@ -182,130 +185,122 @@ def objective_and_gradient(op: Operator, grad_op: Gradient, x, y, lam: float, be
 # The solver
 
 
-def _sync(xp) -> None:
-    if xp.__name__ == "cupy":
-        xp.cuda.Stream.null.synchronize()
-
-
 def _dot(a, b, xp) -> float:
     """<a, b> as a Python float, accumulated in float64."""
     return float(xp.sum(a * b, dtype=xp.float64))
 
 
-def sgp_tv_minimize(op: Operator, y, lam: float, beta: float, params: SGPTVParams, x0=None,
-                    callback=None, resume_state: dict | None = None) -> tuple[Any, dict]:
-    """Run SGP on f (absolute ``lam`` in mm, ``beta`` in 1/mm). Returns (x float32 of op.domain_shape, info).
+class SGP(Algorithm):
+    """SGP on f (absolute ``lam`` in mm, ``beta`` in 1/mm) from ``x0`` (or 0), float32 of op.domain_shape.
 
-    Restartable: the callback's ``extra['state']`` holds {iteration, x, r, alpha, tau, bb2_recent,
-    f_recent, f_initial, history, backtracks}; ``resume_state`` (such a dict) continues after its
-    iteration with exactly the uninterrupted iterates (D x, the gradient and the scaling are
-    recomputed from x and r by the same operations as in the loop).
+    State {iteration, x, r, alpha, tau, bb2_recent, f_recent, f_initial, history, backtracks}; ``state``
+    (such a dict) continues after its iteration with exactly the uninterrupted iterates (D x, the
+    gradient and the scaling are recomputed from x and r by the same operations as in the loop).
     """
-    xp = op.xp
-    t_start = time.perf_counter()
-    t_proj = 0.0
 
-    def project(fn, arg):
-        nonlocal t_proj
-        t0 = time.perf_counter()
-        out = fn(arg)
-        _sync(xp)
-        t_proj += time.perf_counter() - t0
-        return out
+    def __init__(self, op: Operator, y, lam: float, beta: float, params: SGPTVParams, x0=None,
+                 state: dict | None = None):
+        xp = self.xp = op.xp
+        self.params, self.max_iterations = params, int(params.iterations)
+        self.K = K = TimedOperator(op)
+        y = self.y = xp.asarray(y, dtype=np.float32)
+        if y.shape != tuple(op.range_shape):
+            raise InputError(f"sinogram has shape {y.shape}, the projector expects {tuple(op.range_shape)}",
+                             field="sinogram")
+        self.grad_op = Gradient(op.domain_shape, mode="slicewise", xp=xp)
+        self.knorm = knorm = float(op.norm())
+        if not knorm > 0.0:
+            raise RunError("the projector has zero norm; nothing to reconstruct")
+        self.c = 1.0 / (knorm * knorm)  # unscaled step unit 1/||K||^2
+        self.lam, self.beta = float(lam), float(beta)
+        if x0 is None:
+            x = xp.zeros(op.domain_shape, dtype=np.float32)
+            kx = xp.zeros(op.range_shape, dtype=np.float32)
+        else:
+            x = xp.array(x0, dtype=np.float32)
+            if x.shape != tuple(op.domain_shape):
+                raise InputError(f"warm start has shape {x.shape}, expected {tuple(op.domain_shape)}", field="x0")
+            xp.maximum(x, 0.0, out=x)
+            kx = K.forward(x)
+        r = kx - y  # residual K x - y, updated in place
+        del kx
+        start = 0
+        if state is not None:
+            x = xp.array(state["x"], dtype=np.float32).reshape(op.domain_shape)
+            r = xp.array(state["r"], dtype=np.float32).reshape(op.range_shape)
+            start = int(state["iteration"])
+        self.x, self.r = x, r
+        self.y_norm = float(xp.linalg.norm(y)) or 1.0
+        self.kty = K.adjoint(y) if params.scaling else None
+        self.f, self.dx = self._objective_at(x, r)
+        self.f_old = self.f
+        self.f_initial = self.f
+        self.g, g_data, phi = self._gradient_at(r, self.dx)
+        self.scale = self._scaling_of(x, g_data, phi, start)
+        self.alpha = float(params.alpha_init)
+        self.tau = 0.5  # ABB_min switching threshold, adapted every iteration
+        self.bb2_recent: deque[float] = deque(maxlen=params.bb_memory)
+        self.f_recent: deque[float] = deque([self.f], maxlen=params.armijo_memory)
+        self.history: dict[str, list[float]] = {"objective": [], "residual": [], "alpha": [], "step": []}
+        self.n_backtracks = 0
+        self.d = xp.empty_like(x)
+        if state is not None:
+            self.resume(state)
 
-    y = xp.asarray(y, dtype=np.float32)
-    if y.shape != tuple(op.range_shape):
-        raise InputError(f"sinogram has shape {y.shape}, the projector expects {tuple(op.range_shape)}",
-                         field="sinogram")
-    grad_op = Gradient(op.domain_shape, mode="slicewise", xp=xp)
-    knorm = float(op.norm())
-    if not knorm > 0.0:
-        raise RunError("the projector has zero norm; nothing to reconstruct")
-    c = 1.0 / (knorm * knorm)  # unscaled step unit 1/||K||^2
-    lam, beta = float(lam), float(beta)
-
-    if x0 is None:
-        x = xp.zeros(op.domain_shape, dtype=np.float32)
-        kx = xp.zeros(op.range_shape, dtype=np.float32)
-    else:
-        x = xp.array(x0, dtype=np.float32)
-        if x.shape != tuple(op.domain_shape):
-            raise InputError(f"warm start has shape {x.shape}, expected {tuple(op.domain_shape)}", field="x0")
-        xp.maximum(x, 0.0, out=x)
-        kx = project(op.forward, x)
-    r = kx - y  # residual K x - y, updated in place
-    del kx
-    start = 0
-    if resume_state is not None:
-        x = xp.array(resume_state["x"], dtype=np.float32).reshape(op.domain_shape)
-        r = xp.array(resume_state["r"], dtype=np.float32).reshape(op.range_shape)
-        start = int(resume_state["iteration"])
-    y_norm = float(xp.linalg.norm(y)) or 1.0
-    kty = project(op.adjoint, y) if params.scaling else None
-
-    def objective_at(x, r):
+    def _objective_at(self, x, r):
         """(f, D x) at x with residual r = K x - y."""
-        dx = grad_op.forward(x)
-        return 0.5 * _dot(r, r, xp) + lam * smoothed_tv(dx, beta, xp), dx
+        dx = self.grad_op.forward(x)
+        return 0.5 * _dot(r, r, self.xp) + self.lam * smoothed_tv(dx, self.beta, self.xp), dx
 
-    def gradient_at(r, dx):
+    def _gradient_at(self, r, dx):
         """(grad f, K^T r, phi) from the residual and D x (one adjoint projection)."""
-        phi = tv_weights(dx, beta, xp)
-        g_data = project(op.adjoint, r)
-        g = grad_op.adjoint(dx * phi)
-        g *= lam
+        phi = tv_weights(dx, self.beta, self.xp)
+        g_data = self.K.adjoint(r)
+        g = self.grad_op.adjoint(dx * phi)
+        g *= self.lam
         g += g_data
         return g, g_data, phi
 
-    def scaling_of(x, g_data, phi, k):
+    def _scaling_of(self, x, g_data, phi, k):
         """Diagonal scaling clip(x / V, c / L_k, c L_k), V = K^T K x + lam x w (c where V = 0, e.g. x = 0).
 
         L_k^2 = 1 + L^2 / k^2.1 (L = scaling_bound): the bounds narrow towards the unscaled c with a
         summable excess, the condition of the SGP convergence theory (Bonettini & Prato 2015).
         """
+        params, xp, c = self.params, self.xp, self.c
         if not params.scaling:
             return c
-        v = g_data + kty  # K^T K x
-        v += lam * (x * tv_split_weight(phi, grad_op, xp))
+        v = g_data + self.kty  # K^T K x
+        v += self.lam * (x * tv_split_weight(phi, self.grad_op, xp))
         positive = v > 0
         scale = xp.where(positive, x / xp.where(positive, v, 1.0), c).astype(np.float32, copy=False)
         bound = (1.0 + params.scaling_bound ** 2 / max(k, 1) ** 2.1) ** 0.5
         xp.clip(scale, c / bound, c * bound, out=scale)
         return scale
 
-    f, dx = objective_at(x, r)
-    f_initial = f
-    g, g_data, phi = gradient_at(r, dx)
-    scale = scaling_of(x, g_data, phi, start)
-    alpha = float(params.alpha_init)
-    tau = 0.5  # ABB_min switching threshold, adapted every iteration
-    bb2_recent: deque[float] = deque(maxlen=params.bb_memory)
-    f_recent: deque[float] = deque([f], maxlen=params.armijo_memory)
-    history: dict[str, list[float]] = {"objective": [], "residual": [], "alpha": [], "step": []}
-    n_backtracks = 0
-    if resume_state is not None:
-        alpha, tau, f_initial = (float(resume_state[key]) for key in ("alpha", "tau", "f_initial"))
-        bb2_recent.extend(float(v) for v in resume_state["bb2_recent"])
-        f_recent = deque((float(v) for v in resume_state["f_recent"]), maxlen=params.armijo_memory)
-        history = {key: [float(v) for v in resume_state["history"][key]] for key in history}
-        n_backtracks = int(resume_state["backtracks"])
-    beta2 = beta * beta
-    stopped = "iterations"
-    d = xp.empty_like(x)
-    k = start
-    for k in range(start + 1, params.iterations + 1):
+    def load_state(self, state: dict) -> None:
+        params = self.params
+        self.alpha, self.tau, self.f_initial = (float(state[key]) for key in ("alpha", "tau", "f_initial"))
+        self.bb2_recent.extend(float(v) for v in state["bb2_recent"])
+        self.f_recent = deque((float(v) for v in state["f_recent"]), maxlen=params.armijo_memory)
+        self.history = {key: [float(v) for v in state["history"][key]] for key in self.history}
+        self.n_backtracks = int(state["backtracks"])
+
+    def step(self, k: int):
+        xp, params, lam, c = self.xp, self.params, self.lam, self.c
+        x, r, g, d, dx, f = self.x, self.r, self.g, self.d, self.dx, self.f
+        beta2 = self.beta * self.beta
         # feasible direction d = P(x - alpha * D * g) - x
-        xp.multiply(g, scale, out=d)
-        d *= -alpha
+        xp.multiply(g, self.scale, out=d)
+        d *= -self.alpha
         d += x
         xp.maximum(d, 0.0, out=d)
         d -= x
         gd = _dot(g, d, xp)
         if not gd < 0.0:
-            stopped, k = "stationary (no descent direction)", k - 1
-            break
-        kd = project(op.forward, d)
-        dd = grad_op.forward(d)
+            return Halt("stationary (no descent direction)")
+        kd = self.K.forward(d)
+        dd = self.grad_op.forward(d)
         # change of f along d: the data term is quadratic; the TV term from stable differences
         # sqrt(a + e) - sqrt(a) = e / (sqrt(a + e) + sqrt(a)), e = 2 t <Dx, Dd> + t^2 |Dd|^2
         q1, q2 = _dot(r, kd, xp), _dot(kd, kd, xp)
@@ -314,9 +309,9 @@ def sgp_tv_minimize(op: Operator, y, lam: float, beta: float, params: SGPTVParam
         gh = xp.sum(dx * dd, axis=0)
         hh = xp.sum(dd * dd, axis=0)
         sqrt_a = xp.sqrt(a)
-        f_ref = max(f_recent)
+        f_ref = max(self.f_recent)
         step = 1.0
-        for _ in range(params.max_backtracks):
+        for _ in range(params.max_backtracks):  # Armijo backtracking within the iteration
             e = hh * (step * step)
             e += gh * (2.0 * step)
             den = xp.sqrt(a + e)
@@ -326,30 +321,29 @@ def sgp_tv_minimize(op: Operator, y, lam: float, beta: float, params: SGPTVParam
             if f + delta <= f_ref + params.armijo_sigma * step * gd:
                 break
             step *= params.backtrack_factor
-            n_backtracks += 1
+            self.n_backtracks += 1
         else:
-            stopped, k = "line search failed (float32 precision reached)", k - 1
-            break
+            return Halt("line search failed (float32 precision reached)")
         # move: x += step d (stays >= 0: a convex combination of x and P(...) >= 0), r += step K d
         d *= step
         x += d
         xp.maximum(x, 0.0, out=x)
         kd *= step
         r += kd
-        f_new, dx_new = objective_at(x, r)
+        f_new, dx_new = self._objective_at(x, r)
         if params.armijo_memory == 1 and not f_new < f:
             # the line search promised a decrease that the recomputed objective cannot resolve:
             # converged to float32 precision; undo the step and stop
             x -= d
             xp.maximum(x, 0.0, out=x)
             r -= kd
-            stopped, k = "no measurable decrease (float32 precision reached)", k - 1
-            break
-        f_old, f, dx = f, f_new, dx_new
+            return Halt("no measurable decrease (float32 precision reached)")
+        self.f_old, self.f, self.dx = f, f_new, dx_new
         g_old = g
-        g, g_data, phi = gradient_at(r, dx)
-        scale = scaling_of(x, g_data, phi, k)
-        f_recent.append(f)
+        g, g_data, phi = self._gradient_at(r, dx_new)
+        self.g = g
+        self.scale = scale = self._scaling_of(x, g_data, phi, k)
+        self.f_recent.append(f_new)
         # alternating Barzilai-Borwein steps in the metric of the new scaling (s = d, z = g - g_old)
         z = g - g_old
         if params.scaling:
@@ -365,39 +359,53 @@ def sgp_tv_minimize(op: Operator, y, lam: float, beta: float, params: SGPTVParam
             bb2 = sz / (c * _dot(z, z, xp)) if sz > 0 else params.alpha_max
         bb1 = min(max(bb1, params.alpha_min), params.alpha_max)
         bb2 = min(max(bb2, params.alpha_min), params.alpha_max)
-        bb2_recent.append(bb2)
-        if bb2 / bb1 <= tau:
-            alpha = min(bb2_recent)
-            tau *= 0.9
+        self.bb2_recent.append(bb2)
+        if bb2 / bb1 <= self.tau:
+            self.alpha = min(self.bb2_recent)
+            self.tau *= 0.9
         else:
-            alpha = bb1
-            tau *= 1.1
-        residual = float(xp.linalg.norm(r)) / y_norm
-        history["objective"].append(f)
-        history["residual"].append(residual)
-        history["alpha"].append(alpha)
-        history["step"].append(step)
-        state = {"iteration": k, "x": x, "r": r, "alpha": alpha, "tau": tau, "bb2_recent": list(bb2_recent),
-                 "f_recent": list(f_recent), "f_initial": f_initial, "history": history,
-                 "backtracks": n_backtracks}
-        if callback is not None and callback(IterationState(k, x, objective=f, residual=residual,
-                                                            extra={"state": state})):
-            stopped = "callback"
-            break
-        if params.tol > 0.0 and float(xp.linalg.norm(d)) <= params.tol * float(xp.linalg.norm(x)):
-            stopped = "tol (relative change of x)"
-            break
-        if params.tol_objective > 0.0 and abs(f_old - f) <= params.tol_objective * abs(f):
-            stopped = "tol_objective (relative change of f)"
-            break
-    _sync(xp)
-    info = {"iterations": k, "history": history, "stopped": stopped, "objective_initial": f_initial,
-            "backtracks": n_backtracks,
-            "time_projector": t_proj, "time_total": time.perf_counter() - t_start,
-            "lam_abs": lam, "beta_abs": beta, "operator_norm": knorm}
-    if start:
-        info["resumed_from"] = start
-    return x, info
+            self.alpha = bb1
+            self.tau *= 1.1
+        residual = float(xp.linalg.norm(r)) / self.y_norm
+        self.history["objective"].append(f_new)
+        self.history["residual"].append(residual)
+        self.history["alpha"].append(self.alpha)
+        self.history["step"].append(step)
+        return None
+
+    def converged(self):
+        xp, params = self.xp, self.params
+        if params.tol > 0.0 and float(xp.linalg.norm(self.d)) <= params.tol * float(xp.linalg.norm(self.x)):
+            return "tol (relative change of x)"
+        if params.tol_objective > 0.0 and abs(self.f_old - self.f) <= params.tol_objective * abs(self.f):
+            return "tol_objective (relative change of f)"
+        return None
+
+    def report(self) -> IterationState:
+        return IterationState(self.iteration, self.x, objective=self.f, residual=self.history["residual"][-1])
+
+    def state(self) -> dict:
+        return {"iteration": self.iteration, "x": self.x, "r": self.r, "alpha": self.alpha, "tau": self.tau,
+                "bb2_recent": list(self.bb2_recent), "f_recent": list(self.f_recent), "f_initial": self.f_initial,
+                "history": self.history, "backtracks": self.n_backtracks}
+
+
+def sgp_tv_minimize(op: Operator, y, lam: float, beta: float, params: SGPTVParams, x0=None,
+                    callback=None, resume_state: dict | None = None, context: dict | None = None) -> tuple[Any, dict]:
+    """Run :class:`SGP` by the driver. Returns (x float32 of op.domain_shape, info).
+
+    The callback's ``extra['state']`` is SGP's state plus ``context``; ``resume_state`` continues one.
+    """
+    clock = Stopwatch()
+    alg = SGP(op, y, lam, beta, params, x0=x0, state=resume_state)
+    record = run(alg, callback, context=context)
+    info = {"iterations": record.iterations, "history": alg.history, "stopped": record.stopped,
+            "objective_initial": alg.f_initial, "backtracks": alg.n_backtracks,
+            "time_projector": alg.K.seconds, "time_total": clock.seconds(),
+            "lam_abs": alg.lam, "beta_abs": alg.beta, "operator_norm": alg.knorm}
+    if record.resumed_from:
+        info["resumed_from"] = record.resumed_from
+    return alg.x, info
 
 
 @register("sgp_tv", SGPTVParams,
@@ -409,7 +417,7 @@ def solve(op: Operator, sino: Sinogram, params: SGPTVParams, callback=None, x0=N
 
     ``resume_state``: continue a run from the state its callback reported (no warm start is run).
     """
-    t0 = time.perf_counter()
+    clock = Stopwatch()
     info_x0: dict[str, Any] = {}
     if x0 is None and params.x0 is not None and resume_state is None:
         warm = run_ref(params.x0, op, sino)
@@ -426,15 +434,11 @@ def solve(op: Operator, sino: Sinogram, params: SGPTVParams, callback=None, x0=N
         lam, x0, search = choose_lam_sgp(op, sino, params, x0)
         info_x0.update(search)
     lam_abs, beta_abs = absolute_weights(params, sino.grid.voxel_size, lam)
-    reporting = callback
-    if callback is not None and params.lam == "auto":
-        search_record = {k: v for k, v in info_x0.items() if k not in ("x0_solver", "time_x0")}
-
-        def reporting(state):
-            state.extra["state"].update(lam=lam, lam_search=search_record)
-            return callback(state)
-    x, info = sgp_tv_minimize(op, sino.data, lam_abs, beta_abs, params, x0=x0, callback=reporting,
-                              resume_state=resume_state)
+    context = None
+    if params.lam == "auto":  # a resumed run keeps the lam it chose
+        context = {"lam": lam, "lam_search": {k: v for k, v in info_x0.items() if k not in ("x0_solver", "time_x0")}}
+    x, info = sgp_tv_minimize(op, sino.data, lam_abs, beta_abs, params, x0=x0, callback=callback,
+                              resume_state=resume_state, context=context)
     info.update(info_x0, lam=lam, beta=params.beta, intensity_scale=params.intensity_scale,
-                scaling=params.scaling, time_total=time.perf_counter() - t0)
+                scaling=params.scaling, time_total=clock.seconds())
     return Reconstruction(x, info)

@@ -3,43 +3,13 @@
 Works on one slice (ny, nx) or a stack (nz, ny, nx) with any Operator (numpy or
 cupy, ``xp = op.xp``); the update is elementwise, so a stack gives exactly the
 slice-by-slice result. P is the projection onto x >= 0 when ``nonnegative``.
+The iteration is :class:`SIRT` (recon_cli.solvers.algorithm), run by the one driver.
 """
 from __future__ import annotations
 
-import time
-
+from recon_cli.solvers.algorithm import Algorithm, Stopwatch, TimedOperator, run
 from recon_cli.solvers.registry import IterationState, SolverParams, register, unit
 from recon_cli.sinogram import Reconstruction
-
-
-class TimedOperator:
-    """Wraps an Operator, adding the seconds spent in forward/adjoint to ``seconds``.
-
-    CuPy work is asynchronous, so each call synchronises the device before stopping the clock.
-    """
-
-    def __init__(self, op):
-        self.op, self.xp, self.seconds = op, op.xp, 0.0
-        self._sync = _synchroniser(op.xp)
-
-    def _timed(self, fn, arg):
-        t0 = time.perf_counter()
-        out = fn(arg)
-        self._sync()
-        self.seconds += time.perf_counter() - t0
-        return out
-
-    def forward(self, x):
-        return self._timed(self.op.forward, x)
-
-    def adjoint(self, y):
-        return self._timed(self.op.adjoint, y)
-
-
-def _synchroniser(xp):
-    if xp.__name__ == "cupy":
-        return lambda: xp.cuda.Stream.null.synchronize()
-    return lambda: None
 
 
 def relative_norm(r, y_norm: float, xp) -> float:
@@ -59,6 +29,52 @@ class SIRTParams(SolverParams):
     nonnegative: bool = unit("-", "project onto x >= 0 after each update", default=True)
     relaxation: float = unit("-", "relaxation factor (0 < relaxation < 2)", default=1.0, gt=0.0, lt=2.0)
 
+    def iteration_budget(self) -> int:
+        return self.iterations
+
+
+class SIRT(Algorithm):
+    """SIRT from x = 0 on ``op`` (a TimedOperator) for data ``y`` (op.range_shape, float32).
+
+    State: {iteration, x, history: {residual}}; A x is recomputed from x on resume (the same product
+    as in the loop), so a resumed run is bit for bit the uninterrupted one. ``state``: continue from one.
+    """
+
+    def __init__(self, op: TimedOperator, y, iterations: int, relaxation: float = 1.0, nonnegative: bool = True,
+                 state: dict | None = None):
+        xp = self.xp = op.xp
+        self.op, self.y, self.max_iterations, self.nonnegative = op, y, int(iterations), bool(nonnegative)
+        self.y_norm = float(xp.linalg.norm(y.ravel()))
+        self.row_w = inverse_or_zero(op.forward(xp.ones(op.domain_shape, dtype=xp.float32)), xp)
+        self.col_w = inverse_or_zero(op.adjoint(xp.ones(op.range_shape, dtype=xp.float32)), xp)
+        self.col_w *= float(relaxation)
+        self.x = xp.zeros(op.domain_shape, dtype=xp.float32)
+        self.ax = xp.zeros(op.range_shape, dtype=xp.float32)
+        self.history: list[float] = []
+        if state is not None:
+            self.resume(state)
+
+    def load_state(self, state: dict) -> None:
+        xp = self.xp
+        self.x = xp.array(state["x"], dtype=xp.float32).reshape(self.op.domain_shape)
+        self.ax = self.op.forward(self.x)
+        self.history = [float(v) for v in state["history"]["residual"]]
+
+    def step(self, k: int):
+        xp = self.xp
+        self.x += self.col_w * self.op.adjoint(self.row_w * (self.y - self.ax))
+        if self.nonnegative:
+            xp.maximum(self.x, 0.0, out=self.x)
+        self.ax = self.op.forward(self.x)
+        self.history.append(relative_norm(self.ax - self.y, self.y_norm, xp))
+        return None
+
+    def report(self) -> IterationState:
+        return IterationState(self.iteration, self.x, residual=self.history[-1])
+
+    def state(self) -> dict:
+        return {"iteration": self.iteration, "x": self.x, "history": {"residual": self.history}}
+
 
 @register("sirt", SIRTParams, "simultaneous iterative reconstruction technique", iterative=True,
           state_arrays=(4, 5), slice_independent=True)
@@ -66,44 +82,16 @@ def solve(op, sino, params: SIRTParams, callback=None, *, resume_state: dict | N
     """SIRT from x = 0; ``info['history']['residual']`` holds ||A x_k - y|| / ||y|| per iteration.
 
     Restartable: the callback's ``extra['state']`` is {iteration, x, history}; ``resume_state``
-    (such a dict) continues after its iteration with exactly the uninterrupted iterates (A x
-    is recomputed from x, the same product as in the loop).
+    (such a dict) continues after its iteration with exactly the uninterrupted iterates.
     """
-    t_start = time.perf_counter()
-    xp = op.xp
+    clock = Stopwatch()
     timed = TimedOperator(op)
-    y = xp.asarray(sino.data, dtype=xp.float32).reshape(op.range_shape)
-    y_norm = float(xp.linalg.norm(y.ravel()))
-    row_w = inverse_or_zero(timed.forward(xp.ones(op.domain_shape, dtype=xp.float32)), xp)
-    col_w = inverse_or_zero(timed.adjoint(xp.ones(op.range_shape, dtype=xp.float32)), xp)
-    col_w *= float(params.relaxation)
-    history: list[float] = []
-    start = 0
-    if resume_state is None:
-        x = xp.zeros(op.domain_shape, dtype=xp.float32)
-        ax = xp.zeros(op.range_shape, dtype=xp.float32)
-    else:
-        x = xp.array(resume_state["x"], dtype=xp.float32).reshape(op.domain_shape)
-        ax = timed.forward(x)
-        start = int(resume_state["iteration"])
-        history = [float(v) for v in resume_state["history"]["residual"]]
-    stopped = "iterations"
-    k = start
-    for k in range(start + 1, params.iterations + 1):
-        x += col_w * timed.adjoint(row_w * (y - ax))
-        if params.nonnegative:
-            xp.maximum(x, 0.0, out=x)
-        ax = timed.forward(x)
-        residual = relative_norm(ax - y, y_norm, xp)
-        history.append(residual)
-        if callback is not None and callback(IterationState(
-                k, x, residual=residual,
-                extra={"state": {"iteration": k, "x": x, "history": {"residual": history}}})):
-            stopped = "callback"
-            break
-    info = {"iterations": k, "history": {"residual": history}, "stopped": stopped,
+    y = op.xp.asarray(sino.data, dtype=op.xp.float32).reshape(op.range_shape)
+    alg = SIRT(timed, y, params.iterations, params.relaxation, params.nonnegative, state=resume_state)
+    record = run(alg, callback)
+    info = {"iterations": record.iterations, "history": {"residual": alg.history}, "stopped": record.stopped,
             "relaxation": params.relaxation, "nonnegative": params.nonnegative,
-            "time_projector": timed.seconds, "time_total": time.perf_counter() - t_start}
-    if start:
-        info["resumed_from"] = start
-    return Reconstruction(x, info)
+            "time_projector": timed.seconds, "time_total": clock.seconds()}
+    if record.resumed_from:
+        info["resumed_from"] = record.resumed_from
+    return Reconstruction(alg.x, info)

@@ -27,14 +27,13 @@ the loss, i.e. the closer SV-TV is to TV. benchmarks/results/solvers.md has the 
 """
 from __future__ import annotations
 
-import time
-
 import numpy as np
 from pydantic import Field
 
 from recon_cli.ops.finite_differences import Gradient, gradient_magnitude
 from recon_cli.ops.operator import Operator
 from recon_cli.sinogram import Reconstruction, Sinogram
+from recon_cli.solvers.algorithm import Stopwatch
 from recon_cli.solvers.registry import SolverRef, register, run_stage, unit
 from recon_cli.solvers.tv import TV_STATE_ARRAYS, TVParams, make_gradient, solve_weighted
 
@@ -107,14 +106,8 @@ def _solve_with_weights(op: Operator, sino: Sinogram, params: SVTVParams, w, eta
                         callback=None, resume_state: dict | None = None, keep: dict | None = None) -> Reconstruction:
     """The weighted TV of SV-TV; the callback's state also carries ``weights``, ``eta_abs`` and ``keep``."""
     xp = op.xp
-    keep = dict(keep or {})
-
-    def reporting(state):
-        state.extra["state"].update(weights=w, eta_abs=eta_abs, **keep)
-        return callback(state)
-
-    rec = solve_weighted(op, sino, params, w, reporting if callback is not None else None, B=B,
-                         resume_state=resume_state)
+    rec = solve_weighted(op, sino, params, w, callback, B=B, resume_state=resume_state,
+                         context={"weights": w, "eta_abs": eta_abs, **(keep or {})})
     rec.info.update(p=float(params.p), eta=float(params.eta), eta_abs=eta_abs,
                     weight_mean=float(xp.mean(w)), weight_min=float(xp.min(w)))
     return rec
@@ -147,12 +140,12 @@ def solve(op: Operator, sino: Sinogram, params: SVTVParams, callback=None, *,
     Restartable: the callback's state is ``tv``'s plus the weights (so a resumed run neither
     runs the pre-estimate again nor recomputes the weights), eta_abs and time_pre_estimate.
     """
-    t0 = time.perf_counter()
+    clock = Stopwatch()
     xp = op.xp
     B = make_gradient(op, params)
     if resume_state is None:
         pre = run_stage("pre-estimate", params.pre_estimate, op, sino, callback)
-        t_pre = time.perf_counter() - t0
+        t_pre = clock.seconds()
         u = xp.asarray(pre.volume, dtype=np.float32)
         del pre
         eta_abs = eta_absolute(u, params.eta, xp)
@@ -164,5 +157,5 @@ def solve(op: Operator, sino: Sinogram, params: SVTVParams, callback=None, *,
     rec = _solve_with_weights(op, sino, params, w, eta_abs, B, callback, resume_state,
                               keep={"time_pre_estimate": t_pre})
     rec.info.update(pre_estimate=params.pre_estimate.name, time_pre_estimate=t_pre,
-                    time_total=time.perf_counter() - t0)
+                    time_total=clock.seconds())
     return rec

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from typing import Literal, Union
 
 import numpy as np
@@ -50,8 +49,9 @@ from recon_cli.backend import to_numpy
 from recon_cli.ops.finite_differences import Gradient
 from recon_cli.ops.operator import Operator
 from recon_cli.sinogram import Reconstruction, Sinogram
-from recon_cli.solvers.mmgks import discrepancy_lam, golub_kahan
+from recon_cli.solvers.mmgks import discrepancy_lam, golub_kahan, projected_solve
 from recon_cli.solvers.regularisation_parameter import noise_norm
+from recon_cli.solvers.algorithm import Algorithm, Halt, Stopwatch, TimedOperator, run
 from recon_cli.solvers.registry import IterationState, SolverParams, register, unit
 
 log = logging.getLogger(__name__)
@@ -76,93 +76,108 @@ class TikhonovParams(SolverParams):
     nonnegative: bool = unit("-", "clip the result to x >= 0", default=False)
     mode: Literal["slicewise", "3d"] = unit("-", "gradient of a slice stack: per slice or 3D", default="slicewise")
 
+    def iteration_budget(self) -> int:
+        return self.iterations
+
 
 # ----------------------------------------------------------------------------- CGLS, stacked
-def cgls_stacked(K: Operator, y, D: Operator, lam: float, *, x0=None, iterations: int = 200,
-                 tol: float = 1e-4, callback=None):
+class StackedCGLS(Algorithm):
     """CGLS for min ||K x - y||^2 + lam ||D x||^2 (lam >= 0, absolute), float32 on K.xp.
 
-    Works on A = [K; sqrt(lam) D], b = [y; 0] without forming A. ``x0``: start (copied).
-    Returns (x, info): iterations, stopped ('tol' | 'iterations' | 'callback'), history {residual
-    (||Kx - y|| / ||y||), normal_residual (||A^T(b - Ax)|| / ||A^T b||)}, time_projector (s).
+    Works on A = [K; sqrt(lam) D], b = [y; 0] without forming A. ``x0``: start (copied). Stops when
+    the normal residual ||A^T(b - Ax)|| / ||A^T b|| < ``tol`` or after ``iterations``. State
+    {iteration, x, r1, r2 (the residual blocks), p, gamma, history}; ``state``: continue from one.
     """
-    xp = K.xp
-    y = xp.asarray(y, dtype=np.float32).reshape(K.range_shape)
-    s_lam = np.float32(math.sqrt(float(lam)))
-    t_proj = 0.0
 
-    def timed(fn, v):
-        nonlocal t_proj
-        if xp is not np:
-            xp.cuda.Stream.null.synchronize()
-        t0 = time.perf_counter()
-        out = fn(v)
-        if xp is not np:
-            xp.cuda.Stream.null.synchronize()
-        t_proj += time.perf_counter() - t0
-        return out
+    def __init__(self, K: Operator, y, D: Operator, lam: float, *, x0=None, iterations: int = 200,
+                 tol: float = 1e-4, state: dict | None = None):
+        xp = self.xp = K.xp
+        self.K = K if isinstance(K, TimedOperator) else TimedOperator(K)
+        self.D, self.max_iterations, self.tol = D, int(iterations), tol
+        self.y = y = xp.asarray(y, dtype=np.float32).reshape(K.range_shape)
+        self.s_lam = np.float32(math.sqrt(float(lam)))
+        self.y_norm = math.sqrt(self._sq(y)) or 1.0
+        self.hist = {"residual": [], "normal_residual": []}
+        # reference for the normal residual: ||A^T b|| = ||K^T y||
+        if state is not None:
+            self.resume(state)
+            self.atb = math.sqrt(self._sq(self.K.adjoint(y))) or 1.0
+            return
+        Kt, s_lam = self.K, self.s_lam
+        if x0 is None:
+            self.x = xp.zeros(K.domain_shape, dtype=np.float32)
+            self.r1 = y.copy()
+            self.r2 = xp.zeros(D.range_shape, dtype=np.float32)
+        else:
+            self.x = xp.array(x0, dtype=np.float32, copy=True).reshape(K.domain_shape)
+            self.r1 = y - Kt.forward(self.x)
+            self.r2 = -s_lam * D.forward(self.x)
+        s = Kt.adjoint(self.r1)
+        s += s_lam * D.adjoint(self.r2)
+        self.p = s.copy()
+        self.gamma = self._sq(s)
+        self.atb = math.sqrt(self._sq(Kt.adjoint(y))) or 1.0
 
-    def sq(v) -> float:
-        return float(xp.vdot(v.ravel(), v.ravel()).real)
+    def _sq(self, v) -> float:
+        return float(self.xp.vdot(v.ravel(), v.ravel()).real)
 
-    y_norm = math.sqrt(sq(y)) or 1.0
-    if x0 is None:
-        x = xp.zeros(K.domain_shape, dtype=np.float32)
-        r1 = y.copy()
-        r2 = xp.zeros(D.range_shape, dtype=np.float32)
-    else:
-        x = xp.array(x0, dtype=np.float32, copy=True).reshape(K.domain_shape)
-        r1 = y - timed(K.forward, x)
-        r2 = -s_lam * D.forward(x)
-    s = timed(K.adjoint, r1)
-    s += s_lam * D.adjoint(r2)
-    p = s.copy()
-    gamma = sq(s)
-    # reference for the normal residual: ||A^T b|| = ||K^T y||
-    atb = math.sqrt(sq(timed(K.adjoint, y))) or 1.0
-    hist = {"residual": [], "normal_residual": []}
-    stopped, k = "iterations", 0
-    for k in range(1, int(iterations) + 1):
-        q1 = timed(K.forward, p)
-        q2 = s_lam * D.forward(p)
-        qq = sq(q1) + sq(q2)
+    def load_state(self, state: dict) -> None:
+        def restored(key, shape):
+            return self.xp.array(state[key], dtype=np.float32, copy=True).reshape(shape)
+
+        self.x, self.p = restored("x", self.K.domain_shape), restored("p", self.K.domain_shape)
+        self.r1, self.r2 = restored("r1", self.K.range_shape), restored("r2", self.D.range_shape)
+        self.gamma = float(state["gamma"])
+        self.hist = {k: [float(v) for v in state["history"][k]] for k in self.hist}
+
+    def step(self, k: int):
+        K, D, s_lam = self.K, self.D, self.s_lam
+        q1 = K.forward(self.p)
+        q2 = s_lam * D.forward(self.p)
+        qq = self._sq(q1) + self._sq(q2)
         if qq == 0:
-            stopped = "tol"
-            break
-        alpha = np.float32(gamma / qq)
-        x += alpha * p
-        r1 -= alpha * q1
-        r2 -= alpha * q2
-        s = timed(K.adjoint, r1)
-        s += s_lam * D.adjoint(r2)
-        gamma_new = sq(s)
-        p *= np.float32(gamma_new / gamma) if gamma > 0 else np.float32(0.0)
-        p += s
-        gamma = gamma_new
-        residual = math.sqrt(sq(r1)) / y_norm
-        normal = math.sqrt(gamma) / atb
-        hist["residual"].append(residual)
-        hist["normal_residual"].append(normal)
-        if callback is not None and callback(IterationState(k, x, residual=residual)):
-            stopped = "callback"
-            break
-        if tol > 0 and normal < tol:
-            stopped = "tol"
-            break
-    return x, {"iterations": k, "stopped": stopped, "history": hist, "time_projector": t_proj,
-               "residual": hist["residual"][-1] if hist["residual"] else None}
+            return Halt("tol", completed=True)
+        alpha = np.float32(self.gamma / qq)
+        self.x += alpha * self.p
+        self.r1 -= alpha * q1
+        self.r2 -= alpha * q2
+        s = K.adjoint(self.r1)
+        s += s_lam * D.adjoint(self.r2)
+        gamma_new = self._sq(s)
+        self.p *= np.float32(gamma_new / self.gamma) if self.gamma > 0 else np.float32(0.0)
+        self.p += s
+        self.gamma = gamma_new
+        self.hist["residual"].append(math.sqrt(self._sq(self.r1)) / self.y_norm)
+        self.hist["normal_residual"].append(math.sqrt(self.gamma) / self.atb)
+        return None
+
+    def converged(self):
+        return "tol" if self.tol > 0 and self.hist["normal_residual"][-1] < self.tol else None
+
+    def report(self) -> IterationState:
+        return IterationState(self.iteration, self.x, residual=self.hist["residual"][-1])
+
+    def state(self) -> dict:
+        return {"iteration": self.iteration, "x": self.x, "r1": self.r1, "r2": self.r2, "p": self.p,
+                "gamma": self.gamma, "history": self.hist}
+
+
+def cgls_stacked(K: Operator, y, D: Operator, lam: float, *, x0=None, iterations: int = 200,
+                 tol: float = 1e-4, callback=None, resume_state: dict | None = None, context: dict | None = None):
+    """:class:`StackedCGLS` run by the driver. Returns (x, info): iterations, stopped ('tol' | 'iterations'
+    | 'callback'), history {residual (||Kx - y|| / ||y||), normal_residual (||A^T(b - Ax)|| / ||A^T b||)},
+    time_projector (s), residual, resumed_from (when resumed)."""
+    alg = StackedCGLS(K, y, D, lam, x0=x0, iterations=iterations, tol=tol, state=resume_state)
+    record = run(alg, callback, context=context)
+    hist = alg.hist
+    info = {"iterations": record.iterations, "stopped": record.stopped, "history": hist,
+            "time_projector": alg.K.seconds, "residual": hist["residual"][-1] if hist["residual"] else None}
+    if record.resumed_from is not None:
+        info["resumed_from"] = record.resumed_from
+    return alg.x, info
 
 
 # ----------------------------------------------------------------------------- GCV
-def _projected_solution(BtB, Bte, G_D, lam: float) -> np.ndarray:
-    H = BtB + lam * G_D
-    try:
-        c = np.linalg.cholesky(H)
-        return np.linalg.solve(c.T, np.linalg.solve(c, Bte))
-    except np.linalg.LinAlgError:
-        return np.linalg.lstsq(H, Bte, rcond=1e-13)[0]
-
-
 def projected_gcv(B: np.ndarray, beta: float, G_D: np.ndarray, omega: float = 1.0, n_grid: int = 241,
                   decades: float = 12.0) -> dict:
     """Minimise the (weighted) GCV function of min ||B z - beta e1||^2 + lam z^T G_D z.
@@ -217,7 +232,7 @@ def projected_lam(K: Operator, y, D: Operator, steps: int = 40, *, method: str =
     Returns {lam_abs, x (K.domain_shape), steps (done), residual_norm, time, and for gcv: trace, gcv,
     at_grid_edge; for discrepancy: reached}.
     """
-    t0 = time.perf_counter()
+    clock = Stopwatch()
     xp = K.xp
     _, B, V, beta = golub_kahan(K, y, int(steps))
     k = V.shape[0]
@@ -236,7 +251,7 @@ def projected_lam(K: Operator, y, D: Operator, steps: int = 40, *, method: str =
         e1[0] = beta
         BtB, Bte = B.T @ B, B.T @ e1
         lam, reached = discrepancy_lam(BtB, Bte, beta * beta, G_D, float(target))
-        z = _projected_solution(BtB, Bte, G_D, lam)
+        z = projected_solve(BtB, Bte, G_D, lam)
         out.update(reached=bool(reached))
     else:
         raise ValueError(f"unknown lam method {method!r}")
@@ -245,51 +260,64 @@ def projected_lam(K: Operator, y, D: Operator, steps: int = 40, *, method: str =
     out["residual_norm"] = float(np.linalg.norm(B @ z - e1))
     out["lam_abs"] = float(lam)
     out["x"] = (xp.asarray(z.astype(np.float32)) @ V).reshape(K.domain_shape)
-    out["time"] = time.perf_counter() - t0
+    out["time"] = clock.seconds()
     return out
 
 
 # ----------------------------------------------------------------------------- the solver
+def choose_lam_tikhonov(op: Operator, y, D: Operator, sino: Sinogram, params: TikhonovParams):
+    """(lam_abs, warm start x0 or None, record for info) for ``params.lam`` (a number, gcv, discrepancy, auto)."""
+    h2 = float(sino.grid.voxel_size) ** 2
+    extra: dict = {}
+    method = "discrepancy" if params.lam == "auto" else params.lam
+    if method not in ("gcv", "discrepancy"):
+        return float(params.lam) * h2, None, extra
+    target = None
+    if method == "discrepancy":
+        e_norm, source = noise_norm(y, sino.metadata)
+        target = float(params.discrepancy_tau) * e_norm
+        extra.update(noise_norm=e_norm, noise_source=source, discrepancy_target=target)
+    g = projected_lam(op, y, D, steps=params.gcv_steps, method=method, omega=params.gcv_omega,
+                      target=target)
+    if method == "discrepancy" and not g["reached"]:
+        # the target lies below every residual of the projection (model error above the noise, or
+        # too few steps): lam -> 0 would be unregularised CGLS, so use GCV instead
+        log.warning("tikhonov lam discrepancy: target residual %.4g not reachable on %d Golub-Kahan "
+                    "steps (residual %.4g); using GCV", target, g["steps"], g["residual_norm"])
+        g = projected_lam(op, y, D, steps=params.gcv_steps, method="gcv", omega=params.gcv_omega)
+        g["reached"] = False
+        extra["lam_fallback"] = "gcv (discrepancy target not reachable)"
+    extra.update(lam_method=f"{method} (projected on {g['steps']} Golub-Kahan steps)",
+                 lam_projection_steps=g["steps"], time_lam_search=g["time"])
+    if "trace" in g:
+        extra.update(gcv_omega=float(params.gcv_omega), gcv_trace=g["trace"], gcv_value=g["gcv"],
+                     gcv_at_grid_edge=g["at_grid_edge"])
+    if method == "discrepancy":
+        extra.update(lam_target_reached=g["reached"])
+    return g["lam_abs"], g["x"], extra
+
+
 @register("tikhonov", TikhonovParams, "Tikhonov with a gradient regulariser, CGLS on the stacked system; "
           "lam fixed or by generalised cross-validation (projected GCV)", iterative=True)
-def solve(op: Operator, sino: Sinogram, params: TikhonovParams, callback=None) -> Reconstruction:
-    """Gradient-regularised least squares of ``sino`` on ``op``'s grid (1/mm)."""
-    t0 = time.perf_counter()
+def solve(op: Operator, sino: Sinogram, params: TikhonovParams, callback=None, *,
+          resume_state: dict | None = None) -> Reconstruction:
+    """Gradient-regularised least squares of ``sino`` on ``op``'s grid (1/mm).
+
+    Restartable: the callback's ``extra['state']`` is :class:`StackedCGLS`'s plus ``lam_abs`` and
+    ``lam_search`` (the lam record); ``resume_state`` continues with that lam, without choosing again.
+    """
+    clock = Stopwatch()
     xp = op.xp
     y = xp.asarray(sino.data, dtype=np.float32).reshape(op.range_shape)
     D = Gradient(tuple(op.domain_shape), mode=params.mode, xp=xp)
     h2 = float(sino.grid.voxel_size) ** 2
-    extra: dict = {}
-    x0 = None
-    method = "discrepancy" if params.lam == "auto" else params.lam
-    if method in ("gcv", "discrepancy"):
-        target = None
-        if method == "discrepancy":
-            e_norm, source = noise_norm(y, sino.metadata)
-            target = float(params.discrepancy_tau) * e_norm
-            extra.update(noise_norm=e_norm, noise_source=source, discrepancy_target=target)
-        g = projected_lam(op, y, D, steps=params.gcv_steps, method=method, omega=params.gcv_omega,
-                          target=target)
-        if method == "discrepancy" and not g["reached"]:
-            # the target lies below every residual of the projection (model error above the noise, or
-            # too few steps): lam -> 0 would be unregularised CGLS, so use GCV instead
-            log.warning("tikhonov lam discrepancy: target residual %.4g not reachable on %d Golub-Kahan "
-                        "steps (residual %.4g); using GCV", target, g["steps"], g["residual_norm"])
-            g = projected_lam(op, y, D, steps=params.gcv_steps, method="gcv", omega=params.gcv_omega)
-            g["reached"] = False
-            extra["lam_fallback"] = "gcv (discrepancy target not reachable)"
-        lam_abs, x0 = g["lam_abs"], g["x"]
-        extra.update(lam_method=f"{method} (projected on {g['steps']} Golub-Kahan steps)",
-                     lam_projection_steps=g["steps"], time_lam_search=g["time"])
-        if "trace" in g:
-            extra.update(gcv_omega=float(params.gcv_omega), gcv_trace=g["trace"], gcv_value=g["gcv"],
-                         gcv_at_grid_edge=g["at_grid_edge"])
-        if method == "discrepancy":
-            extra.update(lam_target_reached=g["reached"])
+    if resume_state is None:
+        lam_abs, x0, extra = choose_lam_tikhonov(op, y, D, sino, params)
     else:
-        lam_abs = float(params.lam) * h2
+        lam_abs, x0, extra = float(resume_state["lam_abs"]), None, dict(resume_state.get("lam_search") or {})
     x, info = cgls_stacked(op, y, D, lam_abs, x0=x0, iterations=params.iterations, tol=params.tol,
-                           callback=callback)
+                           callback=callback, resume_state=resume_state,
+                           context={"lam_abs": lam_abs, "lam_search": dict(extra)})
     if params.nonnegative:
         xp.maximum(x, 0, out=x)
     if extra.get("discrepancy_target"):
@@ -297,5 +325,7 @@ def solve(op: Operator, sino: Sinogram, params: TikhonovParams, callback=None) -
     out = {"iterations": info["iterations"], "history": info["history"], "stopped": info["stopped"],
            "residual": info["residual"], "time_projector": info["time_projector"],
            "lam": lam_abs / h2, "lam_abs": lam_abs, "lam_units": "unit pixels (lam_abs = lam * voxel_size^2)",
-           **extra, "time_total": time.perf_counter() - t0}
+           **extra, "time_total": clock.seconds()}
+    if "resumed_from" in info:
+        out["resumed_from"] = info["resumed_from"]
     return Reconstruction(volume=x, info=out)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
-import time
+from dataclasses import dataclass
 from typing import Annotated, Literal, Union
 
 from pydantic import Field
@@ -26,7 +26,8 @@ import numpy as np
 from recon_cli.ops.finite_differences import Gradient
 from recon_cli.ops.operator import Operator
 from recon_cli.sinogram import Reconstruction, Sinogram
-from recon_cli.solvers.pdhg import pdhg
+from recon_cli.solvers.algorithm import Stopwatch, run
+from recon_cli.solvers.pdhg import ChambollePock, pdhg
 from recon_cli.solvers.regularisation_parameter import data_misfit_norm, follow_discrepancy
 from recon_cli.solvers.registry import SolverParams, register, unit
 
@@ -68,6 +69,10 @@ class TVParams(SolverParams):
     search_rtol: float = unit("1", "lam auto: lam is settled when two legs in a row end with "
                               "|residual / target - 1| <= search_rtol", default=0.02, gt=0.0, lt=1.0)
 
+    def iteration_budget(self) -> int:
+        """PDHG iterations of the final solve (lam auto's search runs before and is not counted)."""
+        return self.iterations
+
 
 def make_gradient(op: Operator, params) -> Gradient:
     """The gradient operator D for the op's image shape, on its array module."""
@@ -104,7 +109,27 @@ LAM_AUTO_BUDGET = 1.5
 START_PER_NOISE_STD = 400.0  # mm
 
 
-def choose_lam(op: Operator, y, B: Operator, weights, params, metadata: dict, scale: float,
+@dataclass(frozen=True)
+class LamSearch:
+    """What the lam-auto search of :func:`choose_lam` needs (the fields of TVParams of the same names):
+    the PDHG problem (isotropic, nonnegative), the final budget ``iterations``, and the search's own
+    ``search_iterations``, ``search_start``, ``search_rtol``, ``discrepancy_tau`` and ``model_error``."""
+
+    isotropic: bool
+    nonnegative: bool
+    iterations: int
+    search_iterations: int
+    search_start: float | str  # a number or "auto"
+    search_rtol: float
+    discrepancy_tau: float
+    model_error: bool
+
+    @classmethod
+    def from_params(cls, params) -> "LamSearch":
+        return cls(**{name: getattr(params, name) for name in cls.__dataclass_fields__})
+
+
+def choose_lam(op: Operator, y, B: Operator, weights, params: LamSearch, metadata: dict, scale: float,
                x0=None, dual0=None, factor: float = 10.0, geometry=None, voxel_size: float | None = None) -> dict:
     """lam (normalised) by the discrepancy principle, followed along one PDHG chain (see
     FIRST_LEG_FRACTION above), with the chain's state for the final run. ``factor``: the largest
@@ -116,7 +141,7 @@ def choose_lam(op: Operator, y, B: Operator, weights, params, metadata: dict, sc
     misfit, misfit_info = data_misfit_norm(y, metadata, geometry, voxel_size,
                                            model_error=bool(params.model_error))
     target = float(params.discrepancy_tau) * misfit
-    t0 = time.perf_counter()
+    clock = Stopwatch()
     n_total = int(params.iterations)
     y_norm = float(op.xp.linalg.norm(y.ravel()))
     if params.search_start == "auto":
@@ -153,7 +178,8 @@ def choose_lam(op: Operator, y, B: Operator, weights, params, metadata: dict, sc
             "final_step_ratio": chain["ratio"],
             "discrepancy_tau": float(params.discrepancy_tau),
             "lam_search_evaluations": followed.legs, "lam_search_iterations": used,
-            "lam_search_converged": settled, "time_lam_search": time.perf_counter() - t0,
+            "lam_search_converged": settled, "lam_search_rtol": float(params.search_rtol),
+            "time_lam_search": clock.seconds(),
             "time_projector_lam_search": chain["time_projector"]}
     return {"lam": lam, "lam_abs": lam * scale, "x0": chain["x"], "dual0": chain["dual"], "info": info}
 
@@ -164,9 +190,70 @@ def lam_search_converged(search_info: dict, final_mismatch: float, rtol: float) 
     return bool(search_info.get("lam_search_converged")) or abs(float(final_mismatch) - 1.0) <= 2.0 * rtol
 
 
+@dataclass
+class WeightedTV:
+    """A weighted-TV solve set up at its lam: the Chambolle-Pock ``algorithm`` (lam_abs = lam * scale),
+    ``lam`` (normalised), ``scale`` (mm per unit lam) and the lam-search record ``search`` ({} for a
+    fixed lam). ``context``: what its states carry besides PDHG's (lam, lam_search)."""
+
+    algorithm: ChambollePock
+    lam: float
+    scale: float
+    search: dict
+
+    @property
+    def context(self) -> dict:
+        return {"lam": self.lam, "lam_search": self.search}
+
+
+def setup_weighted(op: Operator, sino: Sinogram, params, weights=None, *, x0=None, dual0=None,
+                   B: Operator | None = None, search_factor: float = 10.0,
+                   resume_state: dict | None = None) -> WeightedTV:
+    """The weighted TV of :func:`solve_weighted` set up: lam fixed, searched (lam auto) or resumed."""
+    y = sino.data
+    B = B if B is not None else make_gradient(op, params)
+    scale = lam_scale(sino, params)
+    extra: dict = {}
+    if resume_state is not None:
+        lam, extra = float(resume_state["lam"]), dict(resume_state.get("lam_search") or {})
+        x0 = dual0 = None
+    elif params.lam == "auto":
+        chosen = choose_lam(op, y, B, weights, LamSearch.from_params(params), sino.metadata, scale, x0=x0, dual0=dual0,
+                            factor=search_factor, geometry=sino.geometry, voxel_size=sino.grid.voxel_size)
+        lam, x0, dual0, extra = chosen["lam"], chosen["x0"], chosen["dual0"], chosen["info"]
+    else:
+        lam = float(params.lam)
+    max_iter = int(extra.get("final_iterations", params.iterations))
+    alg = ChambollePock(op, y, B, lam * scale, weights, isotropic=params.isotropic,
+                        nonnegative=params.nonnegative, x0=x0, dual0=dual0, max_iter=max_iter,
+                        tol_rel_change=params.tol, tol_gap=params.tol_gap, gap_every=params.gap_every,
+                        step_ratio=extra.get("final_step_ratio", "auto"), state=resume_state)
+    return WeightedTV(alg, lam, scale, extra)
+
+
+def weighted_info(setup: WeightedTV, stopped: str, op: Operator, y) -> dict:
+    """Reconstruction.info of a finished weighted-TV solve (without time_total; see solve_weighted)."""
+    info = setup.algorithm.info()
+    out = {k: info[k] for k in ("iterations", "history", "time_projector", "objective", "gap",
+                                "rel_gap", "residual", "tau", "sigma", "sigma_B", "step_ratio", "norm_K",
+                                "norm_B")}
+    out["stopped"] = stopped
+    extra = setup.search
+    out.update(lam=setup.lam, lam_abs=setup.lam * setup.scale,
+               lam_units="normalised (x / intensity_scale, unit pixels)", **extra)
+    if setup.algorithm.resumed_from is not None:
+        out["resumed_from"] = setup.algorithm.resumed_from
+    if extra:
+        out["time_projector"] += extra["time_projector_lam_search"]
+        out["discrepancy_ratio"] = info["residual"] * float(op.xp.linalg.norm(y.ravel())) / extra["misfit_norm"]
+        out["lam_search_converged"] = lam_search_converged(extra, out["discrepancy_ratio"] / extra["discrepancy_tau"],
+                                                           extra["lam_search_rtol"])
+    return out
+
+
 def solve_weighted(op: Operator, sino: Sinogram, params, weights=None, callback=None, *, x0=None,
                    dual0=None, B: Operator | None = None, return_dual: bool = False,
-                   search_factor: float = 10.0, resume_state: dict | None = None):
+                   search_factor: float = 10.0, resume_state: dict | None = None, context: dict | None = None):
     """TV with fixed pixel weights ``weights`` (shape of the image; None = 1) by PDHG.
 
     ``params``: a TVParams (or any model with its fields). ``x0``/``dual0``: warm start.
@@ -178,51 +265,19 @@ def solve_weighted(op: Operator, sino: Sinogram, params, weights=None, callback=
     lam_search_evaluations / _iterations / _converged, time_lam_search), and with
     ``return_dual`` also the final dual pair (q, s).
 
-    Restartable: the callback's ``extra['state']`` is PDHG's state (see :func:`pdhg`) plus
-    ``lam`` (normalised) and ``lam_search`` (the lam-search record); ``resume_state`` (such a
-    dict) continues the PDHG run with that lam, without searching again.
+    Restartable: the callback's ``extra['state']`` is PDHG's state (see :class:`ChambollePock`) plus
+    ``lam`` (normalised), ``lam_search`` (the lam-search record) and ``context`` (a caller's fixed
+    values); ``resume_state`` (such a dict) continues the PDHG run with that lam, without searching again.
     """
-    t0 = time.perf_counter()
-    y = sino.data
-    B = B if B is not None else make_gradient(op, params)
-    scale = lam_scale(sino, params)
-    extra: dict = {}
-    if resume_state is not None:
-        lam, extra = float(resume_state["lam"]), dict(resume_state.get("lam_search") or {})
-        x0 = dual0 = None
-    elif params.lam == "auto":
-        chosen = choose_lam(op, y, B, weights, params, sino.metadata, scale, x0=x0, dual0=dual0,
-                            factor=search_factor, geometry=sino.geometry, voxel_size=sino.grid.voxel_size)
-        lam, x0, dual0, extra = chosen["lam"], chosen["x0"], chosen["dual0"], chosen["info"]
-    else:
-        lam = float(params.lam)
-
-    def reporting(state):
-        state.extra["state"].update(lam=lam, lam_search=extra)
-        return callback(state)
-
-    max_iter = int(extra.get("final_iterations", params.iterations))
-    x, info, dual = pdhg(op, y, B, lam * scale, weights, isotropic=params.isotropic,
-                         nonnegative=params.nonnegative, x0=x0, dual0=dual0, max_iter=max_iter,
-                         tol_rel_change=params.tol, tol_gap=params.tol_gap, gap_every=params.gap_every,
-                         callback=reporting if callback is not None else None, return_dual=True,
-                         step_ratio=extra.get("final_step_ratio", "auto"),
-                         resume_state=resume_state)
-    out = {k: info[k] for k in ("iterations", "history", "stopped", "time_projector", "objective", "gap",
-                                "rel_gap", "residual", "tau", "sigma", "sigma_B", "step_ratio", "norm_K",
-                                "norm_B")}
-    out.update(lam=lam, lam_abs=lam * scale, lam_units="normalised (x / intensity_scale, unit pixels)",
-               **extra)
-    if "resumed_from" in info:
-        out["resumed_from"] = info["resumed_from"]
-    if extra:
-        out["time_projector"] += extra["time_projector_lam_search"]
-        out["discrepancy_ratio"] = info["residual"] * float(op.xp.linalg.norm(y.ravel())) / extra["misfit_norm"]
-        out["lam_search_converged"] = lam_search_converged(
-            extra, out["discrepancy_ratio"] / extra["discrepancy_tau"], float(params.search_rtol))
-    out["time_total"] = time.perf_counter() - t0
-    rec = Reconstruction(volume=x, info=out)
-    return (rec, dual) if return_dual else rec
+    clock = Stopwatch()
+    setup = setup_weighted(op, sino, params, weights, x0=x0, dual0=dual0, B=B, search_factor=search_factor,
+                           resume_state=resume_state)
+    record = run(setup.algorithm, callback, context={**setup.context, **(context or {})})
+    out = weighted_info(setup, record.stopped, op, sino.data)
+    out["time_total"] = clock.seconds()
+    alg = setup.algorithm
+    rec = Reconstruction(volume=alg.x, info=out)
+    return (rec, (alg.q, alg.s)) if return_dual else rec
 
 
 #: (image-sized, sinogram-sized) float32 arrays at the peak of ``tv`` (recon_cli.memory).

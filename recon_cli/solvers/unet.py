@@ -16,20 +16,24 @@ No torch: inference is ONNX Runtime only.
 """
 from __future__ import annotations
 
-import time
 from typing import Literal, Optional
 
 from pydantic import Field
 
 from recon_cli.networks import conditions_for, load_model
 from recon_cli.sinogram import Reconstruction
+from recon_cli.solvers.algorithm import Stopwatch
 from recon_cli.solvers.learned_guard import IMPLAUSIBLE_FACTOR, NOISE_FACTOR, guard_output, misfit_or_none
 from recon_cli.solvers.registry import SolverParams, SolverRef, default_params, get_solver, register, run_ref, unit
 
 
 class UNetParams(SolverParams):
+    """Parameters of ``unet``; ``input`` is the former name of ``pre_estimate`` (one release)."""
+
+    renamed = {"input": "pre_estimate"}
+
     model: str = unit("-", "model file (.onnx, or its .pt/.json sibling, or a packaged model's name)")
-    input: Optional[SolverRef] = Field(
+    pre_estimate: Optional[SolverRef] = Field(
         None, description="solver whose output the network maps; default: the input the model was trained on "
                           "(from its metadata, e.g. {name: fbp})")
     allow_mismatch: bool = unit("-", "run even if the model was trained for another geometry, grid, noise "
@@ -50,7 +54,7 @@ class UNetParams(SolverParams):
 
 
 def _input_ref(params: UNetParams, model) -> SolverRef:
-    return params.input if params.input is not None else SolverRef.model_validate(model.trained_input or {"name": "fbp"})
+    return params.pre_estimate if params.pre_estimate is not None else SolverRef.model_validate(model.trained_input or {"name": "fbp"})
 
 
 def _slice_independent(params: UNetParams) -> bool:
@@ -70,16 +74,18 @@ def _scalars(info: dict) -> dict:
                               "as in training)", slice_independent=_slice_independent)
 def solve(op, sino, params: UNetParams, callback=None) -> Reconstruction:
     """Network(input solver(sino)); ``volume`` has ``op.domain_shape`` in 1/mm."""
-    t0 = time.perf_counter()
+    clock = Stopwatch()
+    t0 = clock.seconds()
     model = load_model(params.model)
     ref = _input_ref(params, model)
     expected = ref.model_dump(mode="json", exclude_none=True)
     mismatches = model.check_fits(sino.geometry, sino.grid, expected_input=expected, noise=sino.metadata,
-                                  override=params.allow_mismatch, input_defaults=default_params(ref.name))
+                                  override=params.allow_mismatch, input_defaults=default_params(ref.name),
+                                  input_renamed=get_solver(ref.name).params_model.renamed)
     first = run_ref(ref, op, sino, callback)
-    t1 = time.perf_counter()
+    t1 = clock.seconds()
     network_out = model.apply(first.volume, voxel_size=sino.grid.voxel_size, conditions=conditions_for(sino))
-    t2 = time.perf_counter()
+    t2 = clock.seconds()
     fb = params.fallback
     volume, guard = guard_output(op, sino.data, network_out, first.volume, baseline_name=ref.name,
                                  factor=params.implausible_factor, on_implausible=params.on_implausible,
@@ -87,7 +93,7 @@ def solve(op, sino, params: UNetParams, callback=None) -> Reconstruction:
                                  noise_factor=params.noise_factor,
                                  fallback=(lambda: run_ref(fb, op, sino).volume) if fb is not None else None,
                                  fallback_name=fb.name if fb is not None else None)
-    t3 = time.perf_counter()
+    t3 = clock.seconds()
     info = {
         "iterations": int(first.info.get("iterations", 0) or 0),
         "history": first.info.get("history", {}),
