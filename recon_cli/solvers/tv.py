@@ -284,11 +284,10 @@ def solve_weighted(op: Operator, sino: Sinogram, params, weights=None, callback=
 #: The PDHG loop holds 15 and 5: x, x_prev, s, B x, B xbar (2 each: D has 2 components), the dual
 #: projection's 2 work arrays, B x_{k+1} (2) and the B^T s / K^T q temporaries; q, K x, K xbar,
 #: K x_{k+1} and the CSR product's temporary (tracemalloc on 128^2, 60 and 360 views: 15.0 and 4.1).
-#: ``lam: auto`` (the default) keeps the warm states (x, q, s: 3 + 1) of at most four trials (the
-#: closest residuals below and above the target, the closest to it and the latest:
-#: regularisation_parameter._keep_useful_states) plus the running one and a rescaled s (2), whatever
-#: the number of trials. A fixed lam needs about half of this.
-TV_STATE_ARRAYS = (32, 10)
+#: ``lam: auto`` (the default) hands one chain state (x, q, s: 3 + 1) from leg to leg of its controller
+#: (regularisation_parameter.follow_discrepancy) plus the running one and a rescaled s (2): about
+#: 20 and 6; the hint keeps room above that. A fixed lam needs 15 and 5.
+TV_STATE_ARRAYS = (24, 8)
 
 
 @register("tv", TVParams, "Total variation, Chambolle-Pock (PDHG) with x >= 0; lam fixed or by the "
