@@ -190,7 +190,7 @@ def test_every_registered_solver_has_a_valid_pipeline(monkeypatch):
     assert {"fbp"} <= set(names)
     missing = [n for n in names if not (REPO / "pipelines" / f"{n}.yaml").is_file()]
     assert not missing, f"solvers without pipelines/<name>.yaml: {missing}"
-    from recon_cli.runner import check_files
+    from recon_cli.pipeline_checks import check_files
 
     for name in names:
         cfg = C.load_config(REPO / "pipelines" / f"{name}.yaml")

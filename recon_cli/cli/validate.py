@@ -13,7 +13,7 @@ from recon_cli.config import load_config, resolved_yaml
 @click.option("--resolved", is_flag=True, help="Also print the pipeline with every default filled in.")
 def validate(pipeline: str, overrides: tuple[str, ...], no_files: bool, resolved: bool) -> None:
     """Check PIPELINE.yaml: schema, solver parameters, and that its input files exist. Exit 2 on error."""
-    from recon_cli.runner import check_files
+    from recon_cli.pipeline_checks import check_files
 
     cfg = load_config(pipeline, overrides)
     if not no_files:
