@@ -164,7 +164,8 @@ def test_model_error_shows_above_the_grid_cutoff(reference_sims):
     misfit, info = data_misfit_norm(sharp.data, sharp.metadata, geometry, grid.voxel_size)
     assert info["noise_norm"] == e_sharp and info["unresolved_energy_ratio"] == r_sharp
     assert e_sharp < misfit <= true_misfit, (e_sharp, misfit, true_misfit)
-    # switched off, or nothing to see (detector no finer than the grid): the noise alone
+    # switched off, or no geometry to judge it by: the noise alone; a detector no finer than the grid
+    # has no band to read (the misfit then comes from the detector curvature, test_lam_auto_oracle.py)
     assert data_misfit_norm(sharp.data, sharp.metadata, geometry, grid.voxel_size, model_error=False)[0] == e_sharp
     assert unresolved_energy_ratio(sharp.data, 0.5, e_sharp) is None
     assert data_misfit_norm(sharp.data, sharp.metadata)[0] == e_sharp

@@ -270,7 +270,7 @@ def data_misfit_norm(y, metadata: dict | None, geometry=None, voxel_size: float 
     if ratio is not None:
         info["unresolved_energy_ratio"] = ratio
         misfit = e_norm * math.sqrt(max(1.0, ratio))
-    elif model_error:
+    elif model_error and geometry is not None:  # no band to read it from: the detector curvature
         curvature = detector_curvature_error(y, e_norm)
         info["curvature_model_error"] = curvature
         misfit = math.sqrt(e_norm * e_norm + curvature * curvature)
