@@ -33,3 +33,17 @@ def sigterm_after_first_checkpoint(pipeline: Path, checkpoint: Path, timeout: fl
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     return proc.returncode, err
+
+
+def interrupted_checkpoint(pipeline: Path, folder: Path):
+    """Run ``pipeline`` (output ``folder/out/x.h5``), stop it with SIGTERM after its first checkpoint and
+    check the interruption: exit code 143, no output and no temporary file left. Returns the loaded
+    checkpoint (recon_cli.checkpoint.load_checkpoint)."""
+    from recon_cli.checkpoint import load_checkpoint
+
+    out = folder / "out" / "x.h5"
+    ckpt = folder / "out" / ".recon-checkpoints" / "x.h5.ckpt.npz"
+    returncode, err = sigterm_after_first_checkpoint(pipeline, ckpt)
+    assert returncode == 143, err
+    assert not out.exists() and leftovers(folder) == []
+    return load_checkpoint(ckpt)

@@ -73,8 +73,7 @@ def test_sigterm_then_resume_tpv_pipeline_past_its_first_outer_step(tmp_path, ca
     import h5py
     import yaml
 
-    from interrupt import leftovers, sigterm_after_first_checkpoint
-    from recon_cli.checkpoint import load_checkpoint
+    from interrupt import interrupted_checkpoint
     from recon_cli.cli.main import main
     from recon_cli.config import config_from_dict
     from recon_cli.io.hdf5 import write_sinogram
@@ -90,12 +89,8 @@ def test_sigterm_then_resume_tpv_pipeline_past_its_first_outer_step(tmp_path, ca
         "solver": {"name": "tpv", "params": {"lam": 8.0, "iterations": per_step, "outer_iterations": 2}},
         "output": {"path": str(tmp_path / "out" / "x.h5"), "formats": ["hdf5"]},
         "checkpoint": {"every": every}}))
+    saved = interrupted_checkpoint(pipe, tmp_path)
     out = tmp_path / "out" / "x.h5"
-    ckpt = tmp_path / "out" / ".recon-checkpoints" / "x.h5.ckpt.npz"
-    returncode, err = sigterm_after_first_checkpoint(pipe, ckpt)
-    assert returncode == 143, err
-    assert not out.exists() and leftovers(tmp_path) == []
-    saved = load_checkpoint(ckpt)
     assert saved.iteration == every and saved.state["outer"] == 1
 
     capsys.readouterr()

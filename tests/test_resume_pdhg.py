@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import yaml
 
-from interrupt import leftovers, sigterm_after_first_checkpoint
+from interrupt import interrupted_checkpoint
 from recon_cli.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from recon_cli.cli.main import main
 from recon_cli.config import config_from_dict
@@ -192,12 +192,8 @@ def test_sigterm_then_resume_tv_pipeline(tmp_path, capsys):
         "output": {"path": str(tmp_path / "out" / "x.h5"), "formats": ["hdf5", "png"]},
         "metrics": {"list": ["psnr", "ssim", "residual"]},
         "checkpoint": {"every": EVERY}}))
-    out = tmp_path / "out" / "x.h5"
-    ckpt = tmp_path / "out" / ".recon-checkpoints" / "x.h5.ckpt.npz"
-    returncode, err = sigterm_after_first_checkpoint(pipe, ckpt)
-    assert returncode == 143, err
-    assert not out.exists() and leftovers(tmp_path) == []
-    saved = load_checkpoint(ckpt)
+    saved = interrupted_checkpoint(pipe, tmp_path)
+    out, ckpt = tmp_path / "out" / "x.h5", tmp_path / "out" / ".recon-checkpoints" / "x.h5.ckpt.npz"
     assert 0 < saved.iteration < ITERATIONS and saved.iteration % EVERY == 0
     assert {"x", "q", "s", "kxbar", "bxbar", "tau", "sigma", "sigma_B", "lam"} <= set(saved.state)
 

@@ -67,15 +67,7 @@ def tiled_matrix_transpose(proj_geom: dict, projector_type: str, slice_shape: tu
             else:
                 geom = proj_geom
                 vol_geom = astra.create_vol_geom(tr, tc, left, right, bottom, top)
-            pid = astra.create_projector(projector_type, geom, vol_geom)
-            try:
-                mid = astra.projector.matrix(pid)
-                try:
-                    m = astra.matrix.get(mid).tocoo()
-                finally:
-                    astra.matrix.delete(mid)
-            finally:
-                astra.projector.delete(pid)
+            m = astra_matrix_coo(projector_type, geom, vol_geom)
             n_rays = m.shape[0]
             # int32 indices where they fit: the parts and their concatenation dominate the build's peak memory
             index = np.int32 if max(ny * nx, n_rays) < 2**31 else np.int64
@@ -100,6 +92,21 @@ def tiled_matrix_transpose(proj_geom: dict, projector_type: str, slice_shape: tu
     return sp.coo_matrix((val, (pix, ray)), shape=(ny * nx, n_rays)).tocsr()
 
 
+def astra_matrix_coo(projector_type: str, proj_geom: dict, vol_geom: dict):
+    """ASTRA's CPU projection matrix of ``proj_geom`` on ``vol_geom`` as a SciPy COO (rays x pixels)."""
+    import astra
+
+    pid = astra.create_projector(projector_type, proj_geom, vol_geom)
+    try:
+        mid = astra.projector.matrix(pid)
+        try:
+            return astra.matrix.get(mid).tocoo()
+        finally:
+            astra.matrix.delete(mid)
+    finally:
+        astra.projector.delete(pid)
+
+
 #: A ray whose tiled weights sum to a chord outside 1 +- this fraction of its exact chord through the
 #: image lay on a tile edge (counted twice: 2x, or in no tile: 0); any other ray is within ~1e-3.
 EDGE_RAY_TOLERANCE = 0.25
@@ -121,16 +128,8 @@ def _retrace_edge_rays(pix, ray, val, chords, vectors, vec_type: str, n_det: int
     pix_parts, ray_parts, val_parts = [pix[keep]], [ray[keep]], [val[keep]]
     vol_geom = astra.create_vol_geom(ny, nx, x0, x0 + nx * h, y0 - ny * h, y0)
     for view in np.unique(bad // n_det):
-        geom = astra.create_proj_geom(vec_type, n_det, vectors[view:view + 1])
-        pid = astra.create_projector(projector_type, geom, vol_geom)
-        try:
-            mid = astra.projector.matrix(pid)
-            try:
-                m = astra.matrix.get(mid).tocoo()
-            finally:
-                astra.matrix.delete(mid)
-        finally:
-            astra.projector.delete(pid)
+        m = astra_matrix_coo(projector_type, astra.create_proj_geom(vec_type, n_det, vectors[view:view + 1]),
+                             vol_geom)
         wanted = np.isin(m.row + view * n_det, bad) & (m.data != 0)
         pix_parts.append(m.col[wanted].astype(pix.dtype))
         ray_parts.append((m.row[wanted] + view * n_det).astype(ray.dtype))
