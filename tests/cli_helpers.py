@@ -1,5 +1,7 @@
-"""The CLI called in-process, as the tests of several commands need it."""
+"""The CLI called in-process or in a fresh interpreter, and small cases, as several test files need them."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
@@ -37,3 +39,31 @@ def inverse_crime_case(n: int, views: int, seed: int = 0, noise_rel: float = 0.0
     sino = Sinogram(data=(y + e).astype(np.float32), geometry=geometry, grid=grid, reference=x,
                     metadata={"sigma": float(np.linalg.norm(e) / math.sqrt(y.size)), "upsample": 1})
     return K, sino, float(np.linalg.norm(e))
+
+
+#: Runs ``recon ARGS`` (JSON list in argv[1]) in a fresh interpreter and prints, after its output, the
+#: exit code and every module it imported.
+_PROBE = """
+import json, sys
+from recon_cli.cli.main import main
+sys.argv = ["recon", *json.loads(sys.argv[1])]
+try:
+    main()
+except SystemExit as exc:
+    code = exc.code
+print("\\nMODULES=" + json.dumps({"code": code, "modules": sorted(sys.modules)}))
+"""
+
+
+def recon_in_fresh_process(args: list[str], env: dict | None = None) -> tuple[int, str, set[str]]:
+    """(exit code, output, modules imported) of ``recon ARGS`` run from the repository root in a new
+    interpreter (start-up and import tests)."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(args)], cwd=Path(__file__).resolve().parents[1],
+                         capture_output=True, text=True, timeout=120, env=env).stdout
+    text, report = out.rsplit("MODULES=", 1)
+    report = json.loads(report)
+    return report["code"], text, set(report["modules"])

@@ -10,29 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from cli_helpers import recon_in_fresh_process
+
 from recon_cli.cli import solver_catalogue as sc
 
 REPO = Path(__file__).resolve().parents[1]
 
-_PROBE = """
-import json, sys
-from recon_cli.cli.main import main
-sys.argv = ["recon", *json.loads(sys.argv[1])]
-try:
-    main()
-except SystemExit as exc:
-    code = exc.code
-print("\\nMODULES=" + json.dumps({"code": code, "modules": sorted(sys.modules)}))
-"""
-
-
 def _recon(args: list[str], cache: Path) -> tuple[int, str, set[str]]:
-    env = dict(os.environ, RECON_CACHE_DIR=str(cache))
-    out = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(args)], cwd=REPO, capture_output=True, text=True,
-                         timeout=120, env=env).stdout
-    text, report = out.rsplit("MODULES=", 1)
-    report = json.loads(report)
-    return report["code"], text, set(report["modules"])
+    return recon_in_fresh_process(args, env=dict(os.environ, RECON_CACHE_DIR=str(cache)))
 
 
 def test_second_call_uses_the_cache_with_the_same_output_and_no_solver_import(tmp_path):

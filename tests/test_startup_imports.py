@@ -2,33 +2,16 @@
 solver's module only when that solver is asked for. (Timings: benchmarks/results/speed.md.)"""
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-HEAVY = ("astra", "onnxruntime", "torch", "scipy.optimize", "scipy.sparse.linalg", "skimage", "h5py")
+from cli_helpers import recon_in_fresh_process
 
-_PROBE = """
-import json, sys
-from recon_cli.cli.main import main
-sys.argv = ["recon", *json.loads(sys.argv[1])]
-try:
-    main()
-except SystemExit as exc:
-    code = exc.code
-print("\\nMODULES=" + json.dumps({"code": code, "modules": sorted(sys.modules)}))
-"""
+HEAVY = ("astra", "onnxruntime", "torch", "scipy.optimize", "scipy.sparse.linalg", "skimage", "h5py")
 
 
 def modules_after(args: list[str]) -> tuple[int, set[str]]:
-    out = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(args)], cwd=REPO, capture_output=True,
-                         text=True, timeout=120).stdout
-    report = json.loads(out.rsplit("MODULES=", 1)[1])
-    return report["code"], set(report["modules"])
+    code, _, modules = recon_in_fresh_process(args)
+    return code, modules
 
 
 @pytest.mark.parametrize("args", [["--version"], ["solvers"], ["solvers", "tv"],
