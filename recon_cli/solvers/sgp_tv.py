@@ -114,9 +114,9 @@ def choose_lam_sgp(op: Operator, sino: Sinogram, params: SGPTVParams, x0=None) -
     ``iterations`` (one leg from a warm start ``x0``), legs of ``search_iterations`` (at most
     iterations / 6), a damped Newton step on log lam after each. Returns (lam normalised, the chain's
     x, info with ``final_iterations``: max(iterations - chain, iterations / 3), so that the whole run
-    takes at most 1.5x ``iterations``). The earlier trial search (a cold trial of ``iterations``, then
+    takes at most LAM_AUTO_BUDGET x ``iterations``). The earlier trial search (a cold trial of ``iterations``, then
     warm trials) stopped on unconverged trials: 1.75 dB below the best lam on the suite's 512^2 case."""
-    from recon_cli.solvers.regularisation_parameter import data_misfit_norm, follow_discrepancy
+    from recon_cli.solvers.regularisation_parameter import LAM_AUTO_BUDGET, data_misfit_norm, follow_discrepancy
 
     y = sino.data
     misfit, misfit_info = data_misfit_norm(y, sino.metadata, sino.geometry, sino.grid.voxel_size,
@@ -138,7 +138,7 @@ def choose_lam_sgp(op: Operator, sino: Sinogram, params: SGPTVParams, x0=None) -
         return float(info["history"]["residual"][-1]) * y_norm, int(info["iterations"])
 
     followed = follow_discrepancy(run_leg, target, float(params.search_start), first=first, leg=leg,
-                                  budget=int(1.5 * n_total) - final_min, rtol=float(params.search_rtol))
+                                  budget=int(LAM_AUTO_BUDGET * n_total) - final_min, rtol=float(params.search_rtol))
     info = {"lam_auto": True, **misfit_info, "discrepancy_target": target,
             "discrepancy_tau": float(params.discrepancy_tau), "lam_search_evaluations": followed.legs,
             "lam_search_iterations": followed.iterations, "lam_search_converged": followed.settled,

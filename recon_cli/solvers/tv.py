@@ -28,7 +28,7 @@ from recon_cli.ops.operator import Operator
 from recon_cli.sinogram import Reconstruction, Sinogram
 from recon_cli.solvers.algorithm import Stopwatch, run
 from recon_cli.solvers.pdhg import ChambollePock, pdhg
-from recon_cli.solvers.regularisation_parameter import data_misfit_norm, follow_discrepancy
+from recon_cli.solvers.regularisation_parameter import LAM_AUTO_BUDGET, data_misfit_norm, follow_discrepancy
 from recon_cli.solvers.registry import SolverParams, register, unit
 
 log = logging.getLogger(__name__)
@@ -98,10 +98,9 @@ def lam_scale(sino: Sinogram, params) -> float:
 #: and needed a cold trial as long as the solve itself (2.0x one solve on the suite). A controller
 #: only needs the sign and size of the present mismatch; the lam it settles on is the one whose
 #: *converged* residual meets the target. Suite (benchmarks/results/suite.md): within 0.17 dB of
-#: each case's best lam, 1.0-1.5x one solve.
+#: each case's best lam, 1.0-1.33x the iterations of one solve.
 FIRST_LEG_FRACTION = 1.0 / 3.0
 FINAL_FRACTION = 1.0 / 3.0
-LAM_AUTO_BUDGET = 1.5
 #: ``search_start: auto``: the first lam is this times the noise std of one line integral
 #: (||e|| / sqrt(M)) over the pixel size (mm). On the suite's tuning cases the chosen lam times the
 #: pixel size over the noise std was 240-610 mm (geometric mean 380), on its reported cases 320-660,
