@@ -33,8 +33,8 @@ all of them but ring seed 5202, whose misfit the proxy overestimates by 6% (it w
 has no band above the cut-off: there r is not used (the noise alone).
 
 Two ways to find that lam. The Chambolle-Pock solvers (tv, svtv, tpv, graphla with pdhg) follow the
-target along one warm-started chain (:func:`follow_discrepancy`: within 0.3 dB of the best lam on
-every case of the evaluation suite, at most 1.5x the iterations of one solve). sgp_tv searches over
+target along one warm-started chain (:func:`follow_discrepancy`: tv within 0.33 dB of the best lam
+on every case of the evaluation suite, at most LAM_AUTO_BUDGET x the iterations of one solve). sgp_tv searches over
 trials (:func:`discrepancy_search`): the residual grows monotonically with lam, so we bracket the
 target on log(lam) (steps of x10 from the starting value) and then refine by regula falsi
 (Illinois variant) on (log lam, log residual), stopping when the residual is within ``rtol`` of the

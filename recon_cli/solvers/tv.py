@@ -97,7 +97,7 @@ def lam_scale(sino: Sinogram, params) -> float:
 #: stalled (12 trials and 3.6x one solve on a 64^2 test case, final residual 6 % under the target)
 #: and needed a cold trial as long as the solve itself (2.0x one solve on the suite). A controller
 #: only needs the sign and size of the present mismatch; the lam it settles on is the one whose
-#: *converged* residual meets the target. Suite (benchmarks/results/suite.md): within 0.17 dB of
+#: *converged* residual meets the target. Suite (benchmarks/results/suite.md): within 0.33 dB of
 #: each case's best lam, 1.0-1.33x the iterations of one solve.
 FIRST_LEG_FRACTION = 1.0 / 3.0
 FINAL_FRACTION = 1.0 / 3.0
