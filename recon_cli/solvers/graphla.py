@@ -102,9 +102,9 @@ class GraphLaParams(SolverParams):
     krylov_dim: int = unit("1", "mmgks: initial Golub-Kahan vectors (plus u)", default=5, ge=1, le=100)
     step_ratio: Union[float, Literal["auto"]] = unit("1", "pdhg: primal/dual step balance (see pdhg.py)",
                                                      default="auto")
-    search_iterations: int = unit("1", "pdhg lam auto: iterations per trial lam (warm-started)", default=100, ge=5)
-    search_start: float = unit("1 (normalised)", "pdhg lam auto: first trial lam", default=1000.0, gt=0.0)
-    search_rtol: float = unit("1", "pdhg lam auto: accept |residual / target - 1| <= search_rtol", default=0.02,
+    search_iterations: int = unit("1", "pdhg lam auto: iterations per leg of the lam controller (at most iterations / 6)", default=100, ge=5)
+    search_start: float = unit("1 (normalised)", "pdhg lam auto: first lam of the controller", default=1000.0, gt=0.0)
+    search_rtol: float = unit("1", "pdhg lam auto: lam is settled when two legs in a row end with |residual / target - 1| <= search_rtol", default=0.02,
                               gt=0.0, lt=1.0)
 
     def iteration_budget(self) -> int:

@@ -79,10 +79,11 @@ class SGPTVParams(SolverParams):
     discrepancy_tau: float = unit("1", "lam auto: target residual = discrepancy_tau * misfit norm (as tv)",
                                   default=0.97, ge=0.5, le=3.0)
     model_error: bool = unit("-", "lam auto: raise the noise norm by the model error (as tv)", default=True)
-    search_iterations: int = unit("1", "lam auto: SGP iterations per warm-started trial lam", default=50, ge=5)
-    search_start: float = unit("1 (normalised)", "lam auto: first trial lam", default=1.0, gt=0.0)
-    search_rtol: float = unit("1", "lam auto: accept |residual / target - 1| <= search_rtol",
-                              default=0.005, gt=0.0, lt=1.0)
+    search_iterations: int = unit("1", "lam auto: SGP iterations per leg of the lam controller (at most "
+                                  "iterations / 6)", default=50, ge=5)
+    search_start: float = unit("1 (normalised)", "lam auto: first lam of the controller", default=1.0, gt=0.0)
+    search_rtol: float = unit("1", "lam auto: lam is settled when two legs in a row end with "
+                              "|residual / target - 1| <= search_rtol", default=0.005, gt=0.0, lt=1.0)
     max_backtracks: int = unit("1", "Armijo backtracks before giving up", default=40, ge=1)
     x0: Optional[SolverRef] = Field(default=None, description="warm start: a solver run first "
                                     "(e.g. {name: fbp}); none starts from zeros, as RISING does")

@@ -64,8 +64,8 @@ class TVParams(SolverParams):
     search_iterations: int = unit("1", "lam auto: PDHG iterations per leg of the lam controller (choose_lam)",
                                   default=50, ge=5)
     search_start: Union[Annotated[float, Field(gt=0.0, allow_inf_nan=False)], Literal["auto"]] = unit(
-        "1 (normalised)", "lam auto: first trial lam; 'auto': START_PER_NOISE_STD x the noise std of one "
-        "line integral", default="auto")
+        "1 (normalised)", "lam auto: first lam of the controller; 'auto': START_PER_NOISE_STD (400 mm) x the "
+        "noise std of one line integral / the pixel size", default="auto")
     search_rtol: float = unit("1", "lam auto: lam is settled when two legs in a row end with "
                               "|residual / target - 1| <= search_rtol", default=0.02, gt=0.0, lt=1.0)
 
