@@ -299,10 +299,11 @@ def suite_card(results: dict, model: str = MODEL) -> dict:
             continue
         b = base.get(spec.name, {}).get("methods", {})
         fbp, tv = b["fbp"]["psnr"], b["tv_auto_I0"]["psnr"]
-        psnr, fell = guarded(u, fbp, tv, IMPLAUSIBLE_FACTOR, NOISE_FACTOR, "fbp")
+        fallback = "tv" if model == "postproc_tv_envelope" else "fbp"  # the guard falls back to the input solver
+        psnr, fell = guarded(u, fbp, tv, IMPLAUSIBLE_FACTOR, NOISE_FACTOR, fallback)
         rows[spec.name] = {"group": group(spec), "fbp_hann": round(fbp, 2), "tv_lam_auto": round(tv, 2),
                            "unet_raw": round(u["psnr"], 2), "unet_guarded": round(psnr, 2),
-                           "guard": "fallback (FBP)" if fell else "accepted",
+                           "guard": f"fallback ({'TV lam auto' if fallback == 'tv' else 'FBP'})" if fell else "accepted",
                            "svtv_learned_lam_auto": round(r["svtv_learned"]["psnr"], 2) if "svtv_learned" in r else None,
                            "graphla_net": round(r["graphla_net"]["psnr"], 2) if "graphla_net" in r else None}
     return {"benchmark": "benchmarks/results/learned.md (python benchmarks/learned.py)", "psnr_db": rows}
