@@ -44,6 +44,8 @@ RESULTS = REPO / "benchmarks" / "results"
 JSON_PATH = RESULTS / "learned.json"
 SUITE_JSON = RESULTS / "suite.json"
 MODEL = "postproc_envelope"
+#: The designs compared side by side (issue 14): model name -> what its network is fed.
+DESIGNS = {"postproc_envelope": "FBP (Hann) input", "postproc_tv_envelope": "TV lam auto input"}
 METHODS = ("unet", "svtv_learned", "graphla_net", "svtv_fbp")
 ITERATIONS = 300  # SV-TV iterations (the suite's TV / SV-TV runs use the same)
 #: Images the shipped envelope models saw in training (other crops / geometries / doses).
@@ -52,6 +54,12 @@ SEEN_IMAGES = ("neck", "ct_small")
 RULES = (("FBP ratio <= 1.5 (old)", 1.5, None), ("noise ratio <= 5 (default)", 1.5, 5.0),
          ("noise ratio <= 3", 1.5, 3.0), ("noise ratio <= 2", 1.5, 2.0),
          ("noise ratio <= 1.5", 1.5, 1.5), ("noise ratio <= 1.25", 1.5, 1.25))
+
+
+def result_key(method: str, model: str) -> str:
+    """Where a method's result is kept in learned.json: the plain method name for MODEL (the columns of
+    the per-case table), ``method@model`` for any other design."""
+    return method if model == MODEL else f"{method}@{model}"
 
 
 def group(spec) -> str:
@@ -228,6 +236,7 @@ def write_report(results: dict, command: str, model: str) -> None:
                        f"graphLa+Net {mg:.2f}, Net {mu:.2f}, TV lam auto {mt:.2f} dB over {len(gl)} cases"))
     checks.append(("RISING within 1 dB of converged sgp_tv on real slices and >= 5x faster", False,
                    "not measured: RISING's model is still the fan60 one (no suite test case fits it)"))
+    L += design_table(results, specs, base)
     L += ["## Must-show checks", "", *[f"- **{'PASS' if ok else 'FAIL'}** {label}: {detail}"
                                       for label, ok, detail in checks], ""]
     for grp in ("held out", "seen"):
@@ -244,7 +253,38 @@ def write_report(results: dict, command: str, model: str) -> None:
     (RESULTS / "learned.md").write_text("\n".join(L))
 
 
-def suite_card(results: dict) -> dict:
+def design_table(results: dict, specs: dict, base: dict) -> list[str]:
+    """Markdown lines: per test case, PSNR of every design in DESIGNS that has results (unet alone, SV-TV
+    with it as pre-estimate, graphLa+Net with it as Psi) next to FBP (Hann) and TV lam auto; means last."""
+    designs = [m for m in DESIGNS if any(result_key("unet", m) in c.get("methods", {})
+                                         for c in results["cases"].values())]
+    if not designs:
+        return []
+    cols = [(m, meth) for meth in ("unet", "svtv_learned", "graphla_net") for m in designs]
+    label = {"unet": "unet", "svtv_learned": "SV-TV learned", "graphla_net": "graphLa+Net"}
+    headers = ["case", "group", "FBP (Hann)", "TV lam auto"] + [f"{label[meth]} ({DESIGNS[m]})" for m, meth in cols]
+    rows, sums = [], {}
+    for name, spec in specs.items():
+        r = results["cases"].get(name, {}).get("methods", {})
+        if spec.split != "test" or not all(result_key("unet", m) in r for m in designs):
+            continue
+        b = base.get(name, {}).get("methods", {})
+        vals = [b.get("fbp", {}).get("psnr"), b.get("tv_auto_I0", {}).get("psnr")]
+        vals += [r.get(result_key(meth, m), {}).get("psnr") for m, meth in cols]
+        for i, v in enumerate(vals):
+            sums.setdefault(i, []).append(v)
+        rows.append([name, group(spec)] + ["–" if v is None else f"{v:.2f}" for v in vals])
+    means = [_mean(sums[i]) if None not in sums[i] else None for i in range(len(sums))]
+    rows.append([f"**mean ({len(rows)} cases)**", ""] + ["–" if v is None else f"**{v:.2f}**" for v in means])
+    return ["## Designs: the network's input (PSNR dB)", "",
+            "Each design is the same envelope U-Net (training/<model>.yaml) fed a different input solver; "
+            "`unet` is the network's own output (guard ignored), SV-TV learned (lam auto) takes it as "
+            "pre-estimate, graphLa+Net as Psi. Models: "
+            + ", ".join(f"`{m}` ({DESIGNS[m]})" for m in designs) + ".", "",
+            md_table(headers, rows, "ll" + "r" * (len(headers) - 2)), ""]
+
+
+def suite_card(results: dict, model: str = MODEL) -> dict:
     """The measured suite results for the model card: per case PSNR of FBP, TV lam auto, unet (raw and the
     guard's decision under the solver's defaults), SV-TV learned and graphLa+Net, and the groups."""
     from recon_cli.solvers.learned_guard import IMPLAUSIBLE_FACTOR, NOISE_FACTOR
@@ -253,15 +293,17 @@ def suite_card(results: dict) -> dict:
     rows = {}
     for spec in suite():
         r = results["cases"].get(spec.name, {}).get("methods", {})
+        r = {meth: r[result_key(meth, model)] for meth in METHODS if result_key(meth, model) in r}
         u = r.get("unet")
         if spec.split != "test" or u is None:
             continue
         b = base.get(spec.name, {}).get("methods", {})
         fbp, tv = b["fbp"]["psnr"], b["tv_auto_I0"]["psnr"]
-        psnr, fell = guarded(u, fbp, tv, IMPLAUSIBLE_FACTOR, NOISE_FACTOR, "fbp")
+        fallback = "tv" if model == "postproc_tv_envelope" else "fbp"  # the guard falls back to the input solver
+        psnr, fell = guarded(u, fbp, tv, IMPLAUSIBLE_FACTOR, NOISE_FACTOR, fallback)
         rows[spec.name] = {"group": group(spec), "fbp_hann": round(fbp, 2), "tv_lam_auto": round(tv, 2),
                            "unet_raw": round(u["psnr"], 2), "unet_guarded": round(psnr, 2),
-                           "guard": "fallback (FBP)" if fell else "accepted",
+                           "guard": f"fallback ({'TV lam auto' if fallback == 'tv' else 'FBP'})" if fell else "accepted",
                            "svtv_learned_lam_auto": round(r["svtv_learned"]["psnr"], 2) if "svtv_learned" in r else None,
                            "graphla_net": round(r["graphla_net"]["psnr"], 2) if "graphla_net" in r else None}
     return {"benchmark": "benchmarks/results/learned.md (python benchmarks/learned.py)", "psnr_db": rows}
@@ -289,7 +331,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", nargs="*", help="case name prefixes (default: every test case)")
     ap.add_argument("--methods", nargs="*", choices=METHODS, help="methods (default: all)")
-    ap.add_argument("--model", default=MODEL, help="the envelope model (name or .onnx path)")
+    ap.add_argument("--model", default=MODEL, help="the envelope model (name); another design than "
+                    f"{MODEL} is stored as method@model and shown in the design table")
     ap.add_argument("--skip", nargs="*", default=[], help="case name prefixes to leave out (e.g. s04: 512^2)")
     ap.add_argument("--report", action="store_true", help="only rewrite learned.md from learned.json")
     ap.add_argument("--card", type=Path, help="JSON file of card entries (held-out images, CPU time, ...) to write "
@@ -307,13 +350,14 @@ def main(argv=None) -> int:
             methods = results["cases"].setdefault(spec.name, {}).setdefault("methods", {})
             for method in args.methods or METHODS:
                 log(f"{spec.name}: {method}")
-                methods[method] = run_method(case, op, method, args.model)
-                log(f"  {method}: {methods[method]['psnr']:.2f} dB ({methods[method]['time']:.1f} s)")
+                key = result_key(method, args.model)
+                methods[key] = run_method(case, op, method, args.model)
+                log(f"  {key}: {methods[key]['psnr']:.2f} dB ({methods[key]['time']:.1f} s)")
                 JSON_PATH.write_text(json.dumps(results, indent=1))
             del op
-    write_report(results, command, args.model)
+    write_report(results, command, MODEL)
     if args.card:
-        write_card(args.model, {**json.loads(args.card.read_text()), "suite": suite_card(results)})
+        write_card(args.model, {**json.loads(args.card.read_text()), "suite": suite_card(results, args.model)})
     return 0
 
 

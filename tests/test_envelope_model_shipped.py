@@ -74,3 +74,49 @@ def test_a_float32_copy_of_a_geometry_fits_and_outside_the_envelope_is_refused()
     with pytest.raises(InputError) as err:
         model.check_fits(g, VolumeGrid((256, 256), 2.0))
     assert err.value.field == "envelope.pixel_size_mm"
+
+
+# ----------------------------------------------------------------------------- second design: TV (lam auto) input
+TV_NAME = "postproc_tv_envelope"
+
+
+def test_tv_input_model_is_small_states_the_same_envelope_and_holds_out_the_abdomen():
+    from pathlib import Path
+
+    from recon_cli.learn.config import load_train_config
+
+    path = PACKAGED_MODELS / f"{TV_NAME}.onnx"
+    assert path.is_file() and path.stat().st_size < 5 * 2**20
+    model = load_model(TV_NAME)
+    assert model.trained_input["name"] == "tv" and model.trained_input["params"]["lam"] == "auto"
+    env, env_fbp = model.meta["envelope"], load_model(NAME).meta["envelope"]
+    for key in ("geometry_types", "n_views", "pixel_size_mm", "grid", "I0", "canonical_pixel_size_mm"):
+        assert env[key] == env_fbp[key], key  # the same envelope as the FBP-input design
+    names = [n for s in model.meta["data"]["sources"] if s["kind"] == "dicom" for n in s["names"] + s["paths"]]
+    assert names and "explicit_VR-UN.dcm" not in names
+    cfg = load_train_config(Path(__file__).resolve().parents[1] / "training" / f"{TV_NAME}.yaml")
+    assert cfg.input.name == "tv" and cfg.input.params["lam"] == "auto" and cfg.model.global_skip
+    dicom = [n for s in cfg.data.sources if s.kind == "dicom" for n in s.names]
+    assert dicom and "explicit_VR-UN.dcm" not in dicom
+    assert "explicit_VR-UN.dcm" in model.meta["card"]["held_out_images"]
+    assert model.meta["card"]["suite"]["psnr_db"] and model.meta["card"]["regenerate"].startswith("recon train")
+
+
+def test_tv_input_unet_on_an_unseen_image_is_far_above_fbp_and_near_but_not_above_its_tv_input():
+    """Measured, not wished: on this unseen phantom the TV-input network is 0.4 dB BELOW its own TV (lam
+    auto) input (38.75 vs 39.16 dB) and 9 dB above FBP (Hann). It is therefore a documented design, not
+    the shipped default (benchmarks/results/learned.md); this pins that state so a retrained model that
+    changes it is noticed."""
+    geometry = FanFlat2D(angles=np.linspace(0, 2 * np.pi, 45, endpoint=False), detector_spacing=1.6,
+                         detector_count=256, source_origin=500.0, origin_detector=300.0)
+    op, sino = _case(geometry, 160, 1.0, seed=4242)
+    res = run_solver("unet", op, sino, {"model": TV_NAME, "on_implausible": "ignore"})
+    assert res.info["mismatches"] == [] and res.info["input_solver"] == "tv"
+    tv = run_solver("tv", op, sino, {"lam": "auto"}).volume
+    fbp = run_solver("fbp", op, sino, {"filter": "hann"}).volume
+    dr = float(sino.reference.max() - sino.reference.min())
+    psnr = {k: compute_metrics(v, sino.reference, names=["psnr"], data_range=dr)["psnr"]
+            for k, v in (("net", res.volume), ("tv", tv), ("fbp", fbp))}
+    assert psnr["net"] > psnr["fbp"] + 3.0
+    assert abs(psnr["net"] - psnr["tv"]) < 1.0  # measured -0.41 dB: no gain over its input here
+    assert np.all(np.isfinite(res.volume)) and res.volume.shape == (160, 160)

@@ -82,7 +82,7 @@ def test_validate_refuses_a_missing_input_or_model_naming_file_line_and_field(tm
     code, _, err = recon(capsys, "validate", str(pipe))
     assert code == 2
     assert err.strip() == (f"Error: {pipe}:7: solver.params.model: no_such_model: model not found (neither a file "
-                           "nor a shipped model's name; shipped: postproc_envelope, postproc_fan60, "
+                           "nor a shipped model's name; shipped: postproc_envelope, postproc_fan60, postproc_tv_envelope, "
                            "rising_sgp_tv_fan60, svtv_prior_fan60)")
     code, out, err = recon(capsys, "validate", str(pipe), "--set", "solver.params.model=postproc_fan60")
     assert code == 0, err
