@@ -49,13 +49,14 @@ from recon_cli.solvers.pdhg import checked_problem
 from recon_cli.solvers.registry import IterationState
 
 
-def golub_kahan(K: Operator, y, steps: int, *, reorthogonalise: bool = True):
+def golub_kahan(K: Operator, y, steps: int, *, reorthogonalise: bool = True, stop=None):
     """``steps`` steps of Golub-Kahan bidiagonalisation of K started at y.
 
     Returns (U, B, V, beta): U (steps+1, m) and V (steps, n) float32 xp arrays with orthonormal rows
     (m = y.size, n = prod(K.domain_shape)), B the (steps+1, steps) lower-bidiagonal float64 numpy
-    matrix with K V^T = U^T B, and beta = ||y||. Stops early (fewer rows) on breakdown. Full
-    reorthogonalisation (default) keeps the bases orthonormal in float32.
+    matrix with K V^T = U^T B, and beta = ||y||. Stops early (fewer rows) on breakdown, or when
+    ``stop(k, B[:k+1, :k], V[:k], beta)`` returns True after step k. Full reorthogonalisation
+    (default) keeps the bases orthonormal in float32.
     """
     xp = K.xp
     y = xp.asarray(y, dtype=np.float32).reshape(-1)
@@ -92,6 +93,8 @@ def golub_kahan(K: Operator, y, steps: int, *, reorthogonalise: bool = True):
             break
         U[k + 1] = u / np.float32(gamma)
         B[k + 1, k] = gamma
+        if stop is not None and stop(k_done, B[:k_done + 1, :k_done], V[:k_done], beta):
+            break
     return U[:k_done + 1], B[:k_done + 1, :k_done], V[:k_done], beta
 
 
