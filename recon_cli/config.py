@@ -56,7 +56,7 @@ ProjectorKind = Annotated[str, AfterValidator(lambda v: PROJECTOR_KINDS.choice(v
 class Strict(BaseModel):
     """Base of every section: unknown keys are errors."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 class SimulateSpec(Strict):
