@@ -26,7 +26,7 @@ for name, label in [("read_input", "read input (h5py)"), ("load_reference", "loa
     if hasattr(R, name):
         wrap(R, name, label)
 import recon_cli.memory as M; wrap(M, "plan_memory", "memory plan / projector choice")
-import recon_cli.metrics as ME; wrap(ME, "compute_metrics", "metrics (SSIM via scikit-image)")
+import recon_cli.metrics as ME; wrap(ME, "compute_metrics", "metrics (PSNR, SSIM, ...)")
 import recon_cli.solvers.fbp as F; wrap(F, "backproject", "  FBP backprojection")
 import recon_cli.projectors.astra_cpu as AC; wrap(AC.AstraCPUProjector, "forward", "  residual forward projection (ASTRA)")
 sys.argv = ["recon", "-q", "run", sys.argv[1], "--overwrite"]
