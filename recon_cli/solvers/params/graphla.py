@@ -10,7 +10,7 @@ from recon_cli.solvers.registry import SolverParams, SolverRef, declare, unit
 
 
 class GraphLaParams(SolverParams):
-    """Parameters of ``graphla`` (lam and eps in the normalised convention of the module docstring).
+    """Parameters of ``graphla`` (lam and eps in the normalised convention of recon_cli.solvers.graphla).
 
     Former names (accepted for one release): ``psi`` (now ``pre_estimate``, as in svtv), ``graph_mode``
     (``mode``, as in tv), ``tau`` (``discrepancy_tau``, as in tv, sgp_tv and tikhonov).

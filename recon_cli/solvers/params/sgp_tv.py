@@ -10,7 +10,7 @@ from recon_cli.solvers.registry import SolverParams, SolverRef, declare, unit
 
 
 class SGPTVParams(SolverParams):
-    """Parameters of ``sgp_tv`` (lam and beta in the normalised convention of the module docstring)."""
+    """Parameters of ``sgp_tv`` (lam and beta in the normalised convention of recon_cli.solvers.sgp_tv)."""
 
     lam: Union[Annotated[float, Field(ge=0.0, allow_inf_nan=False)], Literal["auto"]] = unit(
         "1 (normalised)", "TV weight for x / intensity_scale on unit pixels, applied as "

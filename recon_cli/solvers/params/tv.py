@@ -10,7 +10,7 @@ from recon_cli.solvers.registry import SolverParams, declare, unit
 
 
 class TVParams(SolverParams):
-    """Parameters of ``tv`` (lam in the normalised convention of the module docstring)."""
+    """Parameters of ``tv`` (lam in the normalised convention of recon_cli.solvers.tv)."""
 
     lam: Union[Annotated[float, Field(ge=0.0, allow_inf_nan=False)], Literal["auto"]] = unit(
         "1 (image / intensity_scale, unit pixels)",
