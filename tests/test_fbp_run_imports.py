@@ -1,5 +1,6 @@
 """A small FBP run computes every default metric (SSIM included) and writes HDF5 and PNG without
-scikit-image or scipy.ndimage (issue 17: the fixed cost of a small run); its SSIM is scikit-image's."""
+scikit-image or scipy.ndimage, and reads an HDF5 (layout v1) input without the NeXus reader (issue 17:
+the fixed cost of a small run); its SSIM is scikit-image's."""
 from __future__ import annotations
 
 import h5py
@@ -16,7 +17,7 @@ def test_fbp_run_with_metrics_and_png_imports_no_scikit_image(tmp_path, monkeypa
     code, text, modules = recon_in_fresh_process(["-q", "run", "pipelines/fbp.yaml", "-o", str(out)])
     assert code == 0, text
     assert out.is_file() and out.with_suffix(".png").is_file()
-    assert not {"skimage", "scipy.ndimage"} & modules
+    assert not {"skimage", "scipy.ndimage", "recon_cli.io.nexus", "recon_cli.preprocess"} & modules
     with h5py.File(out, "r") as f:
         metrics = {k: float(v) for k, v in f["metrics"].attrs.items()}
         volume = f["reconstruction"][()].astype(np.float64)
