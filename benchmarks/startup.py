@@ -36,6 +36,9 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import speed  # noqa: E402  (fan_case, write_case, pipeline)
 
+#: Text from this line on in --out is kept when the tables above it are written again.
+NOTES = "<!-- notes written by hand; kept by benchmarks/startup.py -->"
+
 #: The floor process (no recon_cli): argv[1] the HDF5 case, then the steps to run ("fbp", "residual").
 FLOOR = '''
 import sys
@@ -207,6 +210,9 @@ def main():
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
+        old = args.out.read_text() if args.out.is_file() else ""
+        if NOTES in old:  # the notes written by hand below the tables are kept
+            text += "\n" + old[old.index(NOTES):]
         args.out.write_text(text)
 
 
