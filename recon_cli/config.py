@@ -36,7 +36,7 @@ from recon_cli.constants import (MU_WATER, REFERENCE_DETECTOR_COUNT, REFERENCE_D
 from recon_cli.errors import ConfigError, ConfigErrors
 from recon_cli.registries import OUTPUT_FORMATS, PREPROCESS_STEPS, PROJECTOR_KINDS, check_choice, reader_formats, \
     suggestion
-from recon_cli.solvers.registry import SolverRef, get_solver
+from recon_cli.solvers.registry import SolverRef, solver_info
 
 #: Metric names a pipeline may ask for (see recon_cli.metrics.compute_metrics).
 METRIC_NAMES = ("psnr", "ssim", "rel_err", "rmse", "hu_rmse", "residual", "wall_time")
@@ -56,7 +56,7 @@ ProjectorKind = Annotated[str, AfterValidator(lambda v: PROJECTOR_KINDS.choice(v
 class Strict(BaseModel):
     """Base of every section: unknown keys are errors."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 class SimulateSpec(Strict):
@@ -747,7 +747,7 @@ def _model_at(path: tuple, raw: Any) -> type[BaseModel] | None:
         if model is SolverRef and part == "params":
             name = node.get("name") if isinstance(node, dict) else None
             try:
-                model = get_solver(str(name)).params_model
+                model = solver_info(str(name)).params_model
             except ConfigError:
                 return None
         elif isinstance(model, type) and issubclass(model, BaseModel):

@@ -30,6 +30,7 @@ from recon_cli.backend import array_module, gpu_available
 from recon_cli.errors import ConfigError, InputError
 from recon_cli.geometry import Geometry, VolumeGrid
 from recon_cli.model_envelope import envelope_mismatches, envelope_of
+from recon_cli.model_files import PACKAGED_MODELS, resolve_model_path  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +38,6 @@ METADATA_KEY = "recon_cli"
 METADATA_FORMAT = "recon-cli-model/1"
 #: Slices per ONNX Runtime call when applying a model to a stack.
 BATCH_SLICES = 8
-#: Folder of the models shipped with the package (found by bare name).
-PACKAGED_MODELS = Path(__file__).resolve().parent / "models"
 
 
 def pad_to_multiple(x: np.ndarray, multiple: int, xp=np) -> tuple[Any, tuple[int, int]]:
@@ -136,20 +135,6 @@ def condition_value(name: str, conditions: dict) -> float:
 def conditions_for(sino) -> dict:
     """The extra-channel conditions of a sinogram: its noise std and view count."""
     return {"noise_std": noise_std_of(sino.metadata), "n_views": int(sino.geometry.n_angles)}
-
-
-def resolve_model_path(path: str | os.PathLike) -> Path:
-    """The .onnx file for ``path``: itself, its .onnx sibling (for .pt/.json), or a packaged model by name."""
-    p = Path(path)
-    candidates = [p] if p.suffix == ".onnx" else [p.with_suffix(".onnx"), Path(str(p) + ".onnx")]
-    if p.parent == Path(".") and p.suffix in ("", ".onnx", ".pt", ".json"):
-        candidates.append(PACKAGED_MODELS / (p.stem + ".onnx"))
-    candidates = list(dict.fromkeys(candidates))
-    for c in candidates:
-        if c.is_file():
-            return c
-    raise InputError(f"model file not found (looked for {', '.join(str(c) for c in candidates)})",
-                     file=str(path), field="model")
 
 
 def _norm_json(value):

@@ -29,7 +29,7 @@ def check_files(cfg: PipelineConfig, from_command_line: dict[str, bool] | None =
 def check_models(cfg: PipelineConfig) -> None:
     """Every model the solver names (at any depth: svtv's pre-estimate, graphLa's Psi, ...) is a file or a
     shipped model's name; ConfigError pointing at the YAML line otherwise."""
-    from recon_cli.networks import resolve_model_path
+    from recon_cli.model_files import resolve_model_path
 
     def walk(node, path: tuple) -> None:
         if isinstance(node, dict):
@@ -50,6 +50,6 @@ def check_models(cfg: PipelineConfig) -> None:
 
 def shipped_models() -> list[str]:
     """Names of the models shipped with the package (recon_cli/models/*.onnx)."""
-    from recon_cli.networks import PACKAGED_MODELS
+    from recon_cli.model_files import PACKAGED_MODELS
 
     return sorted(p.stem for p in PACKAGED_MODELS.glob("*.onnx"))

@@ -1,11 +1,11 @@
 """What ``recon solvers`` shows, cached on disk so the command need not import every solver.
 
-Describing the solvers (recon_cli.cli.solvers_cmd.describe_solver) imports every solver module,
-and with them numpy, pydantic and the operators: 0.3-0.4 s of the command's 0.5 s
-(benchmarks/results/startup.md). The description depends only on the installed code, so it is
-kept as JSON in ``<cache dir>/catalogue/solvers-<key>.json``; ``key`` hashes the recon-cli
-version, the Python version, and the path, size and mtime of every module of recon_cli and of
-pydantic's version file: any edit or upgrade makes a new key (and the old file is removed).
+Describing the solvers (recon_cli.cli.solvers_cmd.describe_solver) imports every solver's parameter
+module (recon_cli/solvers/params, no numpy) and builds their pydantic JSON schemas: a first call takes
+0.43 s, a cached one 0.20 s (benchmarks/results/startup.md). The description depends only on the
+installed code, so it is kept as JSON in ``<cache dir>/catalogue/solvers-<key>.json``; ``key`` hashes
+the recon-cli version, the Python version, and the path, size and mtime of every module of recon_cli
+and of pydantic's version file: any edit or upgrade makes a new key (and the old file is removed).
 
 The cache is read only while the solver registry is not loaded in this process (a fresh
 ``recon`` process): a program that registered its own solvers, or already paid for the imports,

@@ -38,7 +38,8 @@ def _range_text(prop: dict) -> str:
 
 
 def describe_solver(spec) -> dict[str, Any]:
-    """Name, description and parameter table of a registered solver (JSON-friendly)."""
+    """Name, description and parameter table of a solver (JSON-friendly) from its registration or
+    declaration (recon_cli.solvers.registry.solver_info)."""
     from pydantic import TypeAdapter
 
     model = spec.params_model
@@ -140,10 +141,10 @@ def defaults_yaml(solver: dict) -> str:
 
 
 def _describe_all() -> list[dict[str, Any]]:
-    """Every registered solver described (imports every solver module)."""
-    from recon_cli.solvers.registry import get_solver, solver_names
+    """Every solver described (imports every solver's declaration, none of the solvers' numerical code)."""
+    from recon_cli.solvers.registry import solver_info, solver_names
 
-    return [describe_solver(get_solver(n)) for n in solver_names()]
+    return [describe_solver(solver_info(n)) for n in solver_names()]
 
 
 @click.command("solvers")
@@ -161,9 +162,9 @@ def solvers(name: str | None, long_form: bool, as_yaml: bool, as_json: bool) -> 
 
     described = [s for s in described_solvers(_describe_all) if name is None or s["name"] == name]
     if name is not None and not described:  # not a solver: the registry's error, with the closest name
-        from recon_cli.solvers.registry import get_solver
+        from recon_cli.solvers.registry import solver_info
 
-        described = [describe_solver(get_solver(name))]
+        described = [describe_solver(solver_info(name))]
     if as_json:
         from recon_cli.cli.json_output import json_text
 

@@ -97,8 +97,6 @@ def detect_format(path) -> str:
 def _hdf5_kind(path: Path) -> str:
     import h5py
 
-    from recon_cli.io.nexus import detect_layout
-
     try:
         with h5py.File(path, "r") as f:
             from recon_cli.io.hdf5_external import check_self_contained
@@ -106,6 +104,8 @@ def _hdf5_kind(path: Path) -> str:
             check_self_contained(f, str(path))  # before following any link to another file
             if "layout_version" in f.attrs:
                 return "hdf5"
+            from recon_cli.io.nexus import detect_layout  # (imports the NeXus reader only for other layouts)
+
             layout = detect_layout(f)
     except OSError as exc:
         raise InputError(f"cannot open as HDF5, file truncated or corrupt ({' '.join(str(exc).split())[:160]})",

@@ -8,18 +8,10 @@ geometries the whole volume is one problem.
 from __future__ import annotations
 
 from recon_cli.solvers.algorithm import Algorithm, Stopwatch, TimedOperator, run
-from recon_cli.solvers.registry import IterationState, SolverParams, register, unit
+from recon_cli.solvers.registry import IterationState, register
+from recon_cli.solvers.params.cgls import CGLSParams  # noqa: F401 (re-exported)
 from recon_cli.solvers.sirt import relative_norm
 from recon_cli.sinogram import Reconstruction
-
-
-class CGLSParams(SolverParams):
-    iterations: int = unit("-", "maximum number of iterations", default=30, ge=1)
-    tol: float = unit("-", "stop when ||A^T(y - A x)|| / ||A^T y|| < tol in every slice (0: never)",
-                      default=0.0, ge=0.0)
-
-    def iteration_budget(self) -> int:
-        return self.iterations
 
 
 def _ratio(num, den, xp):
@@ -89,8 +81,7 @@ class CGLS(Algorithm):
                 "gamma0": self.gamma0, "history": self.history}
 
 
-@register("cgls", CGLSParams, "conjugate gradient least squares (no regularisation)", iterative=True,
-          state_arrays=(5, 4), slice_independent=True)
+@register("cgls", CGLSParams, state_arrays=(5, 4), slice_independent=True)
 def solve(op, sino, params: CGLSParams, callback=None, *, resume_state: dict | None = None) -> Reconstruction:
     """CGLS; ``info['history']`` holds 'residual' (||A x - y|| / ||y||) and 'normal_residual'
     (max over slices of ||A^T(y - A x)|| / ||A^T y||) per iteration.

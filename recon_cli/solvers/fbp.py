@@ -26,29 +26,20 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Literal
 
 import numpy as np
 
 from recon_cli.errors import ConfigError, InputError
 from recon_cli.solvers.algorithm import Stopwatch
 from recon_cli.solvers.filters import ramp_filter
-from recon_cli.solvers.registry import IterationState, SolverParams, register, unit
+from recon_cli.solvers.registry import IterationState, register
+from recon_cli.solvers.params.fbp import FBPParams, FilterName  # noqa: F401 (re-exported)
 from recon_cli.sinogram import Reconstruction
 
 log = logging.getLogger(__name__)
 
 #: Slices x pixels backprojected at once (each per-angle temporary is this many float32 values).
 _CHUNK_ELEMENTS = 2**24
-
-FilterName = Literal["ram-lak", "shepp-logan", "cosine", "hamming", "hann"]
-
-
-class FBPParams(SolverParams):
-    filter: FilterName = unit("-", "ramp filter window", default="ram-lak")
-    frequency_scaling: float = unit("-", "cut-off frequency as a fraction of Nyquist", default=1.0, gt=0.0, le=1.0)
-    padding: bool = unit("-", "zero-pad the detector to the next power of two >= 2 n_det", default=True)
-    nonnegative: bool = unit("-", "clip negative values to 0", default=False)
 
 
 def angular_step(angles: np.ndarray) -> float:
@@ -244,8 +235,7 @@ def fbp_volume(sino, out_shape, params: FBPParams, xp=np):
     return image.reshape(out_shape)
 
 
-@register("fbp", FBPParams, "filtered backprojection (parallel beam, fan beam with a flat detector)",
-          state_arrays=(8, 8), slice_independent=True)
+@register("fbp", FBPParams, state_arrays=(8, 8), slice_independent=True)
 def solve(op, sino, params: FBPParams, callback=None) -> Reconstruction:
     """FBP of ``sino`` on ``op.domain_shape``; ``op`` only supplies the shape and array module."""
     clock = Stopwatch()

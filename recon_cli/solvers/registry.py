@@ -21,10 +21,12 @@ if TYPE_CHECKING:  # annotations only: the registry itself stays free of numpy a
     from recon_cli.ops.operator import Operator
     from recon_cli.sinogram import Reconstruction, Sinogram
 
-#: Every solver: name -> the module under recon_cli.solvers that registers it. The one list of
-#: solvers: ``recon solvers``, the pipeline schema and docs/gen_pipelines_doc.py read it through
-#: :func:`solver_names` / :func:`get_solver`, which import a solver's module only when that solver
-#: is asked for (so ``recon validate`` of an FBP pipeline imports the FBP module alone).
+#: Every solver: name -> the module under recon_cli.solvers that registers it, and the module of the
+#: same name under recon_cli.solvers.params that declares it (parameter model, description, iterative;
+#: no numpy). The one list of solvers: ``recon solvers``, the pipeline schema and
+#: docs/gen_pipelines_doc.py read it through :func:`solver_names`, :func:`solver_info` (imports the
+#: declaration only, so ``recon validate`` and ``recon solvers`` need no numpy) and :func:`get_solver`
+#: (imports the solver's module, only when that solver is asked for).
 SOLVER_MODULES: dict[str, str] = {
     "fbp": "fbp", "sirt": "sirt", "cgls": "cgls", "sgp_tv": "sgp_tv", "unet": "unet", "tv": "tv",
     "svtv": "svtv", "tpv": "tpv", "graphla": "graphla", "tikhonov": "tikhonov", "rising": "rising",
@@ -119,17 +121,47 @@ class SolverSpec:
         return bool(flag(params) if callable(flag) else flag)
 
 
+@dataclass(frozen=True)
+class SolverDeclaration:
+    """What validating a pipeline and ``recon solvers`` need of a solver, declared in its numpy-free
+    module under recon_cli.solvers.params (:func:`declare`): the solver itself is registered by its
+    own module (:func:`register`), imported only to run it."""
+
+    name: str
+    params_model: type[SolverParams]
+    description: str
+    iterative: bool
+
+
 REGISTRY: dict[str, SolverSpec] = {}
+DECLARED: dict[str, SolverDeclaration] = {}
 
 
-def register(name: str, params_model: type[SolverParams], description: str, iterative: bool = False, *,
-             state_arrays: tuple[int, int] | None = None,
+def declare(name: str, params_model: type[SolverParams], description: str, iterative: bool = False) -> None:
+    """Declare solver ``name``'s parameter model, description and kind (from a module without numpy)."""
+    if name in DECLARED and DECLARED[name].params_model is not params_model:
+        raise RuntimeError(f"solver {name!r} declared twice")
+    DECLARED[name] = SolverDeclaration(name, params_model, description, iterative)
+
+
+def register(name: str, params_model: type[SolverParams], description: str | None = None,
+             iterative: bool | None = None, *, state_arrays: tuple[int, int] | None = None,
              slice_independent: Union[bool, Callable[[Any], bool]] = False):
     """Decorator registering ``solve(op, sinogram, params, callback=None)`` under ``name``.
 
-    Optional hints (see SolverSpec): ``state_arrays`` (image-, sinogram-sized arrays held),
-    ``slice_independent``. A ``resume_state`` keyword in ``solve`` marks the solver resumable.
+    ``description`` and ``iterative`` default to the solver's declaration (:func:`declare`), whose
+    parameter model must be ``params_model``. Optional hints (see SolverSpec): ``state_arrays``
+    (image-, sinogram-sized arrays held), ``slice_independent``. A ``resume_state`` keyword in
+    ``solve`` marks the solver resumable.
     """
+    declared = DECLARED.get(name)
+    if declared is not None and declared.params_model is not params_model:
+        raise RuntimeError(f"solver {name!r} registered with another parameter model than it declares")
+    if description is None or iterative is None:
+        if declared is None:
+            raise RuntimeError(f"solver {name!r}: no declaration; give its description and iterative")
+        description = declared.description if description is None else description
+        iterative = declared.iterative if iterative is None else iterative
 
     def deco(fn):
         if name in REGISTRY:
@@ -159,12 +191,34 @@ def _load_all() -> None:
 
 def solver_names() -> list[str]:
     """Every solver's name, without importing any solver module."""
-    return sorted(set(SOLVER_MODULES) | set(REGISTRY))
+    return sorted(set(SOLVER_MODULES) | set(REGISTRY) | set(DECLARED))
+
+
+def _unknown(name: str) -> ConfigError:
+    names = solver_names()
+    close = difflib.get_close_matches(name, names, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; available: {', '.join(names)}"
+    return ConfigError(f"unknown solver {name!r}{hint}", field="solver.name")
+
+
+def solver_info(name: str) -> SolverSpec | SolverDeclaration:
+    """Name, ``params_model``, ``description`` and ``iterative`` of solver ``name``: its registration
+    when loaded, else its declaration (importing only its numpy-free module under
+    recon_cli.solvers.params); ConfigError with the closest valid name for an unknown solver."""
+    if name in REGISTRY:
+        return REGISTRY[name]
+    if name not in DECLARED and name in SOLVER_MODULES:
+        importlib.import_module(f"recon_cli.solvers.params.{SOLVER_MODULES[name]}")
+        if name not in DECLARED:
+            raise RuntimeError(f"recon_cli.solvers.params.{SOLVER_MODULES[name]} did not declare solver {name!r}")
+    if name not in DECLARED:
+        raise _unknown(name)
+    return DECLARED[name]
 
 
 def default_params(name: str) -> dict:
     """The default parameters of solver ``name`` as JSON values (fields without a default left out)."""
-    model = get_solver(name).params_model
+    model = solver_info(name).params_model
     return {k: f.default for k, f in model.model_fields.items() if not f.is_required()
             and isinstance(f.default, (int, float, str, bool, type(None), list, dict))}
 
@@ -173,10 +227,7 @@ def get_solver(name: str) -> SolverSpec:
     """The registered solver (its module imported on first use), or ConfigError with the closest valid name."""
     _load(name)
     if name not in REGISTRY:
-        names = solver_names()
-        close = difflib.get_close_matches(name, names, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else f"; available: {', '.join(names)}"
-        raise ConfigError(f"unknown solver {name!r}{hint}", field="solver.name")
+        raise _unknown(name)
     return REGISTRY[name]
 
 
@@ -194,7 +245,7 @@ class SolverRef(BaseModel):
     @classmethod
     def _known(cls, v: str) -> str:
         try:
-            get_solver(v)
+            solver_info(v)
         except ConfigError as exc:
             raise ValueError(exc.message) from None
         return v
@@ -203,7 +254,7 @@ class SolverRef(BaseModel):
     def _validate_params(self):
         if self._parsed is not None:  # an instance validated before, passed in again (pydantic re-runs this)
             return self
-        spec = get_solver(self.name)
+        spec = solver_info(self.name)
         params = dict(self.params)
         if self.model is not None:
             if "model" not in spec.params_model.model_fields:
@@ -218,7 +269,7 @@ class SolverRef(BaseModel):
     def parsed(self) -> SolverParams:
         """The typed parameters, validated once when this reference was (``params`` is their JSON form)."""
         if self._parsed is None:
-            self._parsed = get_solver(self.name).params_model.model_validate(self.params)
+            self._parsed = solver_info(self.name).params_model.model_validate(self.params)
         return self._parsed
 
 

@@ -8,7 +8,8 @@ The iteration is :class:`SIRT` (recon_cli.solvers.algorithm), run by the one dri
 from __future__ import annotations
 
 from recon_cli.solvers.algorithm import Algorithm, Stopwatch, TimedOperator, run
-from recon_cli.solvers.registry import IterationState, SolverParams, register, unit
+from recon_cli.solvers.registry import IterationState, register
+from recon_cli.solvers.params.sirt import SIRTParams  # noqa: F401 (re-exported)
 from recon_cli.sinogram import Reconstruction
 
 
@@ -22,15 +23,6 @@ def inverse_or_zero(s, xp, eps: float = 1e-12):
     """1 / s where s > eps, else 0 (float32)."""
     s = s.astype(xp.float32, copy=False)
     return xp.where(s > eps, 1.0 / xp.maximum(s, eps), 0.0).astype(xp.float32, copy=False)
-
-
-class SIRTParams(SolverParams):
-    iterations: int = unit("-", "number of iterations", default=100, ge=1)
-    nonnegative: bool = unit("-", "project onto x >= 0 after each update", default=True)
-    relaxation: float = unit("-", "relaxation factor (0 < relaxation < 2)", default=1.0, gt=0.0, lt=2.0)
-
-    def iteration_budget(self) -> int:
-        return self.iterations
 
 
 class SIRT(Algorithm):
@@ -76,8 +68,7 @@ class SIRT(Algorithm):
         return {"iteration": self.iteration, "x": self.x, "history": {"residual": self.history}}
 
 
-@register("sirt", SIRTParams, "simultaneous iterative reconstruction technique", iterative=True,
-          state_arrays=(4, 5), slice_independent=True)
+@register("sirt", SIRTParams, state_arrays=(4, 5), slice_independent=True)
 def solve(op, sino, params: SIRTParams, callback=None, *, resume_state: dict | None = None) -> Reconstruction:
     """SIRT from x = 0; ``info['history']['residual']`` holds ||A x_k - y|| / ||y|| per iteration.
 

@@ -28,14 +28,14 @@ the loss, i.e. the closer SV-TV is to TV. benchmarks/results/solvers.md has the 
 from __future__ import annotations
 
 import numpy as np
-from pydantic import Field
 
 from recon_cli.ops.finite_differences import Gradient, gradient_magnitude
 from recon_cli.ops.operator import Operator
 from recon_cli.sinogram import Reconstruction, Sinogram
 from recon_cli.solvers.algorithm import Stopwatch
-from recon_cli.solvers.registry import SolverRef, register, run_stage, unit
-from recon_cli.solvers.tv import TV_STATE_ARRAYS, TVParams, make_gradient, solve_weighted
+from recon_cli.solvers.registry import register, run_stage, unit
+from recon_cli.solvers.params.svtv import SVTVParams  # noqa: F401 (re-exported)
+from recon_cli.solvers.tv import TV_STATE_ARRAYS, make_gradient, solve_weighted
 
 
 def smooth_in_plane(u, sigma_px: float, xp):
@@ -89,19 +89,6 @@ def eta_absolute(u, eta: float, xp) -> float:
     return float(eta) * span
 
 
-class SVTVParams(TVParams):
-    """``tv``'s parameters plus p, eta and the pre-estimate."""
-
-    p: float = unit("1", "exponent: w = (eta / sqrt(eta^2 + |Du|^2))^(1-p); 1 = plain TV", default=0.5,
-                    ge=0.0, le=1.0)
-    eta: float = unit("1 (relative)", "edge threshold relative to the pre-estimate's range: "
-                      "eta_abs = eta * (max u - min u); the paper's 2e-3 follows FBP noise", default=0.05, gt=0.0)
-    smoothing: float = unit("pixels", "sigma of the in-plane Gaussian blur of the pre-estimate before its "
-                            "gradient (0: none)", default=1.0, ge=0.0, le=20.0)
-    pre_estimate: SolverRef = Field(default_factory=lambda: SolverRef(name="fbp"),
-                                    description="solver giving u = Psi(y), whose gradient sets the weights")
-
-
 def _solve_with_weights(op: Operator, sino: Sinogram, params: SVTVParams, w, eta_abs: float, B: Operator,
                         callback=None, resume_state: dict | None = None, keep: dict | None = None) -> Reconstruction:
     """The weighted TV of SV-TV; the callback's state also carries ``weights``, ``eta_abs`` and ``keep``."""
@@ -130,9 +117,7 @@ def solve_with_pre_estimate(op: Operator, sino: Sinogram, params: SVTVParams, u,
 SVTV_STATE_ARRAYS = (TV_STATE_ARRAYS[0] + 2, TV_STATE_ARRAYS[1])
 
 
-@register("svtv", SVTVParams, "Space-variant TV: TV weighted by the edges of a pre-estimate "
-          "(FBP, an iterative solver or a network), PDHG with x >= 0", iterative=True,
-          state_arrays=SVTV_STATE_ARRAYS, slice_independent=False)
+@register("svtv", SVTVParams, state_arrays=SVTV_STATE_ARRAYS, slice_independent=False)
 def solve(op: Operator, sino: Sinogram, params: SVTVParams, callback=None, *,
           resume_state: dict | None = None) -> Reconstruction:
     """SV-TV of ``sino``: run the pre-estimate, compute the weights once, solve the weighted TV.

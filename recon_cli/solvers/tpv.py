@@ -19,22 +19,10 @@ import numpy as np
 from recon_cli.ops.operator import Operator
 from recon_cli.sinogram import Reconstruction, Sinogram
 from recon_cli.solvers.algorithm import Algorithm, Stopwatch, advance, run
-from recon_cli.solvers.registry import IterationState, register, unit
+from recon_cli.solvers.registry import IterationState, register
+from recon_cli.solvers.params.tpv import TpVParams  # noqa: F401 (re-exported)
 from recon_cli.solvers.svtv import SVTV_STATE_ARRAYS, eta_absolute, svtv_weights
-from recon_cli.solvers.tv import TVParams, WeightedTV, make_gradient, setup_weighted, weighted_info
-
-
-class TpVParams(TVParams):
-    """``tv``'s parameters (``iterations`` per outer step) plus outer_iterations, p and eta."""
-
-    iterations: int = unit("1", "PDHG iterations per outer (reweighting) step", default=100, ge=1)
-    outer_iterations: int = unit("1", "number of weighted TV solves (the first is plain TV)", default=5, ge=1)
-    p: float = unit("1", "exponent of TpV: w = (eta / sqrt(eta^2 + |Dx|^2))^(1-p)", default=0.5, ge=0.0, le=1.0)
-    eta: float = unit("1 (relative)", "edge threshold relative to the current iterate's range", default=2e-3, gt=0.0)
-
-    def iteration_budget(self) -> int:
-        """PDHG iterations over all outer steps."""
-        return self.iterations * self.outer_iterations
+from recon_cli.solvers.tv import WeightedTV, make_gradient, setup_weighted, weighted_info
 
 
 #: (image-sized, sinogram-sized) float32 arrays at the peak: ``svtv``'s plus the previous outer
@@ -151,9 +139,7 @@ class ReweightedTV(Algorithm):
             self._close(self.inner.algorithm.pending_stop or "max_iter")
 
 
-@register("tpv", TpVParams, "Iteratively reweighted TV (TpV): weights from the current iterate, "
-          "PDHG with x >= 0, warm-started", iterative=True, state_arrays=TPV_STATE_ARRAYS,
-          slice_independent=False)
+@register("tpv", TpVParams, state_arrays=TPV_STATE_ARRAYS, slice_independent=False)
 def solve(op: Operator, sino: Sinogram, params: TpVParams, callback=None, *,
           resume_state: dict | None = None) -> Reconstruction:
     """TpV of ``sino``; ``info['iterations']`` counts PDHG iterations over all outer steps.

@@ -16,41 +16,12 @@ No torch: inference is ONNX Runtime only.
 """
 from __future__ import annotations
 
-from typing import Literal, Optional
-
-from pydantic import Field
-
 from recon_cli.networks import conditions_for, load_model
 from recon_cli.sinogram import Reconstruction
 from recon_cli.solvers.algorithm import Stopwatch
-from recon_cli.solvers.learned_guard import IMPLAUSIBLE_FACTOR, NOISE_FACTOR, guard_output, misfit_or_none
-from recon_cli.solvers.registry import SolverParams, SolverRef, default_params, get_solver, register, run_ref, unit
-
-
-class UNetParams(SolverParams):
-    """Parameters of ``unet``; ``input`` is the former name of ``pre_estimate`` (one release)."""
-
-    renamed = {"input": "pre_estimate"}
-
-    model: str = unit("-", "model file (.onnx, or its .pt/.json sibling, or a packaged model's name)")
-    pre_estimate: Optional[SolverRef] = Field(
-        None, description="solver whose output the network maps; default: the input the model was trained on "
-                          "(from its metadata, e.g. {name: fbp})")
-    allow_mismatch: bool = unit("-", "run even if the model was trained for another geometry, grid, noise "
-                                     "or input (warns instead of failing)", default=False)
-    on_implausible: Literal["fallback", "fail", "ignore"] = unit(
-        "-", "when the network's output explains the data clearly worse than its input (data residual > "
-             "implausible_factor x the input solver's, or not finite): return the input solver's image "
-             "(fallback), stop with an error (fail) or keep it (ignore); each with a warning", default="fallback")
-    implausible_factor: float = unit("1", "largest accepted ratio of the network output's data residual to "
-                                          "the input solver's", default=IMPLAUSIBLE_FACTOR, gt=1.0)
-    noise_factor: Optional[float] = unit(
-        "1", "largest accepted ratio of the network output's data residual to the data's expected misfit (noise "
-             "plus model error, from I0/sigma or estimated from the sinogram; TV lam auto leaves 0.97x it); "
-             "null: not checked", default=NOISE_FACTOR, gt=1.0)
-    fallback: Optional[SolverRef] = Field(
-        None, description="solver whose image replaces an implausible output (on_implausible: fallback); "
-                          "default: the input solver's image (no extra cost), e.g. {name: tv, params: {lam: auto}}")
+from recon_cli.solvers.learned_guard import guard_output, misfit_or_none
+from recon_cli.solvers.registry import SolverRef, default_params, get_solver, register, run_ref
+from recon_cli.solvers.params.unet import UNetParams  # noqa: F401 (re-exported)
 
 
 def _input_ref(params: UNetParams, model) -> SolverRef:
@@ -70,8 +41,7 @@ def _scalars(info: dict) -> dict:
     return {k: v for k, v in info.items() if isinstance(v, (int, float, str, bool))}
 
 
-@register("unet", UNetParams, "trained U-Net (ONNX) applied to the output of an input solver (default: FBP, "
-                              "as in training)", slice_independent=_slice_independent)
+@register("unet", UNetParams, slice_independent=_slice_independent)
 def solve(op, sino, params: UNetParams, callback=None) -> Reconstruction:
     """Network(input solver(sino)); ``volume`` has ``op.domain_shape`` in 1/mm."""
     clock = Stopwatch()
