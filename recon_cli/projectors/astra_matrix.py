@@ -295,7 +295,7 @@ class AstraMatrixProjector(Operator):
     """
 
     def __init__(self, geometry: Geometry, grid: VolumeGrid, projector_type: str | None = None,
-                 use_cache: bool = True, threads: int | None = None):
+                 use_cache: bool = True, threads: int | None = None, kernel: str | None = None):
         self.geometry, self.grid = geometry, grid
         self.projector_type = astra_projector_type(geometry, projector_type)
         self.domain_shape = grid.shape
@@ -306,6 +306,12 @@ class AstraMatrixProjector(Operator):
         self._fwd = TransposedCSRProduct(self.stored, self.threads)
         self._adj = CSRProduct(self.stored, self.threads)
         self._plan = self._scatter_plan()
+        self._compiled = None if self.trivial else CompiledSymmetricProduct.create(self, kernel)
+
+    @property
+    def kernel(self) -> str:
+        """Which products apply the stored matrix: ``numba`` (compiled, transforms fused) or ``scipy``."""
+        return "numba" if self._compiled is not None else "scipy"
 
     def _scatter_plan(self):
         """Per transform k: (transform, stored positions (L, 1), detector indices (L, n_det), views (L,))."""
@@ -325,12 +331,14 @@ class AstraMatrixProjector(Operator):
         other.threads = max(1, int(threads))
         other._fwd = TransposedCSRProduct(self.stored, other.threads)
         other._adj = CSRProduct(self.stored, other.threads)
+        if self._compiled is not None:
+            other._compiled = self._compiled.with_threads(other.threads)
         return other
 
     @property
     def nbytes(self) -> int:
         """Memory held by the stored matrix."""
-        m = self.stored
+        m = self._compiled.matrix if self._compiled is not None else self.stored
         return m.data.nbytes + m.indices.nbytes + m.indptr.nbytes
 
     @property
@@ -367,10 +375,13 @@ class AstraMatrixProjector(Operator):
     def _forward_block(self, x3, out):
         nz, npix = x3.shape[0], x3.shape[1] * x3.shape[2]
         n_t, n_det = len(self.symmetry.transforms), self.geometry.detector_count
-        cols = np.empty((npix, n_t, nz), np.float32)
-        for k, (g, _, _, _) in enumerate(self._plan):
-            cols[:, k, :] = transform_image(x3, g).reshape(nz, npix).T
-        z = self._fwd(cols.reshape(npix, n_t * nz)).reshape(-1, n_det, n_t, nz)
+        if self._compiled is not None:
+            z = self._compiled.forward(x3.reshape(nz, npix), nz).reshape(-1, n_det, n_t, nz)
+        else:
+            cols = np.empty((npix, n_t, nz), np.float32)
+            for k, (g, _, _, _) in enumerate(self._plan):
+                cols[:, k, :] = transform_image(x3, g).reshape(nz, npix).T
+            z = self._fwd(cols.reshape(npix, n_t * nz)).reshape(-1, n_det, n_t, nz)
         for k, (_, s, det, views) in enumerate(self._plan):
             out[:, views, :] = z[s, det, k, :].transpose(2, 0, 1)
 
@@ -393,6 +404,9 @@ class AstraMatrixProjector(Operator):
         cols = np.zeros((len(self.symmetry.stored), n_det, n_t, nz), np.float32)
         for k, (_, s, det, views) in enumerate(self._plan):
             cols[s, det, k, :] = y3[:, views, :].transpose(1, 2, 0)
+        if self._compiled is not None:
+            out += self._compiled.adjoint(cols.reshape(-1, n_t * nz), nz).reshape(nz, ny, nx)
+            return
         w = self._adj(cols.reshape(-1, n_t * nz)).reshape(ny, nx, n_t, nz)
         for k, (g, _, _, _) in enumerate(self._plan):
             out += inverse_transform_image(np.moveaxis(w[:, :, k, :], -1, 0), g)
@@ -445,6 +459,143 @@ class AstraMatrixProjector(Operator):
     def matrix_t(self) -> sp.csr_matrix:
         """A^T as a CSR (expanded; tests, tools)."""
         return self.matrix.T.tocsr()
+
+
+class CompiledSymmetricProduct:
+    """The stored matrix as a compact CSR (float32 values, uint16 column indices where they fit) applied
+    by numba kernels that fuse the image transforms (recon_cli.projectors.symmetric_kernels).
+
+    ``forward(x2, nz)``: x2 (nz, npix) -> z (n_rays, n_t*nz), column k*nz + s = stored rays of transform
+    k of slice s. ``adjoint(y2, nz)``: y2 (n_rays, n_t*nz) -> (nz, npix), the inversely transformed
+    columns summed. With ``threads > 1`` the pixel rows are split into blocks of equal non-zero count,
+    each thread writing its own output, summed afterwards.
+    """
+
+    min_work = CSRProduct.min_work
+
+    def __init__(self, matrix: sp.csr_matrix, maps, inverse, shape: tuple[int, int], kernels, threads: int = 1):
+        self.matrix, self.maps, self.inverse, self.shape, self.kernels = matrix, maps, inverse, tuple(shape), kernels
+        self.threads = max(1, int(threads))
+        cuts = [0, matrix.shape[0]]
+        if self.threads > 1:
+            cuts = [a for a, _, _ in row_chunks(matrix, self.threads)] + [matrix.shape[0]]
+        self.ranges = list(zip(cuts[:-1], cuts[1:]))
+
+    @classmethod
+    def create(cls, op: "AstraMatrixProjector", kernel: str | None) -> "CompiledSymmetricProduct | None":
+        """The compiled product of ``op``'s stored matrix, or None (SciPy's products) when ``kernel`` (default
+        $RECON_PRODUCT_KERNEL) is ``scipy``, numba is missing, or a transform is not an index map."""
+        from recon_cli.projectors import symmetric_kernels as sk
+
+        choice = (kernel or sk.kernel_choice()).lower()
+        if choice == "scipy":
+            return None
+        kernels = sk.load_kernels()
+        if kernels is None:
+            if choice == "numba":
+                log.warning("numba is not installed: symmetric products use SciPy's kernels")
+            return None
+        try:
+            maps = sk.affine_index_maps(op.symmetry.transforms, transform_image, op.grid.slice_shape)
+            inverse = np.stack(sk.affine_index_maps(op.symmetry.transforms, inverse_transform_image,
+                                                    op.grid.slice_shape), axis=1)
+        except ValueError as exc:
+            log.info("compiled products not used (%s)", exc)
+            return None
+        import scipy.sparse as sp
+
+        m = op.stored
+        compact = sp.csr_matrix(m.shape, dtype=np.float32)  # assigned: the constructor would re-check types
+        compact.data = np.ascontiguousarray(m.data, dtype=np.float32)
+        compact.indices = sk.compact_indices(m.indices, m.shape[1])
+        compact.indptr = np.ascontiguousarray(m.indptr, dtype=np.int64)
+        return cls(compact, maps, inverse, op.grid.slice_shape, kernels, op.threads)
+
+    def with_threads(self, threads: int) -> "CompiledSymmetricProduct":
+        return CompiledSymmetricProduct(self.matrix, self.maps, self.inverse, self.shape, self.kernels, threads)
+
+    def _lanes(self, nz: int) -> np.ndarray:
+        from recon_cli.projectors.symmetric_kernels import lane_table
+
+        cache = self.__dict__.setdefault("_lane_cache", {})
+        if nz not in cache:
+            cache[nz] = lane_table(self.maps, nz, self.matrix.shape[0])
+        return cache[nz]
+
+    def _terms(self, nz: int, groups: int) -> np.ndarray:
+        from recon_cli.projectors.symmetric_kernels import inverse_terms
+
+        cache = self.__dict__.setdefault("_term_cache", {})
+        if nz not in cache:
+            cache[nz] = inverse_terms(self.inverse, nz, self.matrix.shape[0], groups)
+        return cache[nz]
+
+    def _serial(self, groups: int) -> bool:
+        return len(self.ranges) == 1 or self.matrix.nnz * 8 * groups < self.min_work * len(self.ranges)
+
+    def forward(self, x2: np.ndarray, nz: int) -> np.ndarray:
+        from recon_cli.projectors.symmetric_kernels import compile_for
+
+        fwd, _, gather, _ = self.kernels
+        m, (ny, nx) = self.matrix, self.shape
+        lanes = self._lanes(nz)
+        x2 = np.ascontiguousarray(x2, dtype=np.float32).reshape(-1)
+        cols = np.empty((lanes.shape[0], m.shape[0], 8), np.float32)
+        compile_for(gather, (x2, lanes, ny, nx, cols))
+        gather(x2, lanes, ny, nx, cols)
+        z = np.zeros((lanes.shape[0], m.shape[1], 8), np.float32)
+        args = (m.indptr, m.indices, m.data)
+        compile_for(fwd, args + (cols[0], 0, 1, z[0]))
+        if self._serial(lanes.shape[0]):
+            for g in range(lanes.shape[0]):
+                fwd(*args, cols[g], 0, m.shape[0], z[g])
+        else:
+            parts = [z] + [np.zeros_like(z) for _ in self.ranges[1:]]
+
+            def run(t):
+                for g in range(lanes.shape[0]):
+                    fwd(*args, cols[g], self.ranges[t][0], self.ranges[t][1], parts[t][g])
+
+            for _ in _pool(len(self.ranges)).map(run, range(len(self.ranges))):
+                pass
+            for p in parts[1:]:
+                z += p
+        n_cols = len(self.maps[0]) * nz
+        return z.transpose(1, 0, 2).reshape(m.shape[1], -1)[:, :n_cols]
+
+    def adjoint(self, y2: np.ndarray, nz: int) -> np.ndarray:
+        from recon_cli.projectors.symmetric_kernels import compile_for
+
+        _, adj, _, inverse_sum = self.kernels
+        m, (ny, nx) = self.matrix, self.shape
+        lanes = self._lanes(nz)
+        n_cols = len(self.maps[0]) * nz
+        y = np.zeros((m.shape[1], lanes.shape[0] * 8), np.float32)
+        y[:, :n_cols] = y2
+        y = np.ascontiguousarray(y.reshape(m.shape[1], lanes.shape[0], 8).transpose(1, 0, 2))
+        groups = lanes.shape[0]
+        padded = len(self.maps[0]) < 8  # an all-zero group for the unused terms of the inverse sum
+        w = np.empty((groups + padded, m.shape[0], 8), np.float32)
+        if padded:
+            w[groups] = 0.0
+        args = (m.indptr, m.indices, m.data)
+        compile_for(adj, args + (y[0], 0, 1, w[0]))
+        if self._serial(lanes.shape[0]):
+            for g in range(lanes.shape[0]):
+                adj(*args, y[g], 0, m.shape[0], w[g])
+        else:  # each thread writes its own rows of w
+            def run(t):
+                for g in range(lanes.shape[0]):
+                    adj(*args, y[g], self.ranges[t][0], self.ranges[t][1], w[g])
+
+            for _ in _pool(len(self.ranges)).map(run, range(len(self.ranges))):
+                pass
+        out = np.empty(nz * m.shape[0], np.float32)
+        terms = self._terms(nz, groups)
+        flat = w.reshape(-1)
+        compile_for(inverse_sum, (flat, terms, ny, nx, out))
+        inverse_sum(flat, terms, ny, nx, out)
+        return out.reshape(nz, m.shape[0])
 
 
 def _single_slice(op: AstraMatrixProjector) -> AstraMatrixProjector:
