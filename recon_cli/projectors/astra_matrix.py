@@ -54,7 +54,7 @@ from recon_cli.geometry import Geometry, VolumeGrid, fingerprint
 from recon_cli.ops.operator import Operator, power_norm
 from recon_cli.projectors import matrix_cache
 from recon_cli.projectors.astra_cpu import AstraCPUProjector, astra_projector_type
-from recon_cli.projectors.tiled_matrix import TILE, tiled_matrix_transpose
+from recon_cli.projectors.tiled_matrix import EXACT_TYPES, TILE, tiled_matrix_transpose
 from recon_cli.projectors.symmetry import ViewSymmetry, find_view_symmetry, inverse_transform_image, \
     transform_image
 
@@ -114,7 +114,8 @@ def matrix_cache_path(geometry: Geometry, grid: VolumeGrid, projector_type: str 
     """Folder of the cached matrix: ``<cache_dir>/matrices/<type>_<fingerprint>/``."""
     ptype = astra_projector_type(geometry, projector_type)
     stored = ",".join(map(str, view_symmetry(geometry, grid, ptype).stored))
-    key = fingerprint(geometry, grid.slice_grid(), extra=f"{ptype}/stored-views-v4-tiled{TILE}/{stored}")
+    builder = "exact-line" if ptype in EXACT_TYPES else f"tiled{TILE}"  # exact when the rays allow (tiled_matrix)
+    key = fingerprint(geometry, grid.slice_grid(), extra=f"{ptype}/stored-views-v5-{builder}/{stored}")
     return matrix_cache.matrices_dir() / f"{ptype}_{key}"
 
 
