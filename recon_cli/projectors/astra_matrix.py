@@ -7,24 +7,28 @@ product ``A_s @ X``, with X's columns the transformed images, then yields every 
 adjoint is the sum of the inversely transformed columns of ``A_s^T @ Y``: the matrix bytes are
 read once for up to 8 columns (60 views: 8 of 60 stored). Without symmetry every view is stored.
 
-Accuracy (benchmarks/results/symmetry_accuracy.md, measured with float64 reference weights):
-ASTRA's CPU kernels step along each ray in float32 from the first image row or column, so its
-own full matrix drifts from the exact weights along the ray (relative Frobenius error 2e-3 at
-256^2 and 8e-3 at 512^2 for 60 fan views; products 2e-4 forward, 9e-4 adjoint at 512^2), and a
-quarter turn steps the other way: ASTRA's rows of view k + n/4 are not the permuted rows of view
-k (the angle arithmetic is not the cause: exactly rotated vector geometries give the same rows).
-So the stored views are built on 32x32 image tiles (recon_cli.projectors.tiled_matrix), which
-restarts every ray at each tile: the symmetric operator is then within 1.4e-4 (matrix) and 3e-6
-(forward) / 1.5e-5 (adjoint) of the exact weights at 512^2, and agrees with the full tiled
-matrix within 3e-6 (forward) and 6.5e-6 / 1.2-1.4e-5 (adjoint at 256^2 / 512^2). Against ASTRA's
-whole-image matrix it differs by ASTRA's own drift (that matrix is 40-60x further from the exact
-weights). The symmetric operator is itself an exact adjoint pair. Geometries without symmetry
-store ASTRA's whole-image matrix unchanged, and so does ``$RECON_MATRIX_SYMMETRY=off``;
+Accuracy: ASTRA's CPU kernels step along each ray in float32 from the first image row or column,
+so its own matrix drifts from the exact weights along the ray (relative Frobenius error 2e-3 at
+256^2 and 8e-3 at 512^2 for 60 fan views), and a quarter turn steps the other way: ASTRA's rows
+of view k + n/4 are not the permuted rows of view k (benchmarks/results/symmetry_accuracy.md).
+So the stored views are built by recon_cli.projectors.tiled_matrix: for the line kernels
+(``line_fanflat``, ``line``) as exact float64 ray/pixel intersection lengths
+(recon_cli.projectors.exact_line), which are exactly equivariant under the quarter turns and
+mirrors, so the symmetric operator equals the full matrix of the same weights up to float32
+rounding (fwd / adj 2.6-3.7e-7 / 1.7e-7 at 256^2-512^2, benchmarks/results/symmetry_full_match.md);
+for the other kernels on 32x32 image tiles of ASTRA's matrix (restarting every ray at each
+tile bounds the drift). Against ASTRA's whole-image matrix the operator differs by ASTRA's own
+drift. The symmetric operator is itself an exact adjoint pair. Geometries without symmetry store
+ASTRA's whole-image matrix unchanged, and so does ``$RECON_MATRIX_SYMMETRY=off``;
 ``strip_fanflat`` (inaccurate in ASTRA's CPU version) always stores every view.
 
 One copy is stored: ``M = A_s^T`` as a CSR (rows: pixels), float32 values and int32 indices
-(SciPy's kernels take no smaller types). The adjoint is a row-wise product ``M @ Y``; the
-forward product goes through the same storage as a column-wise scatter ``M.T @ X`` into the
+(the cache format; SciPy's kernels take no smaller types). With numba (a dependency; SciPy's
+kernels are the fallback, or ``$RECON_PRODUCT_KERNEL=scipy``) the products of a symmetric
+operator run in compiled kernels on a copy of the indices as uint16
+(recon_cli.projectors.symmetric_kernels: 6 bytes per non-zero instead of 8, 8 image transforms
+per pass, bit-identical results). Through SciPy, the adjoint is a row-wise product ``M @ Y`` and
+the forward product goes through the same storage as a column-wise scatter ``M.T @ X`` into the
 small sinogram block, which measured faster than a CSR of A_s (benchmarks/results/speed.md).
 The matrix is cached by recon_cli.projectors.matrix_cache (memory-mapped, checksummed, LRU
 with a size cap), with the operator norm beside it.
