@@ -85,18 +85,94 @@ def products(sizes, repeats: int, bandwidth: float) -> list[dict]:
     return rows
 
 
+def odl_compare_cpu(case, op, lam: float, iterations: int, repeats: int) -> dict:
+    """benchmarks/solvers.py's ODL comparison (our tv, our PDHG core with the fixed steps tv ended with,
+    ODL's pdhg with the same steps), timed in wall and CPU time (ours: this thread; ODL: its process),
+    interleaved: ODL, tv, core per repeat; best of each kind."""
+    import subprocess
+
+    import solvers as sb
+    from recon_cli.ops.finite_differences import Gradient
+    from recon_cli.solvers.pdhg import pdhg
+
+    sino, n = case.sino, iterations
+    op.norm()
+    y32 = np.asarray(sino.data, np.float32)
+    D = Gradient(tuple(sino.grid.shape))
+
+    def timed(fn):
+        c0, t0 = time.thread_time(), time.perf_counter()
+        out = fn()
+        return out, time.perf_counter() - t0, time.thread_time() - c0
+
+    def ours_tv():
+        return timed(lambda: sb.run_solver("tv", op, sino, {"lam": lam, "iterations": n}))
+
+    tv_runs = [ours_tv()]
+    info = tv_runs[0][0].info
+    lam_abs = float(info["lam_abs"])
+    ratio_fixed = (info["tau"] / info["sigma"]) ** 0.5
+
+    def ours_fixed():
+        return timed(lambda: pdhg(op, y32, D, lam_abs, max_iter=n, step_ratio=ratio_fixed))
+
+    fixed_runs = [ours_fixed()]
+    finfo = fixed_runs[0][0][1]
+    g = sino.geometry
+    odl_runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        prob = Path(tmp) / "problem.npz"
+        np.savez(prob, y=y32, angles=g.angles, detector_spacing=g.detector_spacing,
+                 detector_count=g.detector_count, source_origin=g.source_origin, origin_detector=g.origin_detector,
+                 shape=np.array(sino.grid.shape), voxel_size=sino.grid.voxel_size, lam=lam_abs, iterations=n,
+                 tau=finfo["tau"], sigma=finfo["sigma"], block_scale=(finfo["sigma_B"] / finfo["sigma"]) ** 0.5,
+                 check_image=sino.reference, check_sino=op.forward(sino.reference))
+        for k in range(repeats):
+            res_path = Path(tmp) / f"result{k}.npz"
+            env = {k2: v for k2, v in os.environ.items() if k2 != "SCIPY_ARRAY_API"}
+            proc = subprocess.run([sys.executable, str(Path(__file__).with_name("odl_pdhg.py")), str(prob),
+                                   str(res_path)], capture_output=True, text=True, env=env)
+            if proc.returncode != 0:
+                raise RuntimeError(f"odl_pdhg.py failed: {proc.stderr.strip()[-2000:]}")
+            with np.load(res_path) as f:
+                odl_runs.append({k2: f[k2] for k2 in f.files})
+            tv_runs.append(ours_tv())
+            fixed_runs.append(ours_fixed())
+    y = np.asarray(sino.data, np.float64)
+    x_fixed = np.asarray(min(fixed_runs, key=lambda r: r[1])[0][0], np.float32)
+    x_tv = np.asarray(min(tv_runs, key=lambda r: r[1])[0].volume, np.float32)
+    best_odl = min(odl_runs, key=lambda r: float(r["time_total"]))
+    x_odl = best_odl["x"]
+
+    def psnr(x):
+        return sb.compute_metrics(x, sino.reference, names=["psnr"])["psnr"]
+
+    out = {"iterations": n, "load": load(), "check_rel_diff": float(best_odl["check_rel_diff"]),
+           "tv_wall": min(r[1] for r in tv_runs) / n, "tv_cpu": min(r[2] for r in tv_runs) / n,
+           "core_wall": min(r[1] for r in fixed_runs) / n, "core_cpu": min(r[2] for r in fixed_runs) / n,
+           "odl_wall": min(float(r["time_total"]) for r in odl_runs) / n,
+           "odl_cpu": min(float(r["time_total_cpu"]) for r in odl_runs) / n,
+           "tv_walls": [r[1] / n for r in tv_runs], "odl_walls": [float(r["time_total"]) / n for r in odl_runs],
+           "obj_fixed": sb.objective(op, y, x_fixed, lam_abs), "obj_odl": sb.objective(op, y, x_odl, lam_abs),
+           "psnr_tv": psnr(x_tv), "psnr_odl": psnr(x_odl)}
+    out["obj_rel"] = abs(out["obj_fixed"] - out["obj_odl"]) / abs(out["obj_odl"])
+    log(f"  tv {out['tv_wall'] * 1e3:.1f} ms/it wall, {out['tv_cpu'] * 1e3:.1f} CPU; ODL {out['odl_wall'] * 1e3:.1f} "
+        f"wall, {out['odl_cpu'] * 1e3:.1f} CPU; objective core vs ODL {out['obj_rel']:.1e}; load {out['load']}")
+    return out
+
+
 def odl_rows(sizes, iterations: int, repeats: int) -> list[dict]:
-    import solvers as sb  # benchmarks/solvers.py: the ODL comparison (same fixed-step iteration)
+    import solvers as sb  # benchmarks/solvers.py: the test case (COULE phantom, normal dose)
 
     rows = []
     for n in sizes:
         geometry, grid = fan_case(n)
         case = sb.fresh_case(sb.FRESH_SEEDS[0], "normal", geometry, grid, {})
         for kernel, reps in (("numba", repeats), ("scipy", max(1, repeats - 1))):
-            case.op = AstraMatrixProjector(geometry, grid, threads=1, kernel=kernel)
-            st = sb.Settings(quick=False, out=RESULTS, odl_iters=iterations, odl_repeats=reps)
-            res = sb.odl_compare(case, 1e-3, st)
-            res.update(n=n, kernel=kernel, load=load())
+            log(f"tv vs ODL at {n}^2, {kernel} kernel, {iterations} iterations")
+            op = AstraMatrixProjector(geometry, grid, threads=1, kernel=kernel)
+            res = odl_compare_cpu(case, op, 1e-3, iterations, reps)
+            res.update(n=n, kernel=kernel)
             rows.append(res)
     return rows
 
@@ -129,16 +205,20 @@ def write(path: Path, prod, odl, bandwidth, info, command, wall):
         lines += ["## tv per iteration vs ODL 1.0 (ASTRA CPU projector)", "",
                   "`benchmarks/solvers.py`'s comparison: our `tv` (lam fixed, 1e-3 normalised), our PDHG core with",
                   "ODL's fixed steps, and ODL's `pdhg` with the same steps (same iteration); objectives of the",
-                  "final images evaluated with our operator; best of the interleaved runs.", ""]
-        lines.append(md_table(["grid", "kernel", "iterations", "tv ms/it", "core ms/it", "ODL ms/it", "ODL / tv",
-                           "ODL / core", "objective core / ODL rel. diff",
-                           "PSNR tv / ODL dB", "tv runs ms/it", "ODL runs ms/it", "load"],
-                          [[f"{r['n']}^2", r["kernel"], r["iterations"], fmt(r["tv_per_it"]), fmt(r["fixed_per_it"]),
-                            fmt(r["odl_per_it"]), f"{r['ratio']:.2f}", f"{r['ratio_fixed']:.2f}",
-                            f"{abs(r['obj_fixed'] - r['obj_odl']) / abs(r['obj_odl']):.1e}",
-                            f"{r['psnr_tv']:.2f} / {r['psnr_odl']:.2f}",
-                            ", ".join(fmt(v) for v in r["tv_times"]), ", ".join(fmt(v) for v in r["odl_times"]),
-                            r["load"]] for r in odl]))
+                  "final images evaluated with our operator; best of the interleaved runs. CPU: our thread's",
+                  "CPU time; ODL's process CPU time (all threads). On a host shared with other jobs the CPU",
+                  "ratio is the load-independent one (wall times stretch with the load, unequally).", ""]
+        lines.append(md_table(["grid", "kernel", "iterations", "tv ms/it wall / CPU", "core ms/it wall / CPU",
+                               "ODL ms/it wall / CPU", "ODL / tv wall", "ODL / tv CPU", "ODL / core CPU",
+                               "objective core / ODL rel. diff", "PSNR tv / ODL dB", "tv runs ms/it (wall)",
+                               "ODL runs ms/it (wall)", "load"],
+                              [[f"{r['n']}^2", r["kernel"], r["iterations"], f"{fmt(r['tv_wall'])} / {fmt(r['tv_cpu'])}",
+                                f"{fmt(r['core_wall'])} / {fmt(r['core_cpu'])}",
+                                f"{fmt(r['odl_wall'])} / {fmt(r['odl_cpu'])}", f"{r['odl_wall'] / r['tv_wall']:.2f}",
+                                f"{r['odl_cpu'] / r['tv_cpu']:.2f}", f"{r['odl_cpu'] / r['core_cpu']:.2f}",
+                                f"{r['obj_rel']:.1e}", f"{r['psnr_tv']:.2f} / {r['psnr_odl']:.2f}",
+                                ", ".join(fmt(v) for v in r["tv_walls"]), ", ".join(fmt(v) for v in r["odl_walls"]),
+                                r["load"]] for r in odl]))
         lines.append("")
     lines += ["## Machine and run", "", md_kv({**info, "wall time (s)": f"{wall:.0f}", "command": f"`{command}`"})]
     path.write_text("\n".join(lines) + "\n")

@@ -143,15 +143,26 @@ def _child(env_update: dict) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_numba_is_lazy_and_caches_in_the_recon_cache_dir(tmp_path):
-    result = _child({"RECON_CACHE_DIR": str(tmp_path / "cache")})
+def test_numba_is_lazy_and_caches_in_the_users_cache(tmp_path):
+    result = _child({"XDG_CACHE_HOME": str(tmp_path / "xdg"), "RECON_CACHE_DIR": str(tmp_path / "cache")})
     assert result == {"numba_at_import": False, "kernel": "numba"}
-    assert list((tmp_path / "cache" / "numba").rglob("*.nbi"))  # compiled code cached there
+    assert list((tmp_path / "xdg" / "recon-cli" / "numba").rglob("*.nbi"))  # compiled code cached there
 
 
-def test_unwritable_cache_dir_compiles_in_memory(tmp_path):
+def _blocker(tmp_path) -> Path:
     blocker = tmp_path / "a_file"
-    blocker.write_text("not a folder")
-    result = _child({"RECON_CACHE_DIR": str(blocker / "cache")})  # cannot be created, even as root
+    blocker.write_text("not a folder")  # no folder can be made below it, even as root
+    return blocker
+
+
+def test_read_only_home_caches_in_the_recon_cache_dir(tmp_path):
+    result = _child({"XDG_CACHE_HOME": str(_blocker(tmp_path) / "xdg"), "RECON_CACHE_DIR": str(tmp_path / "cache")})
+    assert result["kernel"] == "numba"
+    assert list((tmp_path / "cache" / "numba").rglob("*.nbi"))
+
+
+def test_unwritable_cache_dirs_compile_in_memory(tmp_path):
+    blocker = _blocker(tmp_path)
+    result = _child({"XDG_CACHE_HOME": str(blocker / "xdg"), "RECON_CACHE_DIR": str(blocker / "cache")})
     assert result["kernel"] == "numba"
     assert not list((REPO / "recon_cli").rglob("*.nbi"))  # nothing written beside the package

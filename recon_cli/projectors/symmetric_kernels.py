@@ -22,9 +22,9 @@ take a row range ``[p0, p1)`` and release the GIL, so rows can be split between 
 
 numba is imported and the kernels compiled only when a matrix projector is made (never at the
 import of recon_cli: start-up and FBP stay free of it). Compiled code is cached on disk
-(``cache=True``): in ``$NUMBA_CACHE_DIR`` when set, else in ``<recon cache dir>/numba`` (the
-package folder may be read-only, e.g. in the Docker image), and without a disk cache when
-neither is writable. ``$RECON_PRODUCT_KERNEL=scipy`` (or numba missing) selects SciPy's
+(``cache=True``): in ``$NUMBA_CACHE_DIR`` when set, else in the user's recon-cli cache or the
+``$RECON_CACHE_DIR`` folder (:func:`_numba_cache_dirs`; never beside this file, which may be
+read-only, e.g. in the Docker image), and compiled in memory when none is writable. ``$RECON_PRODUCT_KERNEL=scipy`` (or numba missing) selects SciPy's
 products instead (recon_cli.projectors.astra_matrix).
 """
 from __future__ import annotations
@@ -212,10 +212,15 @@ def kernel_choice() -> str:
     return value if value in ("numba", "scipy") else "auto"
 
 
-def _numba_cache_dir() -> str:
+def _numba_cache_dirs() -> list[str]:
+    """Where compiled kernels may be cached, first choice first: the user's cache
+    ($XDG_CACHE_HOME/recon-cli/numba, else ~/.cache/recon-cli/numba: shared by every process of the
+    user whatever its $RECON_CACHE_DIR, so compiling happens once per install), then
+    ``<$RECON_CACHE_DIR>/numba`` (e.g. a writable volume when the home folder is read-only)."""
     from recon_cli.cache_location import cache_dir
 
-    return str(cache_dir() / "numba")
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return [os.path.join(base, "recon-cli", "numba"), str(cache_dir() / "numba")]
 
 
 def load_kernels():
@@ -235,12 +240,13 @@ def load_kernels():
             return None
         use_cache = True
         if not numba.config.CACHE_DIR:  # numba's default is beside this file, maybe read-only
-            folder = _numba_cache_dir()
-            use_cache = _writable(folder)
+            folders = _numba_cache_dirs()
+            writable = [f for f in folders if _writable(f)]
+            use_cache = bool(writable)
             if use_cache:
-                numba.config.CACHE_DIR = folder
+                numba.config.CACHE_DIR = writable[0]
             else:
-                log.info("numba kernels compiled in memory: cannot write %s", folder)
+                log.info("numba kernels compiled in memory: cannot write %s", " or ".join(folders))
         compiled = []
         for fn in (_forward_rows, _adjoint_rows, _gather_columns, _sum_inverse):
             try:
