@@ -380,8 +380,10 @@ class AstraMatrixProjector(Operator):
     def _forward_block(self, x3, out):
         nz, npix = x3.shape[0], x3.shape[1] * x3.shape[2]
         n_t, n_det = len(self.symmetry.transforms), self.geometry.detector_count
-        if self._compiled is not None:
-            z = self._compiled.forward(x3.reshape(nz, npix), nz).reshape(-1, n_det, n_t, nz)
+        if self._compiled is not None:  # one gather from the stored-view columns into the sinogram
+            z = self._compiled.forward_groups(x3.reshape(nz, npix), nz)
+            out[...] = z.reshape(-1)[self._view_maps(nz)[0]]
+            return
         else:
             cols = np.empty((npix, n_t, nz), np.float32)
             for k, (g, _, _, _) in enumerate(self._plan):
@@ -389,6 +391,29 @@ class AstraMatrixProjector(Operator):
             z = self._fwd(cols.reshape(npix, n_t * nz)).reshape(-1, n_det, n_t, nz)
         for k, (_, s, det, views) in enumerate(self._plan):
             out[:, views, :] = z[s, det, k, :].transpose(2, 0, 1)
+
+    def _view_maps(self, nz: int) -> tuple[np.ndarray, np.ndarray]:
+        """(forward map (nz, n_views, n_det), adjoint map (n_groups, n_rays, 8)), int64 flat indices: the
+        sinogram = z.flat[forward map] for the compiled forward's columns z (n_groups, n_rays, 8), column
+        q = k*nz + s at [q // 8, :, q % 8]; the compiled adjoint's columns = y_ext[adjoint map] for the
+        sinogram y (nz, n_views, n_det) flattened with one zero appended (columns no view uses)."""
+        cache = self.__dict__.setdefault("_view_map_cache", {})
+        if nz in cache:
+            return cache[nz]
+        n_views, n_det = self.geometry.n_angles, self.geometry.detector_count
+        n_rays = len(self.symmetry.stored) * n_det
+        groups = -(-len(self.symmetry.transforms) * nz // 8)
+        fwd = np.empty((nz, n_views, n_det), np.int64)
+        adj = np.full(groups * n_rays * 8, nz * n_views * n_det, np.int64)  # the appended zero
+        slices = np.arange(nz)
+        for k, (_, s, det, views) in enumerate(self._plan):
+            q = k * nz + slices  # (nz,)
+            rays = s * n_det + det  # (L, n_det)
+            flat = (q // 8)[:, None, None] * (n_rays * 8) + rays[None] * 8 + (q % 8)[:, None, None]
+            fwd[:, views, :] = flat
+            adj[flat] = (slices[:, None, None] * n_views + views[None, :, None]) * n_det + np.arange(n_det)
+        cache[nz] = (fwd, adj.reshape(groups, n_rays, 8))
+        return cache[nz]
 
     def adjoint(self, y):
         ny, nx = self.grid.slice_shape
@@ -406,12 +431,13 @@ class AstraMatrixProjector(Operator):
     def _adjoint_block(self, y3, out):
         nz, (ny, nx) = y3.shape[0], self.grid.slice_shape
         n_t, n_det = len(self.symmetry.transforms), self.geometry.detector_count
+        if self._compiled is not None:  # one gather from the sinogram (and a zero) into the columns
+            y_ext = np.append(y3.reshape(-1), np.float32(0.0))
+            out += self._compiled.adjoint_groups(y_ext[self._view_maps(nz)[1]], nz).reshape(nz, ny, nx)
+            return
         cols = np.zeros((len(self.symmetry.stored), n_det, n_t, nz), np.float32)
         for k, (_, s, det, views) in enumerate(self._plan):
             cols[s, det, k, :] = y3[:, views, :].transpose(1, 2, 0)
-        if self._compiled is not None:
-            out += self._compiled.adjoint(cols.reshape(-1, n_t * nz), nz).reshape(nz, ny, nx)
-            return
         w = self._adj(cols.reshape(-1, n_t * nz)).reshape(ny, nx, n_t, nz)
         for k, (g, _, _, _) in enumerate(self._plan):
             out += inverse_transform_image(np.moveaxis(w[:, :, k, :], -1, 0), g)
@@ -470,9 +496,9 @@ class CompiledSymmetricProduct:
     """The stored matrix as a compact CSR (float32 values, uint16 column indices where they fit) applied
     by numba kernels that fuse the image transforms (recon_cli.projectors.symmetric_kernels).
 
-    ``forward(x2, nz)``: x2 (nz, npix) -> z (n_rays, n_t*nz), column k*nz + s = stored rays of transform
-    k of slice s. ``adjoint(y2, nz)``: y2 (n_rays, n_t*nz) -> (nz, npix), the inversely transformed
-    columns summed. With ``threads > 1`` the pixel rows are split into blocks of equal non-zero count,
+    ``forward_groups(x2, nz)``: x2 (nz, npix) -> z (n_groups, n_rays, 8), column q = k*nz + s (the stored
+    rays of transform k of slice s) at [q // 8, :, q % 8]. ``adjoint_groups(y, nz)``: such columns ->
+    (nz, npix), the inversely transformed columns summed. With ``threads > 1`` the pixel rows are split into blocks of equal non-zero count,
     each thread writing its own output, summed afterwards.
     """
 
@@ -538,7 +564,8 @@ class CompiledSymmetricProduct:
     def _serial(self, groups: int) -> bool:
         return len(self.ranges) == 1 or self.matrix.nnz * 8 * groups < self.min_work * len(self.ranges)
 
-    def forward(self, x2: np.ndarray, nz: int) -> np.ndarray:
+    def forward_groups(self, x2: np.ndarray, nz: int) -> np.ndarray:
+        """x2 (nz, npix) -> z (n_groups, n_rays, 8): column q = k*nz + s at [q // 8, :, q % 8]."""
         from recon_cli.projectors.symmetric_kernels import compile_for
 
         fwd, _, gather, _ = self.kernels
@@ -565,19 +592,16 @@ class CompiledSymmetricProduct:
                 pass
             for p in parts[1:]:
                 z += p
-        n_cols = len(self.maps[0]) * nz
-        return z.transpose(1, 0, 2).reshape(m.shape[1], -1)[:, :n_cols]
+        return z
 
-    def adjoint(self, y2: np.ndarray, nz: int) -> np.ndarray:
+    def adjoint_groups(self, y: np.ndarray, nz: int) -> np.ndarray:
+        """y (n_groups, n_rays, 8) (column q = k*nz + s at [q // 8, :, q % 8], zero where unused) -> (nz, npix)."""
         from recon_cli.projectors.symmetric_kernels import compile_for
 
         _, adj, _, inverse_sum = self.kernels
         m, (ny, nx) = self.matrix, self.shape
         lanes = self._lanes(nz)
-        n_cols = len(self.maps[0]) * nz
-        y = np.zeros((m.shape[1], lanes.shape[0] * 8), np.float32)
-        y[:, :n_cols] = y2
-        y = np.ascontiguousarray(y.reshape(m.shape[1], lanes.shape[0], 8).transpose(1, 0, 2))
+        y = np.ascontiguousarray(y, dtype=np.float32)
         groups = lanes.shape[0]
         padded = len(self.maps[0]) < 8  # an all-zero group for the unused terms of the inverse sum
         w = np.empty((groups + padded, m.shape[0], 8), np.float32)
