@@ -26,12 +26,14 @@ def fan(n_angles: int) -> FanFlat2D:
 
 
 # geometry, grid, projector type: 8 transforms on one slice (one group of 8 columns), 8 transforms x 3
-# slices (3 groups), 2 transforms (half turn) x 2 slices (4 columns: padding lanes, zero group), parallel
+# slices (3 groups), 2 transforms (half turn) x 2 slices (4 columns: SciPy's kernels, see _use_compiled),
+# parallel (4 transforms: SciPy's kernels for one slice), parallel stack of 2 (4 x 2: compiled)
 CASES = {
     "fan60-square": (fan(60), VolumeGrid((32, 32), 0.8), "line_fanflat"),
     "fan64-stack3": (fan(64), VolumeGrid((3, 32, 32), 0.8), "line_fanflat"),
     "fan60-nonsquare": (fan(60), VolumeGrid((2, 28, 32), 0.8), "line_fanflat"),
     "parallel180-linear": (parallel_beam_geometry(180, 40, 0.9), VolumeGrid((32, 32), 0.8), "linear"),
+    "parallel180-stack2": (parallel_beam_geometry(180, 40, 0.9), VolumeGrid((2, 32, 32), 0.8), "linear"),
 }
 
 
@@ -166,3 +168,23 @@ def test_unwritable_cache_dirs_compile_in_memory(tmp_path):
     result = _child({"XDG_CACHE_HOME": str(blocker / "xdg"), "RECON_CACHE_DIR": str(blocker / "cache")})
     assert result["kernel"] == "numba"
     assert not list((REPO / "recon_cli").rglob("*.nbi"))  # nothing written beside the package
+
+
+def test_padding_lanes_give_the_scipy_columns(cache_dir):
+    """2 transforms x 1 slice = 2 of 8 lanes used: the compiled group products, called directly, equal
+    SciPy's (the projector itself routes such blocks to SciPy)."""
+    geometry, grid = fan(60), VolumeGrid((28, 32), 0.8)
+    op = AstraMatrixProjector(geometry, grid, threads=1, kernel="numba")
+    assert len(op.symmetry.transforms) == 2 and not op._use_compiled(1) and op._use_compiled(4)
+    rng = np.random.default_rng(7)
+    x = rng.random((1, 28 * 32), dtype=np.float32)
+    z = op._compiled.forward_groups(x, 1)  # (1, n_rays, 8): lanes 0-1 used
+    cols = np.stack([np.ascontiguousarray(astra_matrix.transform_image(x.reshape(28, 32), g)).ravel()
+                     for g in op.symmetry.transforms], axis=1)
+    assert np.array_equal(z[0, :, :2], op.stored.T @ cols)
+    y = np.zeros_like(z)
+    y[0, :, :2] = rng.random((z.shape[1], 2), dtype=np.float32)
+    w = op.stored @ y[0, :, :2]
+    expected = sum(astra_matrix.inverse_transform_image(w[:, k].reshape(28, 32), g)
+                   for k, g in enumerate(op.symmetry.transforms))
+    assert np.allclose(op._compiled.adjoint_groups(y, 1).reshape(28, 32), expected, rtol=1e-6, atol=1e-6)

@@ -380,9 +380,9 @@ class AstraMatrixProjector(Operator):
     def _forward_block(self, x3, out):
         nz, npix = x3.shape[0], x3.shape[1] * x3.shape[2]
         n_t, n_det = len(self.symmetry.transforms), self.geometry.detector_count
-        if self._compiled is not None:  # one gather from the stored-view columns into the sinogram
+        if self._use_compiled(nz):  # one gather from the stored-view columns into the sinogram
             z = self._compiled.forward_groups(x3.reshape(nz, npix), nz)
-            out[...] = z.reshape(-1)[self._view_maps(nz)[0]]
+            np.take(z.reshape(-1), self._view_maps(nz)[0], out=out)  # out: a contiguous block of slices
             return
         else:
             cols = np.empty((npix, n_t, nz), np.float32)
@@ -392,11 +392,18 @@ class AstraMatrixProjector(Operator):
         for k, (_, s, det, views) in enumerate(self._plan):
             out[:, views, :] = z[s, det, k, :].transpose(2, 0, 1)
 
-    def _view_maps(self, nz: int) -> tuple[np.ndarray, np.ndarray]:
-        """(forward map (nz, n_views, n_det), adjoint map (n_groups, n_rays, 8)), int64 flat indices: the
-        sinogram = z.flat[forward map] for the compiled forward's columns z (n_groups, n_rays, 8), column
-        q = k*nz + s at [q // 8, :, q % 8]; the compiled adjoint's columns = y_ext[adjoint map] for the
-        sinogram y (nz, n_views, n_det) flattened with one zero appended (columns no view uses)."""
+    def _use_compiled(self, nz: int) -> bool:
+        """The compiled kernels work on groups of 8 columns (transforms x slices); a block whose column
+        count is not a multiple of 8 (e.g. 2 or 4 transforms on one slice) goes through SciPy's kernels
+        instead (the same results, bit for bit), so no padding columns cost image-sized workspace."""
+        return self._compiled is not None and len(self.symmetry.transforms) * nz % 8 == 0
+
+    def _view_maps(self, nz: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(forward map (nz, n_views, n_det), adjoint map (n_groups, n_rays, 8), unused (k,)), int64 flat
+        indices: the sinogram = z.flat[forward map] for the compiled forward's columns z (n_groups,
+        n_rays, 8), column q = k*nz + s at [q // 8, :, q % 8]; the compiled adjoint's columns =
+        y.flat[adjoint map] for the sinogram y (nz, n_views, n_det), then set to zero at ``unused``
+        (columns no view uses, padding)."""
         cache = self.__dict__.setdefault("_view_map_cache", {})
         if nz in cache:
             return cache[nz]
@@ -412,7 +419,9 @@ class AstraMatrixProjector(Operator):
             flat = (q // 8)[:, None, None] * (n_rays * 8) + rays[None] * 8 + (q % 8)[:, None, None]
             fwd[:, views, :] = flat
             adj[flat] = (slices[:, None, None] * n_views + views[None, :, None]) * n_det + np.arange(n_det)
-        cache[nz] = (fwd, adj.reshape(groups, n_rays, 8))
+        unused = np.flatnonzero(adj == nz * n_views * n_det)
+        adj[unused] = 0
+        cache[nz] = (fwd, adj.reshape(groups, n_rays, 8), unused)
         return cache[nz]
 
     def adjoint(self, y):
@@ -431,9 +440,11 @@ class AstraMatrixProjector(Operator):
     def _adjoint_block(self, y3, out):
         nz, (ny, nx) = y3.shape[0], self.grid.slice_shape
         n_t, n_det = len(self.symmetry.transforms), self.geometry.detector_count
-        if self._compiled is not None:  # one gather from the sinogram (and a zero) into the columns
-            y_ext = np.append(y3.reshape(-1), np.float32(0.0))
-            out += self._compiled.adjoint_groups(y_ext[self._view_maps(nz)[1]], nz).reshape(nz, ny, nx)
+        if self._use_compiled(nz):  # one gather from the sinogram into the columns, zeros where unused
+            _, gather, unused = self._view_maps(nz)
+            cols = np.take(y3.reshape(-1), gather)
+            cols.reshape(-1)[unused] = 0.0
+            self._compiled.adjoint_groups(cols, nz, out.reshape(nz, ny * nx))  # out: zeros, written
             return
         cols = np.zeros((len(self.symmetry.stored), n_det, n_t, nz), np.float32)
         for k, (_, s, det, views) in enumerate(self._plan):
@@ -558,7 +569,7 @@ class CompiledSymmetricProduct:
 
         cache = self.__dict__.setdefault("_term_cache", {})
         if nz not in cache:
-            cache[nz] = inverse_terms(self.inverse, nz, self.matrix.shape[0], groups)
+            cache[nz] = inverse_terms(self.inverse, nz, self.matrix.shape[0], groups * self.matrix.shape[0] * 8)
         return cache[nz]
 
     def _serial(self, groups: int) -> bool:
@@ -594,8 +605,9 @@ class CompiledSymmetricProduct:
                 z += p
         return z
 
-    def adjoint_groups(self, y: np.ndarray, nz: int) -> np.ndarray:
-        """y (n_groups, n_rays, 8) (column q = k*nz + s at [q // 8, :, q % 8], zero where unused) -> (nz, npix)."""
+    def adjoint_groups(self, y: np.ndarray, nz: int, out: np.ndarray | None = None) -> np.ndarray:
+        """y (n_groups, n_rays, 8) (column q = k*nz + s at [q // 8, :, q % 8], zero where unused) -> (nz, npix),
+        written into ``out`` (C-contiguous (nz, npix) float32) when given."""
         from recon_cli.projectors.symmetric_kernels import compile_for
 
         _, adj, _, inverse_sum = self.kernels
@@ -603,10 +615,9 @@ class CompiledSymmetricProduct:
         lanes = self._lanes(nz)
         y = np.ascontiguousarray(y, dtype=np.float32)
         groups = lanes.shape[0]
-        padded = len(self.maps[0]) < 8  # an all-zero group for the unused terms of the inverse sum
-        w = np.empty((groups + padded, m.shape[0], 8), np.float32)
-        if padded:
-            w[groups] = 0.0
+        w_flat = np.empty(groups * m.shape[0] * 8 + 1, np.float32)
+        w_flat[-1] = 0.0  # read by the unused terms of the inverse sum (fewer than 8 transforms)
+        w = w_flat[:-1].reshape(groups, m.shape[0], 8)
         args = (m.indptr, m.indices, m.data)
         compile_for(adj, args + (y[0], 0, 1, w[0]))
         if self._serial(lanes.shape[0]):
@@ -619,12 +630,12 @@ class CompiledSymmetricProduct:
 
             for _ in _pool(len(self.ranges)).map(run, range(len(self.ranges))):
                 pass
-        out = np.empty(nz * m.shape[0], np.float32)
+        out = np.empty((nz, m.shape[0]), np.float32) if out is None else out
+        flat_out = out.reshape(-1)  # a view: out is C-contiguous
         terms = self._terms(nz, groups)
-        flat = w.reshape(-1)
-        compile_for(inverse_sum, (flat, terms, ny, nx, out))
-        inverse_sum(flat, terms, ny, nx, out)
-        return out.reshape(nz, m.shape[0])
+        compile_for(inverse_sum, (w_flat, terms, ny, nx, flat_out))
+        inverse_sum(w_flat, terms, ny, nx, flat_out)
+        return out
 
 
 def _single_slice(op: AstraMatrixProjector) -> AstraMatrixProjector:

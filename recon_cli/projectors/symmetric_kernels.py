@@ -187,13 +187,13 @@ def lane_table(maps, nz: int, npix: int) -> np.ndarray:
     return table
 
 
-def inverse_terms(inverse: np.ndarray, nz: int, npix: int, zero_group: int) -> np.ndarray:
+def inverse_terms(inverse: np.ndarray, nz: int, npix: int, zero_index: int) -> np.ndarray:
     """(nz, 8, 3) int64 terms of :func:`_sum_inverse`: for slice s and transform k < n_t the flat map
     into w (n_groups, npix, 8) of column q = k*nz + s through the inverse map (a, b, c) = inverse[k];
-    terms k >= n_t read element 0 of the all-zero group ``zero_group``."""
+    terms k >= n_t read the zero at flat index ``zero_index`` (one element after w)."""
     n_t = inverse.shape[0]
     terms = np.zeros((nz, 8, 3), np.int64)
-    terms[:, :, 0] = zero_group * npix * 8
+    terms[:, :, 0] = zero_index
     for s in range(nz):
         for k in range(n_t):
             q = k * nz + s
