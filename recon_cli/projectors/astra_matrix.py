@@ -7,24 +7,28 @@ product ``A_s @ X``, with X's columns the transformed images, then yields every 
 adjoint is the sum of the inversely transformed columns of ``A_s^T @ Y``: the matrix bytes are
 read once for up to 8 columns (60 views: 8 of 60 stored). Without symmetry every view is stored.
 
-Accuracy (benchmarks/results/symmetry_accuracy.md, measured with float64 reference weights):
-ASTRA's CPU kernels step along each ray in float32 from the first image row or column, so its
-own full matrix drifts from the exact weights along the ray (relative Frobenius error 2e-3 at
-256^2 and 8e-3 at 512^2 for 60 fan views; products 2e-4 forward, 9e-4 adjoint at 512^2), and a
-quarter turn steps the other way: ASTRA's rows of view k + n/4 are not the permuted rows of view
-k (the angle arithmetic is not the cause: exactly rotated vector geometries give the same rows).
-So the stored views are built on 32x32 image tiles (recon_cli.projectors.tiled_matrix), which
-restarts every ray at each tile: the symmetric operator is then within 1.4e-4 (matrix) and 3e-6
-(forward) / 1.5e-5 (adjoint) of the exact weights at 512^2, and agrees with the full tiled
-matrix within 3e-6 (forward) and 6.5e-6 / 1.2-1.4e-5 (adjoint at 256^2 / 512^2). Against ASTRA's
-whole-image matrix it differs by ASTRA's own drift (that matrix is 40-60x further from the exact
-weights). The symmetric operator is itself an exact adjoint pair. Geometries without symmetry
-store ASTRA's whole-image matrix unchanged, and so does ``$RECON_MATRIX_SYMMETRY=off``;
+Accuracy: ASTRA's CPU kernels step along each ray in float32 from the first image row or column,
+so its own matrix drifts from the exact weights along the ray (relative Frobenius error 2e-3 at
+256^2 and 8e-3 at 512^2 for 60 fan views), and a quarter turn steps the other way: ASTRA's rows
+of view k + n/4 are not the permuted rows of view k (benchmarks/results/symmetry_accuracy.md).
+So the stored views are built by recon_cli.projectors.tiled_matrix: for the line kernels
+(``line_fanflat``, ``line``) as exact float64 ray/pixel intersection lengths
+(recon_cli.projectors.exact_line), which are exactly equivariant under the quarter turns and
+mirrors, so the symmetric operator equals the full matrix of the same weights up to float32
+rounding (fwd / adj 2.6-3.7e-7 / 1.7e-7 at 256^2-512^2, benchmarks/results/symmetry_full_match.md);
+for the other kernels on 32x32 image tiles of ASTRA's matrix (restarting every ray at each
+tile bounds the drift). Against ASTRA's whole-image matrix the operator differs by ASTRA's own
+drift. The symmetric operator is itself an exact adjoint pair. Geometries without symmetry store
+ASTRA's whole-image matrix unchanged, and so does ``$RECON_MATRIX_SYMMETRY=off``;
 ``strip_fanflat`` (inaccurate in ASTRA's CPU version) always stores every view.
 
 One copy is stored: ``M = A_s^T`` as a CSR (rows: pixels), float32 values and int32 indices
-(SciPy's kernels take no smaller types). The adjoint is a row-wise product ``M @ Y``; the
-forward product goes through the same storage as a column-wise scatter ``M.T @ X`` into the
+(the cache format; SciPy's kernels take no smaller types). With numba (a dependency; SciPy's
+kernels are the fallback, or ``$RECON_PRODUCT_KERNEL=scipy``) the products of a symmetric
+operator run in compiled kernels on a copy of the indices as uint16
+(recon_cli.projectors.symmetric_kernels: 6 bytes per non-zero instead of 8, 8 image transforms
+per pass, bit-identical results). Through SciPy, the adjoint is a row-wise product ``M @ Y`` and
+the forward product goes through the same storage as a column-wise scatter ``M.T @ X`` into the
 small sinogram block, which measured faster than a CSR of A_s (benchmarks/results/speed.md).
 The matrix is cached by recon_cli.projectors.matrix_cache (memory-mapped, checksummed, LRU
 with a size cap), with the operator norm beside it.
@@ -54,7 +58,7 @@ from recon_cli.geometry import Geometry, VolumeGrid, fingerprint
 from recon_cli.ops.operator import Operator, power_norm
 from recon_cli.projectors import matrix_cache
 from recon_cli.projectors.astra_cpu import AstraCPUProjector, astra_projector_type
-from recon_cli.projectors.tiled_matrix import TILE, tiled_matrix_transpose
+from recon_cli.projectors.tiled_matrix import EXACT_TYPES, TILE, tiled_matrix_transpose
 from recon_cli.projectors.symmetry import ViewSymmetry, find_view_symmetry, inverse_transform_image, \
     transform_image
 
@@ -114,7 +118,8 @@ def matrix_cache_path(geometry: Geometry, grid: VolumeGrid, projector_type: str 
     """Folder of the cached matrix: ``<cache_dir>/matrices/<type>_<fingerprint>/``."""
     ptype = astra_projector_type(geometry, projector_type)
     stored = ",".join(map(str, view_symmetry(geometry, grid, ptype).stored))
-    key = fingerprint(geometry, grid.slice_grid(), extra=f"{ptype}/stored-views-v4-tiled{TILE}/{stored}")
+    builder = "exact-line" if ptype in EXACT_TYPES else f"tiled{TILE}"  # exact when the rays allow (tiled_matrix)
+    key = fingerprint(geometry, grid.slice_grid(), extra=f"{ptype}/stored-views-v5-{builder}/{stored}")
     return matrix_cache.matrices_dir() / f"{ptype}_{key}"
 
 
@@ -295,7 +300,7 @@ class AstraMatrixProjector(Operator):
     """
 
     def __init__(self, geometry: Geometry, grid: VolumeGrid, projector_type: str | None = None,
-                 use_cache: bool = True, threads: int | None = None):
+                 use_cache: bool = True, threads: int | None = None, kernel: str | None = None):
         self.geometry, self.grid = geometry, grid
         self.projector_type = astra_projector_type(geometry, projector_type)
         self.domain_shape = grid.shape
@@ -306,6 +311,12 @@ class AstraMatrixProjector(Operator):
         self._fwd = TransposedCSRProduct(self.stored, self.threads)
         self._adj = CSRProduct(self.stored, self.threads)
         self._plan = self._scatter_plan()
+        self._compiled = None if self.trivial else CompiledSymmetricProduct.create(self, kernel)
+
+    @property
+    def kernel(self) -> str:
+        """Which products apply the stored matrix: ``numba`` (compiled, transforms fused) or ``scipy``."""
+        return "numba" if self._compiled is not None else "scipy"
 
     def _scatter_plan(self):
         """Per transform k: (transform, stored positions (L, 1), detector indices (L, n_det), views (L,))."""
@@ -325,12 +336,14 @@ class AstraMatrixProjector(Operator):
         other.threads = max(1, int(threads))
         other._fwd = TransposedCSRProduct(self.stored, other.threads)
         other._adj = CSRProduct(self.stored, other.threads)
+        if self._compiled is not None:
+            other._compiled = self._compiled.with_threads(other.threads)
         return other
 
     @property
     def nbytes(self) -> int:
         """Memory held by the stored matrix."""
-        m = self.stored
+        m = self._compiled.matrix if self._compiled is not None else self.stored
         return m.data.nbytes + m.indices.nbytes + m.indptr.nbytes
 
     @property
@@ -367,12 +380,49 @@ class AstraMatrixProjector(Operator):
     def _forward_block(self, x3, out):
         nz, npix = x3.shape[0], x3.shape[1] * x3.shape[2]
         n_t, n_det = len(self.symmetry.transforms), self.geometry.detector_count
-        cols = np.empty((npix, n_t, nz), np.float32)
-        for k, (g, _, _, _) in enumerate(self._plan):
-            cols[:, k, :] = transform_image(x3, g).reshape(nz, npix).T
-        z = self._fwd(cols.reshape(npix, n_t * nz)).reshape(-1, n_det, n_t, nz)
+        if self._use_compiled(nz):  # one gather from the stored-view columns into the sinogram
+            z = self._compiled.forward_groups(x3.reshape(nz, npix), nz)
+            np.take(z.reshape(-1), self._view_maps(nz)[0], out=out)  # out: a contiguous block of slices
+            return
+        else:
+            cols = np.empty((npix, n_t, nz), np.float32)
+            for k, (g, _, _, _) in enumerate(self._plan):
+                cols[:, k, :] = transform_image(x3, g).reshape(nz, npix).T
+            z = self._fwd(cols.reshape(npix, n_t * nz)).reshape(-1, n_det, n_t, nz)
         for k, (_, s, det, views) in enumerate(self._plan):
             out[:, views, :] = z[s, det, k, :].transpose(2, 0, 1)
+
+    def _use_compiled(self, nz: int) -> bool:
+        """The compiled kernels work on groups of 8 columns (transforms x slices); a block whose column
+        count is not a multiple of 8 (e.g. 2 or 4 transforms on one slice) goes through SciPy's kernels
+        instead (the same results, bit for bit), so no padding columns cost image-sized workspace."""
+        return self._compiled is not None and len(self.symmetry.transforms) * nz % 8 == 0
+
+    def _view_maps(self, nz: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(forward map (nz, n_views, n_det), adjoint map (n_groups, n_rays, 8), unused (k,)), int64 flat
+        indices: the sinogram = z.flat[forward map] for the compiled forward's columns z (n_groups,
+        n_rays, 8), column q = k*nz + s at [q // 8, :, q % 8]; the compiled adjoint's columns =
+        y.flat[adjoint map] for the sinogram y (nz, n_views, n_det), then set to zero at ``unused``
+        (columns no view uses, padding)."""
+        cache = self.__dict__.setdefault("_view_map_cache", {})
+        if nz in cache:
+            return cache[nz]
+        n_views, n_det = self.geometry.n_angles, self.geometry.detector_count
+        n_rays = len(self.symmetry.stored) * n_det
+        groups = -(-len(self.symmetry.transforms) * nz // 8)
+        fwd = np.empty((nz, n_views, n_det), np.int64)
+        adj = np.full(groups * n_rays * 8, nz * n_views * n_det, np.int64)  # the appended zero
+        slices = np.arange(nz)
+        for k, (_, s, det, views) in enumerate(self._plan):
+            q = k * nz + slices  # (nz,)
+            rays = s * n_det + det  # (L, n_det)
+            flat = (q // 8)[:, None, None] * (n_rays * 8) + rays[None] * 8 + (q % 8)[:, None, None]
+            fwd[:, views, :] = flat
+            adj[flat] = (slices[:, None, None] * n_views + views[None, :, None]) * n_det + np.arange(n_det)
+        unused = np.flatnonzero(adj == nz * n_views * n_det)
+        adj[unused] = 0
+        cache[nz] = (fwd, adj.reshape(groups, n_rays, 8), unused)
+        return cache[nz]
 
     def adjoint(self, y):
         ny, nx = self.grid.slice_shape
@@ -390,6 +440,12 @@ class AstraMatrixProjector(Operator):
     def _adjoint_block(self, y3, out):
         nz, (ny, nx) = y3.shape[0], self.grid.slice_shape
         n_t, n_det = len(self.symmetry.transforms), self.geometry.detector_count
+        if self._use_compiled(nz):  # one gather from the sinogram into the columns, zeros where unused
+            _, gather, unused = self._view_maps(nz)
+            cols = np.take(y3.reshape(-1), gather)
+            cols.reshape(-1)[unused] = 0.0
+            self._compiled.adjoint_groups(cols, nz, out.reshape(nz, ny * nx))  # out: zeros, written
+            return
         cols = np.zeros((len(self.symmetry.stored), n_det, n_t, nz), np.float32)
         for k, (_, s, det, views) in enumerate(self._plan):
             cols[s, det, k, :] = y3[:, views, :].transpose(1, 2, 0)
@@ -445,6 +501,141 @@ class AstraMatrixProjector(Operator):
     def matrix_t(self) -> sp.csr_matrix:
         """A^T as a CSR (expanded; tests, tools)."""
         return self.matrix.T.tocsr()
+
+
+class CompiledSymmetricProduct:
+    """The stored matrix as a compact CSR (float32 values, uint16 column indices where they fit) applied
+    by numba kernels that fuse the image transforms (recon_cli.projectors.symmetric_kernels).
+
+    ``forward_groups(x2, nz)``: x2 (nz, npix) -> z (n_groups, n_rays, 8), column q = k*nz + s (the stored
+    rays of transform k of slice s) at [q // 8, :, q % 8]. ``adjoint_groups(y, nz)``: such columns ->
+    (nz, npix), the inversely transformed columns summed. With ``threads > 1`` the pixel rows are split into blocks of equal non-zero count,
+    each thread writing its own output, summed afterwards.
+    """
+
+    min_work = CSRProduct.min_work
+
+    def __init__(self, matrix: sp.csr_matrix, maps, inverse, shape: tuple[int, int], kernels, threads: int = 1):
+        self.matrix, self.maps, self.inverse, self.shape, self.kernels = matrix, maps, inverse, tuple(shape), kernels
+        self.threads = max(1, int(threads))
+        cuts = [0, matrix.shape[0]]
+        if self.threads > 1:
+            cuts = [a for a, _, _ in row_chunks(matrix, self.threads)] + [matrix.shape[0]]
+        self.ranges = list(zip(cuts[:-1], cuts[1:]))
+
+    @classmethod
+    def create(cls, op: "AstraMatrixProjector", kernel: str | None) -> "CompiledSymmetricProduct | None":
+        """The compiled product of ``op``'s stored matrix, or None (SciPy's products) when ``kernel`` (default
+        $RECON_PRODUCT_KERNEL) is ``scipy``, numba is missing, or a transform is not an index map."""
+        from recon_cli.projectors import symmetric_kernels as sk
+
+        choice = (kernel or sk.kernel_choice()).lower()
+        if choice == "scipy":
+            return None
+        kernels = sk.load_kernels()
+        if kernels is None:
+            if choice == "numba":
+                log.warning("numba is not installed: symmetric products use SciPy's kernels")
+            return None
+        try:
+            maps = sk.affine_index_maps(op.symmetry.transforms, transform_image, op.grid.slice_shape)
+            inverse = np.stack(sk.affine_index_maps(op.symmetry.transforms, inverse_transform_image,
+                                                    op.grid.slice_shape), axis=1)
+        except ValueError as exc:
+            log.info("compiled products not used (%s)", exc)
+            return None
+        import scipy.sparse as sp
+
+        m = op.stored
+        compact = sp.csr_matrix(m.shape, dtype=np.float32)  # assigned: the constructor would re-check types
+        compact.data = np.ascontiguousarray(m.data, dtype=np.float32)
+        compact.indices = sk.compact_indices(m.indices, m.shape[1])
+        compact.indptr = np.ascontiguousarray(m.indptr, dtype=np.int64)
+        return cls(compact, maps, inverse, op.grid.slice_shape, kernels, op.threads)
+
+    def with_threads(self, threads: int) -> "CompiledSymmetricProduct":
+        return CompiledSymmetricProduct(self.matrix, self.maps, self.inverse, self.shape, self.kernels, threads)
+
+    def _lanes(self, nz: int) -> np.ndarray:
+        from recon_cli.projectors.symmetric_kernels import lane_table
+
+        cache = self.__dict__.setdefault("_lane_cache", {})
+        if nz not in cache:
+            cache[nz] = lane_table(self.maps, nz, self.matrix.shape[0])
+        return cache[nz]
+
+    def _terms(self, nz: int, groups: int) -> np.ndarray:
+        from recon_cli.projectors.symmetric_kernels import inverse_terms
+
+        cache = self.__dict__.setdefault("_term_cache", {})
+        if nz not in cache:
+            cache[nz] = inverse_terms(self.inverse, nz, self.matrix.shape[0], groups * self.matrix.shape[0] * 8)
+        return cache[nz]
+
+    def _serial(self, groups: int) -> bool:
+        return len(self.ranges) == 1 or self.matrix.nnz * 8 * groups < self.min_work * len(self.ranges)
+
+    def forward_groups(self, x2: np.ndarray, nz: int) -> np.ndarray:
+        """x2 (nz, npix) -> z (n_groups, n_rays, 8): column q = k*nz + s at [q // 8, :, q % 8]."""
+        from recon_cli.projectors.symmetric_kernels import compile_for
+
+        fwd, _, gather, _ = self.kernels
+        m, (ny, nx) = self.matrix, self.shape
+        lanes = self._lanes(nz)
+        x2 = np.ascontiguousarray(x2, dtype=np.float32).reshape(-1)
+        cols = np.empty((lanes.shape[0], m.shape[0], 8), np.float32)
+        compile_for(gather, (x2, lanes, ny, nx, cols))
+        gather(x2, lanes, ny, nx, cols)
+        z = np.zeros((lanes.shape[0], m.shape[1], 8), np.float32)
+        args = (m.indptr, m.indices, m.data)
+        compile_for(fwd, args + (cols[0], 0, 1, z[0]))
+        if self._serial(lanes.shape[0]):
+            for g in range(lanes.shape[0]):
+                fwd(*args, cols[g], 0, m.shape[0], z[g])
+        else:
+            parts = [z] + [np.zeros_like(z) for _ in self.ranges[1:]]
+
+            def run(t):
+                for g in range(lanes.shape[0]):
+                    fwd(*args, cols[g], self.ranges[t][0], self.ranges[t][1], parts[t][g])
+
+            for _ in _pool(len(self.ranges)).map(run, range(len(self.ranges))):
+                pass
+            for p in parts[1:]:
+                z += p
+        return z
+
+    def adjoint_groups(self, y: np.ndarray, nz: int, out: np.ndarray | None = None) -> np.ndarray:
+        """y (n_groups, n_rays, 8) (column q = k*nz + s at [q // 8, :, q % 8], zero where unused) -> (nz, npix),
+        written into ``out`` (C-contiguous (nz, npix) float32) when given."""
+        from recon_cli.projectors.symmetric_kernels import compile_for
+
+        _, adj, _, inverse_sum = self.kernels
+        m, (ny, nx) = self.matrix, self.shape
+        lanes = self._lanes(nz)
+        y = np.ascontiguousarray(y, dtype=np.float32)
+        groups = lanes.shape[0]
+        w_flat = np.empty(groups * m.shape[0] * 8 + 1, np.float32)
+        w_flat[-1] = 0.0  # read by the unused terms of the inverse sum (fewer than 8 transforms)
+        w = w_flat[:-1].reshape(groups, m.shape[0], 8)
+        args = (m.indptr, m.indices, m.data)
+        compile_for(adj, args + (y[0], 0, 1, w[0]))
+        if self._serial(lanes.shape[0]):
+            for g in range(lanes.shape[0]):
+                adj(*args, y[g], 0, m.shape[0], w[g])
+        else:  # each thread writes its own rows of w
+            def run(t):
+                for g in range(lanes.shape[0]):
+                    adj(*args, y[g], self.ranges[t][0], self.ranges[t][1], w[g])
+
+            for _ in _pool(len(self.ranges)).map(run, range(len(self.ranges))):
+                pass
+        out = np.empty((nz, m.shape[0]), np.float32) if out is None else out
+        flat_out = out.reshape(-1)  # a view: out is C-contiguous
+        terms = self._terms(nz, groups)
+        compile_for(inverse_sum, (w_flat, terms, ny, nx, flat_out))
+        inverse_sum(w_flat, terms, ny, nx, flat_out)
+        return out
 
 
 def _single_slice(op: AstraMatrixProjector) -> AstraMatrixProjector:

@@ -23,6 +23,14 @@ doubled or lost (found on a 512^2 fan scan with 831 detector elements: 6-7 % err
 axis views, -1.1 dB in a TV reconstruction). Such rays are found by their weight sum against the
 exact chord length of the ray through the image, and their weights are taken from ASTRA's
 whole-image matrix of their view instead (:func:`_retrace_edge_rays`).
+
+For ASTRA's line kernels (``line_fanflat``, ``line``) on vector geometries whose rays cross the
+whole image, no ASTRA matrix is built at all: the weights are the exact float64 intersection
+lengths that those kernels approximate in float32 (recon_cli.projectors.exact_line). Tiles
+bound ASTRA's drift but do not remove it, and near-axis rays of a view and of its quarter-turned
+copy were still split differently between neighbouring pixels (1.6e-5 symmetric vs full adjoint
+at 512^2, benchmarks/results/symmetry_difference.md); exact weights are equivariant, so the
+symmetric projector then equals the full matrix up to float32 rounding.
 """
 from __future__ import annotations
 
@@ -47,6 +55,10 @@ def tiled_matrix_transpose(proj_geom: dict, projector_type: str, slice_shape: tu
     h = float(voxel_size)
     x0, y0 = -nx * h / 2, ny * h / 2  # left edge, top edge (row 0 is +y)
     vectors, vec_type, n_det = _vectors(proj_geom, projector_type)
+    if uses_exact_weights(proj_geom, projector_type, slice_shape, voxel_size):
+        from recon_cli.projectors.exact_line import exact_line_matrix_transpose
+
+        return exact_line_matrix_transpose(vectors, vec_type, n_det, slice_shape, voxel_size)
     pix_parts, ray_parts, val_parts = [], [], []
     n_rays = None
     for r0 in range(0, ny, tile):
@@ -90,6 +102,21 @@ def tiled_matrix_transpose(proj_geom: dict, projector_type: str, slice_shape: tu
     import scipy.sparse as sp
 
     return sp.coo_matrix((val, (pix, ray)), shape=(ny * nx, n_rays)).tocsr()
+
+
+#: ASTRA CPU projector types whose weights are exact intersection lengths (built in float64 here).
+EXACT_TYPES = ("line_fanflat", "line")
+
+
+def uses_exact_weights(proj_geom: dict, projector_type: str, slice_shape: tuple[int, int],
+                       voxel_size: float) -> bool:
+    """Whether :func:`tiled_matrix_transpose` computes exact line weights instead of calling ASTRA."""
+    from recon_cli.projectors.exact_line import rays_span_image
+
+    if projector_type not in EXACT_TYPES:
+        return False
+    vectors, vec_type, _ = _vectors(proj_geom, projector_type)
+    return vectors is not None and rays_span_image(vectors, vec_type, slice_shape, voxel_size)
 
 
 def astra_matrix_coo(projector_type: str, proj_geom: dict, vol_geom: dict):
