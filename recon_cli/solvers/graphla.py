@@ -53,7 +53,7 @@ from recon_cli.sinogram import Reconstruction, Sinogram
 from recon_cli.solvers.algorithm import Stopwatch, synchronise
 from recon_cli.solvers.mmgks import mmgks
 from recon_cli.solvers.pdhg import pdhg
-from recon_cli.solvers.registry import register, run_stage, unit
+from recon_cli.solvers.registry import register, run_stage
 from recon_cli.solvers.params.graphla import GraphLaParams  # noqa: F401 (re-exported)
 from recon_cli.solvers.regularisation_parameter import noise_norm
 from recon_cli.solvers.tv import LamSearch, choose_lam, lam_search_converged

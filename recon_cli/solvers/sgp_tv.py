@@ -41,7 +41,7 @@ from recon_cli.ops.finite_differences import Gradient
 from recon_cli.ops.operator import Operator
 from recon_cli.sinogram import Reconstruction, Sinogram
 from recon_cli.solvers.algorithm import Algorithm, Halt, Stopwatch, TimedOperator, run
-from recon_cli.solvers.registry import IterationState, register, run_ref, unit
+from recon_cli.solvers.registry import IterationState, register, run_ref
 from recon_cli.solvers.params.sgp_tv import SGPTVParams  # noqa: F401 (re-exported)
 
 

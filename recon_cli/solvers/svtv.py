@@ -33,7 +33,7 @@ from recon_cli.ops.finite_differences import Gradient, gradient_magnitude
 from recon_cli.ops.operator import Operator
 from recon_cli.sinogram import Reconstruction, Sinogram
 from recon_cli.solvers.algorithm import Stopwatch
-from recon_cli.solvers.registry import register, run_stage, unit
+from recon_cli.solvers.registry import register, run_stage
 from recon_cli.solvers.params.svtv import SVTVParams  # noqa: F401 (re-exported)
 from recon_cli.solvers.tv import TV_STATE_ARRAYS, make_gradient, solve_weighted
 

@@ -59,7 +59,7 @@ from recon_cli.sinogram import Reconstruction, Sinogram
 from recon_cli.solvers.mmgks import discrepancy_lam, golub_kahan, projected_solve
 from recon_cli.solvers.regularisation_parameter import noise_norm
 from recon_cli.solvers.algorithm import Algorithm, Halt, Stopwatch, TimedOperator, run
-from recon_cli.solvers.registry import IterationState, register, unit
+from recon_cli.solvers.registry import IterationState, register
 from recon_cli.solvers.params.tikhonov import TikhonovParams  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ from recon_cli.sinogram import Reconstruction, Sinogram
 from recon_cli.solvers.algorithm import Stopwatch, run
 from recon_cli.solvers.pdhg import ChambollePock, pdhg
 from recon_cli.solvers.regularisation_parameter import LAM_AUTO_BUDGET, data_misfit_norm, follow_discrepancy
-from recon_cli.solvers.registry import register, unit
+from recon_cli.solvers.registry import register
 from recon_cli.solvers.params.tv import TVParams  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
