@@ -232,15 +232,17 @@ def projected_lam(K: Operator, y, D: Operator, steps: int = 40, *, method: str =
     lams: list[float] = []
 
     def gram_D(k: int, V) -> np.ndarray:
-        """(D V)(D V)^T for the first k basis vectors, one new row/column per step (float64)."""
-        while len(DV) < k:
-            j = len(DV)
-            DV.append(D.forward(V[j].reshape(K.domain_shape)).reshape(-1).astype(np.float64))
-            G_D[j, : j + 1] = G_D[: j + 1, j] = to_numpy(xp.stack(DV) @ DV[j])
+        """(D V)(D V)^T for the first k basis vectors; only the rows/columns of new vectors are computed."""
+        j0 = len(DV)
+        if j0 < k:
+            DV.extend(D.forward(v.reshape(K.domain_shape)).reshape(-1).astype(np.float64) for v in V[j0:k])
+            block = xp.stack(DV)
+            G_D[:k, j0:k] = to_numpy(block @ block[j0:k].T)
+            G_D[j0:k, :k] = G_D[:k, j0:k].T
         return G_D[:k, :k]
 
     def settled(k: int, B, V, beta: float) -> bool:
-        """discrepancy: stop once the projected lam has settled (within LAM_SETTLED over 2 steps)."""
+        """discrepancy: stop once the projected lams of the last three steps agree within LAM_SETTLED."""
         if method != "discrepancy" or k < MIN_DISCREPANCY_STEPS:
             return False
         e1 = np.zeros(k + 1)
