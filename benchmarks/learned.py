@@ -45,7 +45,9 @@ JSON_PATH = RESULTS / "learned.json"
 SUITE_JSON = RESULTS / "suite.json"
 MODEL = "postproc_envelope"
 #: The designs compared side by side (issue 14): model name -> what its network is fed.
-DESIGNS = {"postproc_envelope": "FBP (Hann) input", "postproc_tv_envelope": "TV lam auto input"}
+DESIGNS = {"postproc_envelope": "FBP (Hann) input", "postproc_tv_envelope": "TV lam auto input",
+           "postproc_tv_envelope_aug": "TV lam auto input, aug",
+           "postproc_tv_envelope_aug_l1": "TV lam auto input, aug, L1 loss"}
 METHODS = ("unet", "svtv_learned", "graphla_net", "svtv_fbp")
 ITERATIONS = 300  # SV-TV iterations (the suite's TV / SV-TV runs use the same)
 #: Images the shipped envelope models saw in training (other crops / geometries / doses).
@@ -299,7 +301,7 @@ def suite_card(results: dict, model: str = MODEL) -> dict:
             continue
         b = base.get(spec.name, {}).get("methods", {})
         fbp, tv = b["fbp"]["psnr"], b["tv_auto_I0"]["psnr"]
-        fallback = "tv" if model == "postproc_tv_envelope" else "fbp"  # the guard falls back to the input solver
+        fallback = "tv" if model.startswith("postproc_tv_envelope") else "fbp"  # the guard falls back to the input solver
         psnr, fell = guarded(u, fbp, tv, IMPLAUSIBLE_FACTOR, NOISE_FACTOR, fallback)
         rows[spec.name] = {"group": group(spec), "fbp_hann": round(fbp, 2), "tv_lam_auto": round(tv, 2),
                            "unet_raw": round(u["psnr"], 2), "unet_guarded": round(psnr, 2),

@@ -251,6 +251,9 @@ class TrainingSpec(Strict):
     early_stopping: Optional[int] = Field(None, ge=1, description="stop after this many epochs without a "
                                                                    "better validation loss")
     max_steps_per_epoch: Optional[int] = Field(None, ge=1, description="cap on batches per epoch")
+    dihedral: bool = Field(False, description="each training patch (input and target together) turned by a "
+                                              "random multiple of 90 degrees and mirrored with probability 1/2: "
+                                              "the same pair seen in another orientation of the scanner")
     loss: LossConfig = Field(default_factory=LossConfig)
     seed: int = 0
     threads: Optional[int] = Field(None, ge=1, description="torch CPU threads; default: all cores")
@@ -289,6 +292,8 @@ class TrainConfig(Strict):
                 raise ValueError(f"training.patch: {p} must be a multiple of 2**model.depth = {m}")
             if p > min(self.grid.shape):
                 raise ValueError(f"training.patch: {p} is larger than the grid {list(self.grid.shape)}")
+        elif self.training.dihedral:
+            raise ValueError("training.dihedral: needs square training.patch crops (patch is null)")
         return self
 
     def target_spec(self) -> dict:

@@ -158,7 +158,19 @@ def _batches(data: Tensors, cfg: TrainConfig, gen: torch.Generator):
         ox = torch.randint(0, nx - p + 1, (len(idx),), generator=gen).tolist()
         xs = torch.stack([data.x_raw[i, :, a:a + p, c:c + p] for i, a, c in zip(idx.tolist(), oy, ox)])
         ys = torch.stack([data.y[i, :, a:a + p, c:c + p] for i, a, c in zip(idx.tolist(), oy, ox)])
+        if t.dihedral:
+            turns = torch.randint(0, 4, (len(idx),), generator=gen).tolist()
+            mirrors = torch.randint(0, 2, (len(idx),), generator=gen).tolist()
+            xs = torch.stack([dihedral(x, k, m) for x, k, m in zip(xs, turns, mirrors)])
+            ys = torch.stack([dihedral(y, k, m) for y, k, m in zip(ys, turns, mirrors)])
         yield xs, ys
+
+
+def dihedral(image: torch.Tensor, turns: int, mirror: bool) -> torch.Tensor:
+    """``image`` (..., H, W) turned by ``turns`` x 90 degrees, then mirrored left-right when ``mirror``
+    (the 8 symmetries of a square patch; H = W)."""
+    out = torch.rot90(image, turns, dims=(-2, -1))
+    return out.flip(-1) if mirror else out
 
 
 def predict(model: torch.nn.Module, data: Tensors, batch_size: int) -> torch.Tensor:
