@@ -314,6 +314,17 @@ def objective(op, y, x, lam_abs: float) -> float:
     return 0.5 * float(np.sum(r * r)) + lam_abs * float(np.sum(np.sqrt(np.sum(d * d, axis=0))))
 
 
+def save_odl_problem(path: Path, op, sino, y32, lam_abs: float, iterations: int, finfo: dict) -> None:
+    """The problem file benchmarks/odl_pdhg.py reads: data, fan geometry, grid, lam, iterations and our
+    PDHG's fixed steps (tau, sigma, the block scale), with a check image and its sinogram."""
+    g = sino.geometry
+    np.savez(path, y=y32, angles=g.angles, detector_spacing=g.detector_spacing,
+             detector_count=g.detector_count, source_origin=g.source_origin, origin_detector=g.origin_detector,
+             shape=np.array(sino.grid.shape), voxel_size=sino.grid.voxel_size, lam=lam_abs, iterations=iterations,
+             tau=finfo["tau"], sigma=finfo["sigma"], block_scale=math.sqrt(finfo["sigma_B"] / finfo["sigma"]),
+             check_image=sino.reference, check_sino=op.forward(sino.reference))
+
+
 def odl_compare(case: Case, lam: float, st: Settings) -> dict:
     """Our tv, our PDHG core with fixed steps, and ODL's pdhg with the same fixed steps.
 
@@ -344,15 +355,10 @@ def odl_compare(case: Case, lam: float, st: Settings) -> dict:
 
     fixed_runs = [ours_fixed()]
     finfo = fixed_runs[0][1]
-    g = sino.geometry
     odl_runs = []
     with tempfile.TemporaryDirectory() as tmp:
         prob = Path(tmp) / "problem.npz"
-        np.savez(prob, y=y32, angles=g.angles, detector_spacing=g.detector_spacing,
-                 detector_count=g.detector_count, source_origin=g.source_origin, origin_detector=g.origin_detector,
-                 shape=np.array(sino.grid.shape), voxel_size=sino.grid.voxel_size, lam=lam_abs, iterations=n,
-                 tau=finfo["tau"], sigma=finfo["sigma"], block_scale=math.sqrt(finfo["sigma_B"] / finfo["sigma"]),
-                 check_image=sino.reference, check_sino=op.forward(sino.reference))
+        save_odl_problem(prob, op, sino, y32, lam_abs, n, finfo)
         for k in range(st.odl_repeats):
             res_path = Path(tmp) / f"result{k}.npz"
             env = {k2: v for k2, v in os.environ.items() if k2 != "SCIPY_ARRAY_API"}

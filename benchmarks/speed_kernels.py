@@ -118,15 +118,10 @@ def odl_compare_cpu(case, op, lam: float, iterations: int, repeats: int) -> dict
 
     fixed_runs = [ours_fixed()]
     finfo = fixed_runs[0][0][1]
-    g = sino.geometry
     odl_runs = []
     with tempfile.TemporaryDirectory() as tmp:
         prob = Path(tmp) / "problem.npz"
-        np.savez(prob, y=y32, angles=g.angles, detector_spacing=g.detector_spacing,
-                 detector_count=g.detector_count, source_origin=g.source_origin, origin_detector=g.origin_detector,
-                 shape=np.array(sino.grid.shape), voxel_size=sino.grid.voxel_size, lam=lam_abs, iterations=n,
-                 tau=finfo["tau"], sigma=finfo["sigma"], block_scale=(finfo["sigma_B"] / finfo["sigma"]) ** 0.5,
-                 check_image=sino.reference, check_sino=op.forward(sino.reference))
+        sb.save_odl_problem(prob, op, sino, y32, lam_abs, n, finfo)
         for k in range(repeats):
             res_path = Path(tmp) / f"result{k}.npz"
             env = {k2: v for k2, v in os.environ.items() if k2 != "SCIPY_ARRAY_API"}
