@@ -45,6 +45,7 @@ test: $(STAMP) sysdeps
 	$(PY) -m pytest -q -p no:cacheprovider
 
 bench: $(STAMP)
+	$(PIP) install --quiet -e '.[test,train,bench]'
 	$(PY) benchmarks/projectors.py
 	$(PY) benchmarks/solvers.py
 
