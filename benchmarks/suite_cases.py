@@ -64,14 +64,14 @@ def _dicom_path(name: str) -> str:
     """The real slice ``name`` (neck, abdomen, ct_small) from pydicom / pydicom-data, never a reserved file."""
     from pydicom.data import get_testdata_file
 
-    from recon_cli.learn.config import reserved_name
+    from recon_cli.learn.config import reserved_content, reserved_name
 
     files = {"neck": "bad_sequence.dcm", "abdomen": "explicit_VR-UN.dcm", "ct_small": "CT_small.dcm"}
-    if reserved_name(files[name]):
-        raise ValueError(f"{files[name]} is reserved for acceptance tests")
     path = get_testdata_file(files[name], download=False)
     if path is None:
         raise FileNotFoundError(f"{files[name]} not found: install pydicom-data (pip install pydicom-data)")
+    if reserved_name(files[name]) or reserved_content(path):
+        raise ValueError(f"{files[name]} is reserved for acceptance tests")
     return str(path)
 
 

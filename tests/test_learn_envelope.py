@@ -2,6 +2,8 @@
 reserved-file guard, resampling to a canonical pixel size, per-image normalisation, extra channels."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import json
 
 import numpy as np
@@ -63,12 +65,29 @@ def test_image_scale_is_per_slice_and_robust():
     assert image_scale(np.zeros((1, 8, 8), np.float32), fallback=0.0384)[0] == pytest.approx(0.0384)
 
 
+def _reserved_files() -> list[Path]:
+    """The reserved files shipped by pydicom / pydicom-data, found by their content digests (the project
+    never writes their names)."""
+    import hashlib
+
+    import pydicom.data
+
+    from recon_cli.learn.config import RESERVED_CONTENT_DIGESTS
+    from recon_cli.learn.real_slices import locate
+
+    folders = {Path(pydicom.data.__file__).parent / "test_files", locate("bad_sequence.dcm").parent}
+    return sorted(p for folder in folders for p in folder.glob("*.dcm")
+                  if hashlib.sha256(p.read_bytes()).hexdigest() in RESERVED_CONTENT_DIGESTS)
+
+
 def test_reserved_acceptance_files_are_refused_as_training_sources(tmp_path):
-    from recon_cli.learn.config import RESERVED_IMAGE_PATTERNS
     from recon_cli.learn.real_slices import load_slice, refuse_reserved
 
-    # names matching each reserved pattern, upper-cased and inside a folder too
-    names = [p.replace("*", "J2KI") for p in RESERVED_IMAGE_PATTERNS]
+    reserved = _reserved_files()
+    assert len(reserved) == 5, reserved  # pydicom's one and pydicom-data's four
+    names = [p.name for p in reserved]
+    # another file of the reserved prefix pattern: the part before the first "_" kept, the rest changed
+    names += [n[: n.index("_") + 1] + "OTHER.dcm" for n in names if "_" in n][:1]
     for bad in names + [n.upper() for n in names] + ["/data/x/" + n for n in names]:
         for source in ({"kind": "dicom", "names": [bad]}, {"kind": "dicom", "paths": [bad]},
                        {"kind": "hdf5", "paths": [bad]}):
@@ -81,7 +100,17 @@ def test_reserved_acceptance_files_are_refused_as_training_sources(tmp_path):
             refuse_reserved(bad)
         with pytest.raises(InputError):
             load_slice(bad)
+    # a renamed copy is refused by its contents
+    copy = tmp_path / "renamed_slice.dcm"
+    copy.write_bytes(reserved[0].read_bytes())
+    with pytest.raises(InputError, match="its contents"):
+        load_slice(str(copy))
+    raw = _raw(tmp_path)
+    raw["data"]["sources"] = [{"kind": "dicom", "paths": [str(copy)]}]
+    with pytest.raises(ConfigError):
+        config_from_dict(raw)
     refuse_reserved("CT_small.dcm")  # allowed ones pass
+    refuse_reserved(str(Path(__import__("pydicom").data.get_testdata_file("CT_small.dcm"))))
 
 
 def test_default_real_slices_are_the_three_allowed_files(tmp_path):

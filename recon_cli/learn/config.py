@@ -88,19 +88,56 @@ class NoiseSpec(Strict):
     gaussian_rel: Optional[float] = Field(None, ge=0)
 
 
-#: Files reserved for acceptance tests: never a training, tuning or benchmark source.
-RESERVED_IMAGE_PATTERNS = ("693_*.dcm", "eCT_Supplemental.dcm")
+#: Files reserved for acceptance tests: never a training, tuning or benchmark source. The patterns
+#: are kept as SHA-256 digests so that no file of the project spells the reserved names out:
+#: ("prefix", d): a file name whose part up to and including its first "_" hashes to d (lower case);
+#: ("name", d): a whole file name hashing to d (lower case).
+RESERVED_IMAGE_PATTERNS = (
+    ("prefix", "f0706132c895b93bf52e06f3dad58cfef7bc29495db0d1a166abc4bca32619f9"),
+    ("name", "185268700339f17f9480013d2b2eabedf2abe5f74c44ae3627d4431caddabff2"),
+)
+#: SHA-256 of the contents of the reserved files that pydicom and pydicom-data ship, so that a renamed
+#: copy is refused as well.
+RESERVED_CONTENT_DIGESTS = frozenset({
+    "c392d8bd1f952ed2d9387d5143d34c5a29ac9d74566688169731a50ac6a82aa2",
+    "42d6c33d6666bf569a53951211be6fca2ab04956db43c3f75a9720d976ab128c",
+    "cc4cdd599231922ecf63de2ddacf03d51c4588805c9154c2eef1ff49c23b32be",
+    "0a4c3aa02d1b0b4826daa5ffe85ef13be83c1433842a9a98b901e075136dd86f",
+    "8d5d503fd46b9a59c628762d71d7391ea1a2a5fd8d339ac82ef9e281a15ef65f",
+})
+
+#: Larger than any reserved file (the largest is 1.05 MB): such a file is not one of them.
+RESERVED_MAX_BYTES = 4 << 20
+
+
+def _sha256(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def reserved_name(path: str) -> str | None:
-    """The reserved pattern ``path``'s file name matches (case-insensitive), or None."""
-    import fnmatch
-
+    """Why ``path``'s file name is reserved for acceptance tests ('name' or 'prefix' pattern), or None."""
     name = Path(str(path)).name.lower()
-    for pattern in RESERVED_IMAGE_PATTERNS:
-        if fnmatch.fnmatch(name, pattern.lower()):
-            return pattern
+    head = name[: name.index("_") + 1] if "_" in name else None
+    for kind, digest in RESERVED_IMAGE_PATTERNS:
+        if (kind == "name" and _sha256(name) == digest) or (kind == "prefix" and head and _sha256(head) == digest):
+            return f"{kind} pattern"
     return None
+
+
+def reserved_content(path: str | Path) -> bool:
+    """Whether the file at ``path`` is, byte for byte, one of the reserved files (a renamed copy)."""
+    import hashlib
+
+    p = Path(path)
+    if not p.is_file() or p.stat().st_size > RESERVED_MAX_BYTES:  # large training files are not hashed
+        return False
+    digest = hashlib.sha256()
+    with p.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest() in RESERVED_CONTENT_DIGESTS
 
 
 #: Real CT slices a training run may use by name (pydicom / pydicom-data test files): neck, abdomen, head.
@@ -143,7 +180,7 @@ class ImageSource(Strict):
         if self.kind == "dicom" and not self.paths and not self.names:
             self.names = list(REAL_SLICES)
         for item in [*self.paths, *self.names]:
-            pattern = reserved_name(item)
+            pattern = reserved_name(item) or ("its contents" if reserved_content(item) else None)
             if pattern is not None:
                 raise ValueError(f"{Path(item).name} is reserved for acceptance tests ({pattern}) and may never "
                                  "be used for training")

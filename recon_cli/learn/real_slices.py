@@ -2,8 +2,8 @@
 
 The project may train on three real slices shipped by pydicom and pydicom-data (neck
 ``bad_sequence.dcm``, abdomen ``explicit_VR-UN.dcm``, head ``CT_small.dcm``); the files reserved for
-acceptance tests (recon_cli.learn.config.RESERVED_IMAGE_PATTERNS, the one list naming them) are
-refused here (recon_cli.learn.config.reserved_name), whatever way they are named.
+acceptance tests (recon_cli.learn.config.RESERVED_IMAGE_PATTERNS, kept as digests, and their contents'
+digests) are refused here, by name or as renamed copies.
 
 Augmentation (:func:`augment_slice`): one random affine map (rotation, flips, zoom, shift of the
 field of view) composed with a smooth random elastic displacement, applied by one linear
@@ -20,13 +20,13 @@ import numpy as np
 from scipy.ndimage import gaussian_filter, map_coordinates
 
 from recon_cli.errors import InputError
-from recon_cli.learn.config import Augment, reserved_name
+from recon_cli.learn.config import Augment, reserved_content, reserved_name
 from recon_cli.phantoms import MU_WATER
 
 
 def refuse_reserved(path: str | Path, field: str = "data.sources") -> None:
-    """InputError if ``path`` names a file reserved for acceptance tests."""
-    pattern = reserved_name(str(path))
+    """InputError if ``path`` names a file reserved for acceptance tests, or is a copy of one."""
+    pattern = reserved_name(str(path)) or ("its contents" if reserved_content(path) else None)
     if pattern is not None:
         raise InputError(f"reserved for acceptance tests ({pattern}): never a training source",
                          file=str(path), field=field)
@@ -41,6 +41,7 @@ def locate(name: str) -> Path:
     if not found:
         raise InputError("pydicom test file not found locally; install pydicom-data "
                          "(pip install 'recon-ct-cli[train]')", file=name, field="data.sources.names")
+    refuse_reserved(found, "data.sources.names")
     return Path(found)
 
 
