@@ -425,7 +425,13 @@ def choose_lam_tikhonov(op: Operator, y, D: Operator, sino: Sinogram, params: Ti
     return g["lam_abs"], g["x"], extra, g["deflation"]
 
 
-@register("tikhonov", TikhonovParams)
+#: Arrays held at the peak of a lam gcv / discrepancy / auto run with the default gcv_steps (40): the
+#: Golub-Kahan bases V (40 image-sized) and U (41 sinogram-sized), D V (40 x 2 image-sized), the deflation's
+#: N V^T (40), the CGLS state (x, p, s, D-residual: 5) and a few work arrays.
+TIKHONOV_STATE_ARRAYS = (170, 45)
+
+
+@register("tikhonov", TikhonovParams, state_arrays=TIKHONOV_STATE_ARRAYS)
 def solve(op: Operator, sino: Sinogram, params: TikhonovParams, callback=None, *,
           resume_state: dict | None = None) -> Reconstruction:
     """Gradient-regularised least squares of ``sino`` on ``op``'s grid (1/mm).
