@@ -237,6 +237,11 @@ def suite() -> list[CaseSpec]:
         C("t03_ctsmall_fan30B_1e6", "ct_small", "fan30B", 256, 0.4, "1e6", "tune", seed=3),
         C("t04_neck_par90_1e4", "neck", "par90", 256, 0.5, "1e4", "tune", crop=(0.0, 0.0, 128.0), seed=4),
         C("t07_anat_par180_gauss", "anatomy:5302", "par180", 256, 0.7, "gauss0.5", "tune", seed=7),
+        # few-view tuning cases (30-45 views; session 6): the basis of sgp_tv's few-view lam rule
+        C("t05_anat_fan30A_2e4", "anatomy:5305", "fan30A", 256, 0.8, "2e4", "tune", seed=5),
+        C("t06_coule_par45_1e4", "coule:5306", "par45", 256, 0.8, "1e4", "tune", seed=6),
+        C("t08_neck_fan36A_1e5", "neck", "fan36A", 256, 0.6, "1e5", "tune", crop=(20.0, 10.0, 140.0), seed=8),
+        C("t09_ctsmall_par30_2e4", "ct_small", "par30", 256, 0.4, "2e4", "tune", seed=9),
         # ---------------------------------------------------------------- reported part
         C("s01_neck_fan60A_1e5", "neck", "fan60A", 256, 0.5, "1e5", "test", seed=11),
         C("s02_neck_fan30B_2e4", "neck", "fan30B", 256, 0.4, "2e4", "test", crop=(0.0, 0.0, 102.4), seed=12),
