@@ -32,11 +32,12 @@ all of them but ring seed 5202, whose misfit the proxy overestimates by 6% (it w
 (0.005) is small next to that interval. Parallel beam with detector elements as large as the pixels
 has no band above the cut-off: there r is not used (the noise alone).
 
-Two ways to find that lam. The Chambolle-Pock solvers (tv, svtv, tpv, graphla with pdhg) follow the
-target along one warm-started chain (:func:`follow_discrepancy`: tv within 0.33 dB of the best lam
-on every case of the evaluation suite, at most LAM_AUTO_BUDGET x the iterations of one solve). sgp_tv searches over
-trials (:func:`discrepancy_search`): the residual grows monotonically with lam, so we bracket the
-target on log(lam) (steps of x10 from the starting value) and then refine by regula falsi
+Two ways to find that lam. The Chambolle-Pock solvers (tv, svtv, tpv, graphla with pdhg) and sgp_tv
+follow the target along one warm-started chain (:func:`follow_discrepancy`: tv within 0.33 dB of the
+best lam on every case of the evaluation suite, at most LAM_AUTO_BUDGET x the iterations of one solve;
+sgp_tv then scales the lam it found by its few-view factor, sgp_tv.auto_lam_factor).
+:func:`discrepancy_search` (used by no solver's lam auto any more) searches over trials: the
+residual grows monotonically with lam, so we bracket the target on log(lam) (steps of x10 from the starting value) and then refine by regula falsi
 (Illinois variant) on (log lam, log residual), stopping when the residual is within ``rtol`` of the
 target. Every evaluation is a shortened solver run (``search_iterations``, warm-started from the
 evaluation at the nearest lam, primal and dual), so the cost is about

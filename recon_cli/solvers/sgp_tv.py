@@ -23,6 +23,10 @@ lam = 10 (not the paper's 0.1) was chosen on the sample data (I0 = 1e5, 60 fan-b
 there is too weak (200 iterations fit the noise, 26.7 dB on the Shepp-Logan sample against 39.9 dB
 for lam = 10).
 
+``lam: auto``: the discrepancy principle followed along one SGP chain (:func:`choose_lam_sgp`), then,
+on few-view data, a factor min(1, s / FULL_SAMPLING) on that lam (s: data values per pixel; 0.35,
+fitted on the evaluation suite's tuning cases: benchmarks/results/sgp_lam_rule.md).
+
 Per iteration: one forward and one adjoint projection (the line search reuses K d, so backtracking
 costs no projections). Step sizes and line-search scalars are plain Python floats; the loop is
 float32 and in place. Works on numpy and cupy (``op.xp``); a stack of slices is solved jointly
@@ -57,6 +61,27 @@ def absolute_weights(params: SGPTVParams, voxel_size: float, lam: float | None =
     return lam * s * float(voxel_size) ** 2, float(params.beta) * s
 
 
+#: lam auto on few-view data: lam = min(1, s / FULL_SAMPLING) x the discrepancy lam, s = data values
+#: per pixel of a slice (:func:`sampling_ratio`). Below it the discrepancy principle over-smooths
+#: SGP-TV: the best lam was 0.5-0.7x the discrepancy lam on the tuning cases with 30-45 views
+#: (benchmarks/results/suite.md, findings). Chosen on the suite's tuning cases only.
+FULL_SAMPLING = 0.35
+
+
+def sampling_ratio(op: Operator) -> float:
+    """Data values per unknown: n_angles x n_det / (ny x nx) for a slice (and for a stack of them)."""
+    return float(np.prod(tuple(op.range_shape))) / float(np.prod(tuple(op.domain_shape)))
+
+
+def auto_lam_factor(op: Operator, params: SGPTVParams) -> tuple[float, float]:
+    """(factor on the discrepancy lam, sampling ratio) of lam auto: ``params.auto_lam_factor``, or
+    min(1, sampling / FULL_SAMPLING) when it is 'auto'."""
+    s = sampling_ratio(op)
+    if params.auto_lam_factor != "auto":
+        return float(params.auto_lam_factor), s
+    return min(1.0, s / FULL_SAMPLING), s
+
+
 def choose_lam_sgp(op: Operator, sino: Sinogram, params: SGPTVParams, x0=None) -> tuple[float, Any, dict]:
     """lam auto for SGP-TV: the discrepancy target followed along one warm-started SGP chain
     (regularisation_parameter.follow_discrepancy, as ``tv``): a first leg of a third of
@@ -68,8 +93,10 @@ def choose_lam_sgp(op: Operator, sino: Sinogram, params: SGPTVParams, x0=None) -
     new lam: a restart is exactly a fresh SGP from the last x, but without its 3 projections (K x,
     K^T of the residual, K^T y) and without freeing and reallocating its arrays (measured on suite
     case s07: 542 instead of 557 projections, and no page faults; a fresh object per leg cost 5-10 %
-    of one solve in CPU time beyond the iterations, from the allocator returning memory between legs). The earlier trial search (a cold trial of ``iterations``, then
-    warm trials) stopped on unconverged trials: 1.75 dB below the best lam on the suite's 512^2 case."""
+    of one solve in CPU time beyond the iterations, from the allocator returning memory between legs).
+    The lam returned is :func:`auto_lam_factor` x the lam the legs settled on (the final run moves to it
+    from the chain's x). The earlier trial search (a cold trial of ``iterations``, then warm trials)
+    stopped on unconverged trials: 1.75 dB below the best lam on the suite's 512^2 case."""
     from recon_cli.solvers.regularisation_parameter import LAM_AUTO_BUDGET, data_misfit_norm, follow_discrepancy
 
     y = sino.data
@@ -97,12 +124,14 @@ def choose_lam_sgp(op: Operator, sino: Sinogram, params: SGPTVParams, x0=None) -
 
     followed = follow_discrepancy(run_leg, target, float(params.search_start), first=first, leg=leg,
                                   budget=int(LAM_AUTO_BUDGET * n_total) - final_min, rtol=float(params.search_rtol))
-    info = {"lam_auto": True, **misfit_info, "discrepancy_target": target,
+    factor, sampling = auto_lam_factor(op, params)
+    info = {"lam_auto": True, **misfit_info, "discrepancy_target": target, "lam_discrepancy": followed.lam,
+            "auto_lam_factor": factor, "sampling_ratio": sampling,
             "discrepancy_tau": float(params.discrepancy_tau), "lam_search_evaluations": followed.legs,
             "lam_search_iterations": followed.iterations, "lam_search_converged": followed.settled,
             "final_iterations": max(n_total - followed.iterations, final_min),
             "time_lam_search": clock.seconds()}
-    return followed.lam, chain["alg"], info
+    return factor * followed.lam, chain["alg"], info
 
 
 def tv_weights(dx, beta: float, xp):

@@ -41,6 +41,11 @@ class SGPTVParams(SolverParams):
     discrepancy_tau: float = unit("1", "lam auto: target residual = discrepancy_tau * misfit norm (as tv)",
                                   default=0.97, ge=0.5, le=3.0)
     model_error: bool = unit("-", "lam auto: raise the noise norm by the model error (as tv)", default=True)
+    auto_lam_factor: Union[Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False)], Literal["auto"]] = unit(
+        "1", "lam auto: lam = auto_lam_factor x the discrepancy-principle lam; 'auto': min(1, s / 0.35) with "
+        "s = data values / pixels of a slice (views x detector elements / ny nx): few-view data, where the "
+        "principle over-smooths SGP-TV (chosen on the evaluation suite's tuning cases); 1 = lam discrepancy",
+        default="auto")
     search_iterations: int = unit("1", "lam auto: SGP iterations per leg of the lam controller (at most "
                                   "iterations / 6)", default=50, ge=5)
     search_start: float = unit("1 (normalised)", "lam auto: first lam of the controller", default=1.0, gt=0.0)
