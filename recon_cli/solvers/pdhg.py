@@ -180,7 +180,7 @@ class ChambollePock(Algorithm):
     def __init__(self, K: Operator, y, B: Operator, lam: float, weights=None, *, isotropic: bool = True,
                  nonnegative: bool = True, x0=None, max_iter: int = 500, tol_rel_change: float = 0.0,
                  tol_gap: float = 0.0, record_every: int = 1, gap_every: int = 10, dual0=None,
-                 step_ratio="auto", state: dict | None = None):
+                 step_ratio="auto", state: dict | None = None, kx0=None):
         xp = self.xp = K.xp
         y = checked_problem(K, y, B, lam)
         lam = float(lam)
@@ -214,7 +214,8 @@ class ChambollePock(Algorithm):
             self.x = xp.array(x0, dtype=np.float32, copy=True).reshape(K.domain_shape)
             if nonnegative:
                 xp.maximum(self.x, 0, out=self.x)
-            self.kx = Kt.forward(self.x)
+            # kx0: K x0 from the run that ended at x0 (a chain of warm starts: lam auto's legs, TpV's steps)
+            self.kx = Kt.forward(self.x) if kx0 is None else xp.array(kx0, dtype=np.float32, copy=True)
         self.bx = B.forward(self.x)
         self.kxbar = self.kx.copy()
         self.bxbar = self.bx.copy()
@@ -357,7 +358,7 @@ def pdhg(K: Operator, y, B: Operator, lam: float, weights=None, *, isotropic: bo
          nonnegative: bool = True, x0=None, max_iter: int = 500, tol_rel_change: float = 0.0,
          tol_gap: float = 0.0, callback=None, record_every: int = 1, gap_every: int = 10,
          dual0=None, return_dual: bool = False, step_ratio="auto", resume_state: dict | None = None,
-         context: dict | None = None):
+         context: dict | None = None, kx0=None, keep: dict | None = None):
     """Solve min_x 1/2||Kx-y||^2 + lam sum_i w_i |(Bx)_i| (+ x >= 0) by :class:`ChambollePock` and the driver.
 
     ``callback(IterationState)`` is called after every iteration (``objective``/``residual``
@@ -369,13 +370,17 @@ def pdhg(K: Operator, y, B: Operator, lam: float, weights=None, *, isotropic: bo
     stopped, history {objective, residual (||Kx-y||/||y||), rel_change, gap, gap_iteration},
     objective, gap, rel_gap, residual, lam, tau, sigma, sigma_B (final steps), step_ratio, norm_K, norm_B,
     time_projector / time_total (s; time inside K.forward/K.adjoint and overall).
+    ``kx0``: K x0, known from the run that ended at ``x0`` (saves a projection); ``keep``: a dict that
+    receives this run's final K x as ``keep['kx']`` (the next run's ``kx0``).
     """
     clock = Stopwatch()
     alg = ChambollePock(K, y, B, lam, weights, isotropic=isotropic, nonnegative=nonnegative, x0=x0,
                         max_iter=max_iter, tol_rel_change=tol_rel_change, tol_gap=tol_gap,
                         record_every=record_every, gap_every=gap_every, dual0=dual0, step_ratio=step_ratio,
-                        state=resume_state)
+                        state=resume_state, kx0=kx0)
     record = run(alg, callback, context=context)
+    if keep is not None:
+        keep["kx"] = alg.kx
     info = {**alg.info(), "stopped": record.stopped, "time_total": clock.seconds()}
     if record.resumed_from is not None:
         info["resumed_from"] = record.resumed_from

@@ -49,7 +49,7 @@ class ReweightedTV(Algorithm):
                                       "gap_iteration": [], "outer_start": []}
         self.outer, self.done, self.time_projector = 0, 0, 0.0
         self.lams: list[float] = []
-        self.weights = self.dual = None
+        self.weights = self.dual = self.kx = None
         self.step_params = params
         self.inner: WeightedTV | None = None
         self.last_info: dict | None = None
@@ -82,7 +82,7 @@ class ReweightedTV(Algorithm):
                                         self.xp, gradient=self.B)
         self.inner = setup_weighted(self.op, self.sino, self.step_params, self.weights, x0=self.x,
                                     dual0=self.dual, B=self.B, search_factor=10.0 if k == 0 else 2.0,
-                                    resume_state=resume_state)
+                                    resume_state=resume_state, kx0=self.kx)
         self.x = self.inner.algorithm.x
 
     def _close(self, stopped: str) -> None:
@@ -90,7 +90,7 @@ class ReweightedTV(Algorithm):
         alg = self.inner.algorithm
         alg.finish()
         info = weighted_info(self.inner, stopped, self.op, self.sino.data)
-        self.x, self.dual = alg.x, (alg.q, alg.s)
+        self.x, self.dual, self.kx = alg.x, (alg.q, alg.s), alg.kx  # K x: the next step needs no projection
         self.lams.append(info["lam"])
         self.hist["outer_start"].append(self.done + 1)
         for name in ("objective", "residual", "rel_change", "gap"):

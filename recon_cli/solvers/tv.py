@@ -88,13 +88,15 @@ class LamSearch:
 
 
 def choose_lam(op: Operator, y, B: Operator, weights, params: LamSearch, metadata: dict, scale: float,
-               x0=None, dual0=None, factor: float = 10.0, geometry=None, voxel_size: float | None = None) -> dict:
+               x0=None, dual0=None, factor: float = 10.0, geometry=None, voxel_size: float | None = None,
+               kx0=None) -> dict:
     """lam (normalised) by the discrepancy principle, followed along one PDHG chain (see
     FIRST_LEG_FRACTION above), with the chain's state for the final run. ``factor``: the largest
     change of lam after the first leg (smaller from a good start).
 
-    Returns {lam, lam_abs, x0, dual0, info: {...scalars for Reconstruction.info, final_iterations: the
-    iterations left for the final solve, final_step_ratio}}.
+    ``kx0``: K x0 when known (TpV's previous step). Returns {lam, lam_abs, x0, dual0, kx0 (K x0 of the
+    chain's last x), info: {...scalars for Reconstruction.info, final_iterations: the iterations left for
+    the final solve, final_step_ratio}}.
     """
     misfit, misfit_info = data_misfit_norm(y, metadata, geometry, voxel_size,
                                            model_error=bool(params.model_error))
@@ -111,16 +113,19 @@ def choose_lam(op: Operator, y, B: Operator, weights, params: LamSearch, metadat
     leg = max(5, min(int(params.search_iterations), int(math.ceil(n_total / 6))))
     first = leg if x0 is not None else max(leg, int(math.ceil(FIRST_LEG_FRACTION * n_total)))
     final_min = int(math.ceil(FINAL_FRACTION * n_total))
-    chain = {"x": x0, "dual": dual0, "lam": None, "ratio": "auto", "time_projector": 0.0}
+    chain = {"x": x0, "dual": dual0, "lam": None, "ratio": "auto", "time_projector": 0.0, "kx": kx0}
 
     def run_leg(lam: float, n: int):
         dual = chain["dual"]
         if dual is not None and chain["lam"]:  # the dual s scales about with lam
             dual = (dual[0], dual[1] * np.float32(lam / chain["lam"]))
+        keep: dict = {}
+        # each leg starts from the last one's K x too: no projection to restart the chain
         x, info, dual = pdhg(op, y, B, lam * scale, weights, isotropic=params.isotropic,
                              nonnegative=params.nonnegative, x0=chain["x"], dual0=dual, max_iter=n, gap_every=n,
-                             record_every=n, return_dual=True, step_ratio=chain["ratio"])
-        chain.update(x=x, dual=dual, lam=lam, ratio=float(info["step_ratio"]))
+                             record_every=n, return_dual=True, step_ratio=chain["ratio"],
+                             kx0=chain["kx"] if chain["x"] is not None else None, keep=keep)
+        chain.update(x=x, dual=dual, lam=lam, ratio=float(info["step_ratio"]), kx=keep["kx"])
         chain["time_projector"] += info["time_projector"]
         return float(info["residual"]) * y_norm, int(info["iterations"])
 
@@ -139,7 +144,8 @@ def choose_lam(op: Operator, y, B: Operator, weights, params: LamSearch, metadat
             "lam_search_converged": settled, "lam_search_rtol": float(params.search_rtol),
             "time_lam_search": clock.seconds(),
             "time_projector_lam_search": chain["time_projector"]}
-    return {"lam": lam, "lam_abs": lam * scale, "x0": chain["x"], "dual0": chain["dual"], "info": info}
+    return {"lam": lam, "lam_abs": lam * scale, "x0": chain["x"], "dual0": chain["dual"], "kx0": chain["kx"],
+            "info": info}
 
 
 def lam_search_converged(search_info: dict, final_mismatch: float, rtol: float) -> bool:
@@ -166,26 +172,30 @@ class WeightedTV:
 
 def setup_weighted(op: Operator, sino: Sinogram, params, weights=None, *, x0=None, dual0=None,
                    B: Operator | None = None, search_factor: float = 10.0,
-                   resume_state: dict | None = None) -> WeightedTV:
-    """The weighted TV of :func:`solve_weighted` set up: lam fixed, searched (lam auto) or resumed."""
+                   resume_state: dict | None = None, kx0=None) -> WeightedTV:
+    """The weighted TV of :func:`solve_weighted` set up: lam fixed, searched (lam auto) or resumed.
+    ``kx0``: K x0 when the caller knows it (TpV's previous step), saving a projection."""
     y = sino.data
     B = B if B is not None else make_gradient(op, params)
     scale = lam_scale(sino, params)
     extra: dict = {}
     if resume_state is not None:
         lam, extra = float(resume_state["lam"]), dict(resume_state.get("lam_search") or {})
-        x0 = dual0 = None
+        x0 = dual0 = kx0 = None
     elif params.lam == "auto":
         chosen = choose_lam(op, y, B, weights, LamSearch.from_params(params), sino.metadata, scale, x0=x0, dual0=dual0,
-                            factor=search_factor, geometry=sino.geometry, voxel_size=sino.grid.voxel_size)
+                            factor=search_factor, geometry=sino.geometry, voxel_size=sino.grid.voxel_size,
+                            kx0=kx0 if x0 is not None else None)
         lam, x0, dual0, extra = chosen["lam"], chosen["x0"], chosen["dual0"], chosen["info"]
+        kx0 = chosen["kx0"]
     else:
         lam = float(params.lam)
     max_iter = int(extra.get("final_iterations", params.iterations))
     alg = ChambollePock(op, y, B, lam * scale, weights, isotropic=params.isotropic,
                         nonnegative=params.nonnegative, x0=x0, dual0=dual0, max_iter=max_iter,
                         tol_rel_change=params.tol, tol_gap=params.tol_gap, gap_every=params.gap_every,
-                        step_ratio=extra.get("final_step_ratio", "auto"), state=resume_state)
+                        step_ratio=extra.get("final_step_ratio", "auto"), state=resume_state,
+                        kx0=kx0 if x0 is not None else None)
     return WeightedTV(alg, lam, scale, extra)
 
 
