@@ -41,6 +41,9 @@ METHODS = ("fbp", "sirt", "tv_auto_I0", "tv_auto", "tv_oracle", "svtv_ceiling", 
            *(f"{s}_{kind}" for s in OTHER_SOLVERS for kind in ("auto", "oracle")),
            *(f"{s}_autoI0" for s in OTHER_SOLVERS))
 
+#: The columns of the quality table (its headers, in this order).
+QUALITY_METHODS = ("fbp", "sirt", "tv_auto_I0", "tv_auto", "tv_oracle", "svtv_ceiling", "svtv_ceiling_auto")
+
 #: Iterations of every TV / SV-TV solve (the solver default).
 TV_ITERATIONS = 300
 #: The other solvers' cost of lam auto: the lam-auto run and the fixed solve at its lam alternate this
@@ -261,6 +264,8 @@ def write_report(results: dict, command: str) -> None:
     from suite_cases import suite
 
     specs = {s.name: s for s in suite()}
+    order = {name: i for i, name in enumerate(specs)}  # the report lists the cases in suite order
+    results = {**results, "cases": dict(sorted(results["cases"].items(), key=lambda kv: order.get(kv[0], len(order))))}
     L = ["# Evaluation suite (issue 13)", "",
          "Regenerate: `.venv/bin/python benchmarks/suite.py` (cases: benchmarks/suite_cases.py; simulated "
          "data cached in ~/.cache/recon-cli-suite). Last command: `" + command + "`.", "",
@@ -295,7 +300,7 @@ def write_report(results: dict, command: str) -> None:
         if not m:
             continue
         cells = [name, specs[name].split if name in specs else "?"]
-        for meth in METHODS:
+        for meth in QUALITY_METHODS:  # the other solvers have their own tables below
             v = m.get(meth)
             cells.append("–" if not v else f"{v['psnr']:.2f} / {v['ssim']:.3f} / {v['hu_rmse']:.0f}")
         rows.append(cells)

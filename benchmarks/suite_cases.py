@@ -3,7 +3,7 @@
 A case is one (image, crop/resampling, geometry, grid, dose). Images are real CT slices that the
 project may use (pydicom-data's neck ``bad_sequence.dcm`` and abdomen ``explicit_VR-UN.dcm``,
 pydicom's ``CT_small.dcm``) and procedural anatomy-like and COULE-like phantoms. Geometries are
-parallel beam (90 and 180 views over 180 degrees) and flat fan beam (30, 60, 120 views over 360
+parallel beam (30, 45, 90 and 180 views over 180 degrees) and flat fan beam (30, 36, 60, 120 views over 360
 degrees, two source/detector distance pairs); grids 256^2 and 512^2 with pixels of 0.4-1.0 mm;
 detector elements match the pixel magnified onto the detector and cover the image's circumcircle.
 Doses: Poisson I0 = 1e4, 2e4, 1e5, 1e6 and one Gaussian case. Data are always simulated on a 2x
@@ -228,7 +228,7 @@ def load_case(spec: CaseSpec) -> Case:
 # ----------------------------------------------------------------------------- the suite
 def suite() -> list[CaseSpec]:
     """Every suite case: each image, geometry, grid, dose and a range of pixel sizes at least once
-    (12 cases; a 512^2 oracle search costs ~5x a 256^2 one, hence one 512^2 case)."""
+    (16 cases, 9 of them tuning; a 512^2 oracle search costs ~5x a 256^2 one, hence one 512^2 case)."""
     C = CaseSpec
     return [
         # ---------------------------------------------------------------- tuning part
@@ -236,10 +236,10 @@ def suite() -> list[CaseSpec]:
         C("t02_coule_par180_2e4", "coule:5301", "par180", 256, 0.8, "2e4", "tune", seed=2),
         C("t03_ctsmall_fan30B_1e6", "ct_small", "fan30B", 256, 0.4, "1e6", "tune", seed=3),
         C("t04_neck_par90_1e4", "neck", "par90", 256, 0.5, "1e4", "tune", crop=(0.0, 0.0, 128.0), seed=4),
-        C("t07_anat_par180_gauss", "anatomy:5302", "par180", 256, 0.7, "gauss0.5", "tune", seed=7),
-        # few-view tuning cases (30-45 views; session 6): the basis of sgp_tv's few-view lam rule
+        # few-view tuning cases t05, t06, t08, t09 (30-45 views): the basis of sgp_tv's few-view lam rule
         C("t05_anat_fan30A_2e4", "anatomy:5305", "fan30A", 256, 0.8, "2e4", "tune", seed=5),
         C("t06_coule_par45_1e4", "coule:5306", "par45", 256, 0.8, "1e4", "tune", seed=6),
+        C("t07_anat_par180_gauss", "anatomy:5302", "par180", 256, 0.7, "gauss0.5", "tune", seed=7),
         C("t08_neck_fan36A_1e5", "neck", "fan36A", 256, 0.6, "1e5", "tune", crop=(20.0, 10.0, 140.0), seed=8),
         C("t09_ctsmall_par30_2e4", "ct_small", "par30", 256, 0.4, "2e4", "tune", seed=9),
         # ---------------------------------------------------------------- reported part
