@@ -420,8 +420,9 @@ def _result(trace, target: float, converged: bool) -> SearchResult:
 
 # ----------------------------------------------------------------------------- following the target
 #: Iterations of a lam-auto run (search legs and final leg) at most this times the solver's
-#: ``iterations``: 1.5x one solve is the cost target, and a leg costs a few per cent beyond its
-#: iterations (a forward projection to restart the chain), so the legs stop short of it.
+#: ``iterations``: 1.5x one solve is the cost target, and a lam-auto run costs a few per cent beyond
+#: its iterations (misfit estimate, bookkeeping; until session 6 also a projection or three to restart
+#: each leg, which the chains now hand on), so the legs stop short of it.
 LAM_AUTO_BUDGET = 1.45
 #: Prior d log(residual) / d log(lam) near the target: 0.33-0.56 measured between warm PDHG trials
 #: on the evaluation suite's tuning cases.

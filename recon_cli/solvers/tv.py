@@ -252,9 +252,9 @@ def solve_weighted(op: Operator, sino: Sinogram, params, weights=None, callback=
 #: The PDHG loop holds 15 and 5: x, x_prev, s, B x, B xbar (2 each: D has 2 components), the dual
 #: projection's 2 work arrays, B x_{k+1} (2) and the B^T s / K^T q temporaries; q, K x, K xbar,
 #: K x_{k+1} and the CSR product's temporary (tracemalloc on 128^2, 60 and 360 views: 15.0 and 4.1).
-#: ``lam: auto`` (the default) hands one chain state (x, q, s: 3 + 1) from leg to leg of its controller
-#: (regularisation_parameter.follow_discrepancy) plus the running one and a rescaled s (2): about
-#: 20 and 6; the hint keeps room above that. A fixed lam needs 15 and 5.
+#: ``lam: auto`` (the default) hands one chain state (x, q, s, K x: 3 + 2) from leg to leg of its
+#: controller (regularisation_parameter.follow_discrepancy) plus the running one and a rescaled s (2):
+#: about 20 and 7; the hint keeps room above that. A fixed lam needs 15 and 5.
 TV_STATE_ARRAYS = (24, 8)
 
 
