@@ -47,8 +47,9 @@ QUALITY_METHODS = ("fbp", "sirt", "tv_auto_I0", "tv_auto", "tv_oracle", "svtv_ce
 #: Iterations of every TV / SV-TV solve (the solver default).
 TV_ITERATIONS = 300
 #: The other solvers' cost of lam auto: the lam-auto run and the fixed solve at its lam alternate this
-#: many times, and each takes its least CPU time (other jobs on a shared machine only ever add time:
-#: single runs scattered by +-10 %, enough to put a 1.35x run above 1.5).
+#: many times (one run per timed_cpu call, so that both see the same spells of load and the projection
+#: counts are of one run), and each takes its least CPU time (other jobs on a shared machine only ever
+#: add time: single runs scattered by +-10 %, enough to put a 1.35x run above 1.5).
 COST_REPEATS = 3
 
 
@@ -210,10 +211,11 @@ def run_method(case: Case, op, method: str, done: dict) -> dict:
         runs = []
         for _ in range(COST_REPEATS):  # alternating: lam auto, then one solve at its lam, cold
             counted = CountingOperator(op)
-            rec, t, c = timed_cpu(lambda: run_solver(solver, counted, sino, {"lam": "auto"}))
+            rec, t, c = timed_cpu(lambda: run_solver(solver, counted, sino, {"lam": "auto"}), max_runs=1)
             lam = float(rec.info["lam"])
             counted_fixed = CountingOperator(op)
-            _, t_fixed, c_fixed = timed_cpu(lambda: run_solver(solver, counted_fixed, sino, {"lam": lam}))
+            _, t_fixed, c_fixed = timed_cpu(lambda: run_solver(solver, counted_fixed, sino, {"lam": lam}),
+                                            max_runs=1)
             runs.append((t, t_fixed, c, c_fixed))
         return {**score(case, rec.volume), "time": min(r[0] for r in runs), "time_one_solve": min(r[1] for r in runs),
                 "cpu": min(r[2] for r in runs), "cpu_one_solve": min(r[3] for r in runs),
