@@ -148,9 +148,37 @@ def test_rising_runs_the_envelope_model_on_other_geometries_without_allow_mismat
     assert res.info["mismatches"] == [] and res.volume.shape == grid.shape
     # the network applied (resampled to 1 mm, with its noise / view planes) to k iterations from zero
     x_k = run_solver("sgp_tv", op, sino, {"lam": "noise", "iterations": K}).volume
-    expected = load_model(tiny_model).apply(x_k, voxel_size=grid.voxel_size, conditions=conditions_for(sino))
+    model = load_model(tiny_model)
+    expected = model.apply(x_k, voxel_size=grid.voxel_size, conditions=conditions_for(sino), residual=True)
     np.testing.assert_array_equal(res.volume, expected)
     assert np.all(np.isfinite(res.volume)) and not np.allclose(res.volume, x_k)
+    image = run_solver("rising", op, sino, {**params, "resample": "image"}).volume
+    np.testing.assert_array_equal(image, model.apply(x_k, voxel_size=grid.voxel_size, conditions=conditions_for(sino)))
+
+
+def test_residual_resampling_adds_the_canonical_correction_and_keeps_fine_detail(tiny_model):
+    from recon_cli.networks import resample
+
+    model = load_model(tiny_model)
+    cond = {"noise_std": 3e-3, "n_views": 30}
+    rng = np.random.default_rng(2)
+    smooth = resample((0.02 * (1 + 0.2 * rng.random((8, 8)))).astype(np.float32), (64, 64))
+    checker = 0.004 * (np.indices((64, 64)).sum(axis=0) % 2).astype(np.float32)  # detail at 0.5 mm
+    x = smooth + checker                                                          # 64 px of 0.5 mm: 32 mm
+    res = model.apply(x, voxel_size=0.5, conditions=cond, residual=True)
+    xc = resample(x, (32, 32))
+    net_c = model.apply(xc, voxel_size=1.0, conditions=cond)          # the network on the canonical grid
+    np.testing.assert_allclose(res, np.maximum(x + resample(net_c - xc, (64, 64)), 0), rtol=1e-5, atol=1e-6)
+    plain = model.apply(x, voxel_size=0.5, conditions=cond)
+    np.testing.assert_allclose(plain, resample(net_c, (64, 64)), rtol=1e-5, atol=1e-6)
+
+    def detail(img):  # the checkerboard's amplitude: projection on the +-1 pattern
+        return float(np.mean((img - img.mean()) * (2 * checker / 0.004 - 1)))
+
+    assert detail(res) == pytest.approx(detail(x), rel=0.05) and abs(detail(plain)) < 0.1 * detail(x)
+    # on the canonical grid itself both modes are the network's output
+    np.testing.assert_allclose(model.apply(xc, voxel_size=1.0, conditions=cond, residual=True),
+                               np.maximum(net_c, 0), rtol=1e-5, atol=1e-6)
 
 
 def test_rising_refuses_outside_the_envelope_or_another_lam_naming_the_field(tiny_model):

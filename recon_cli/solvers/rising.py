@@ -230,7 +230,8 @@ def solve(op: Operator, sino: Sinogram, params: RisingParams, callback=None, *,
     t1 = clock.seconds()
     x_k, history, infos = step_one(ref, params.k, op, sino, callback, resume_state=resume_state)
     t2 = clock.seconds()
-    network_out = model.apply(x_k, voxel_size=sino.grid.voxel_size, conditions=conditions_for(sino))
+    network_out = model.apply(x_k, voxel_size=sino.grid.voxel_size, conditions=conditions_for(sino),
+                              residual=params.resample == "residual")
     t3 = clock.seconds()
     xp = op.xp
     norm_k = float(xp.linalg.norm(x_k.ravel()))
