@@ -277,8 +277,8 @@ def write_report(results: dict, command: str, model: str) -> None:
                       _mean(t["tv"] for t in gl.values()))
         checks.append(("graphLa+Net >= Net and >= TV lam auto on the mean", mg >= mu and mg >= mt,
                        f"graphLa+Net {mg:.2f}, Net {mu:.2f}, TV lam auto {mt:.2f} dB over {len(gl)} cases"))
-    rising_lines, rising_check = rising_table(results, specs, base)
-    checks.append(rising_check)
+    rising_lines, rising_checks = rising_tables(results, specs, base)
+    checks += rising_checks
     L += rising_lines
     L += design_table(results, specs, base)
     L += ["## Must-show checks", "", *[f"- **{'PASS' if ok else 'FAIL'}** {label}: {detail}"
@@ -302,12 +302,25 @@ def rising_cell(r: dict) -> str:
     return "–" if x is None else f"{x['psnr']:.2f} ({x['cpu_ratio']:.1f}x faster)"
 
 
-def rising_table(results: dict, specs: dict, base: dict) -> tuple[list[str], tuple[str, bool, str]]:
+def rising_tables(results: dict, specs: dict, base: dict) -> tuple[list[str], list[tuple[str, bool, str]]]:
+    """rising_table for RISING_MODEL and every other RISING model with results in learned.json."""
+    models = sorted({k.split("@", 1)[1] for c in results["cases"].values() for k in c.get("methods", {})
+                     if k.startswith("rising@")} - {RISING_MODEL})
+    lines, checks = [], []
+    for model in [RISING_MODEL, *models]:
+        more, check = rising_table(results, specs, base, model)
+        lines += more
+        checks.append(check)
+    return lines, checks
+
+
+def rising_table(results: dict, specs: dict, base: dict, model: str = RISING_MODEL
+                 ) -> tuple[list[str], tuple[str, bool, str]]:
     """Markdown lines of RISING against its converged solver (and TV lam auto), and the must-show check."""
-    label = "RISING within 1 dB of its converged solver on real slices and >= 5x faster"
+    label = f"RISING (`{model}`) within 1 dB of its converged solver on real slices and >= 5x faster"
     rows, got = [], {}
     for name, spec in specs.items():
-        x = results["cases"].get(name, {}).get("methods", {}).get(result_key("rising", RISING_MODEL))
+        x = results["cases"].get(name, {}).get("methods", {}).get(result_key("rising", model))
         if spec.split != "test" or x is None:
             continue
         tv = base.get(name, {}).get("methods", {}).get("tv_auto_I0", {}).get("psnr")
@@ -318,7 +331,7 @@ def rising_table(results: dict, specs: dict, base: dict) -> tuple[list[str], tup
                      f"{c['psnr']:.2f}", f"{x['x_k_psnr']:.2f}", f"{x['psnr']:.2f}", f"{x['psnr'] - c['psnr']:+.2f}",
                      f"{c['cpu']:.2f}", f"{x['cpu']:.2f}", f"{x['cpu_ratio']:.1f}", str(x.get("guard_decision"))])
     if not got:
-        return [], (label, False, f"not measured: no results of `{RISING_MODEL}` in learned.json")
+        return [], (label, False, f"not measured: no results of `{model}` in learned.json")
     k = next(iter(got.values()))[0]["k"]
     it = next(iter(got.values()))[1]["iterations"]
     mean = lambda f: _mean(f(v) for v in got.values())  # noqa: E731
@@ -334,12 +347,12 @@ def rising_table(results: dict, specs: dict, base: dict) -> tuple[list[str], tup
                         f"{_mean(v[0]['psnr'] - v[1]['psnr'] for v in real.values()):+.2f}; "
                         f"CPU time ratio converged / RISING {slowest:.1f}-"
                         f"{max(v[0]['cpu_ratio'] for v in got.values()):.1f}x")
-    lines = ["## RISING against its converged solver (PSNR dB, CPU s)", "",
-             f"Model `{RISING_MODEL}` (training/{RISING_MODEL}.yaml): RISING = {k} iterations of sgp_tv from 0, then "
+    lines = [f"## RISING against its converged solver: `{model}` (PSNR dB, CPU s)", "",
+             f"Model `{model}` (training/{RISING_MODEL}.yaml): RISING = {k} iterations of sgp_tv from 0, then "
              f"the network; converged = sgp_tv {it} iterations, the same parameters (lam 'noise': 400 x noise std / "
              "pixel size). `x_k`: the k iterations alone. CPU time of one thread, converged and RISING run "
              "alternately twice, minimum kept (RISING includes its guard's residuals). "
-             "`python benchmarks/learned.py --model " + RISING_MODEL + " --methods rising`.", "",
+             "`python benchmarks/learned.py --model " + model + " --methods rising`.", "",
              md_table(["case", "group", "TV lam auto", "sgp_tv converged", "x_k", "RISING", "RISING - converged",
                        "CPU converged", "CPU RISING", "ratio", "guard"], rows, "llrrrrrrrrl"), ""]
     return lines, check
