@@ -260,7 +260,8 @@ class Model:
         """The network's input planes: ``image`` then any of ``noise_level``, ``n_views`` (constant planes)."""
         return list(self.meta.get("input_channels") or ["image"])
 
-    def apply(self, x, *, voxel_size: float | None = None, conditions: dict | None = None, residual: bool = False):
+    def apply(self, x, *, voxel_size: float | None = None, conditions: dict | None = None, residual: bool = False,
+              native: bool = False):
         """Network output for an image (ny, nx) or stack (nz, ny, nx) in 1/mm (numpy, or cupy on the GPU).
 
         ``voxel_size`` (mm) is needed by a model with a canonical pixel size: the input is resampled
@@ -271,7 +272,8 @@ class Model:
         ``residual`` (models with a canonical pixel size only): return x + resample(net(x_c) - x_c), x_c the
         input resampled to the canonical grid, instead of resample(net(x_c)): the network's correction is
         added to the input at its own resolution (then clipped at 0), so a grid finer than the canonical one keeps its
-        detail (RISING, whose input is already close to its target, uses it).
+        detail. ``native``: no resampling at all, the network runs on the input's own grid (RISING's default:
+        its k-iteration inputs look alike at any pixel size, while resampling them changes their character).
         """
         if x.ndim not in (2, 3):
             raise InputError(f"model input must be (ny, nx) or (nz, ny, nx), got shape {tuple(x.shape)}",
@@ -279,7 +281,7 @@ class Model:
         xp = array_module(x)
         stack = x[None] if x.ndim == 2 else x
         shape_in = tuple(stack.shape[-2:])
-        canonical = self.canonical_pixel_size
+        canonical = None if native else self.canonical_pixel_size
         if canonical is not None:
             if voxel_size is None:
                 raise InputError("this model resamples to its canonical pixel size and needs the input's "

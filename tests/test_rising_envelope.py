@@ -149,11 +149,16 @@ def test_rising_runs_the_envelope_model_on_other_geometries_without_allow_mismat
     # the network applied (resampled to 1 mm, with its noise / view planes) to k iterations from zero
     x_k = run_solver("sgp_tv", op, sino, {"lam": "noise", "iterations": K}).volume
     model = load_model(tiny_model)
-    expected = model.apply(x_k, voxel_size=grid.voxel_size, conditions=conditions_for(sino), residual=True)
+    cond = conditions_for(sino)
+    # default 'native': the network on x_k's own grid, no resampling (its planes still say noise and views)
+    expected = model.apply(x_k, voxel_size=grid.voxel_size, conditions=cond, native=True)
     np.testing.assert_array_equal(res.volume, expected)
+    np.testing.assert_array_equal(expected, model.apply(x_k, voxel_size=1.0, conditions=cond))  # = at 1 mm
     assert np.all(np.isfinite(res.volume)) and not np.allclose(res.volume, x_k)
-    image = run_solver("rising", op, sino, {**params, "resample": "image"}).volume
-    np.testing.assert_array_equal(image, model.apply(x_k, voxel_size=grid.voxel_size, conditions=conditions_for(sino)))
+    for mode, kwargs in (("residual", {"residual": True}), ("image", {})):
+        out = run_solver("rising", op, sino, {**params, "resample": mode}).volume
+        np.testing.assert_array_equal(out, model.apply(x_k, voxel_size=grid.voxel_size, conditions=cond, **kwargs))
+        assert not np.allclose(out, res.volume)  # the modes differ off the canonical pixel size
 
 
 def test_residual_resampling_adds_the_canonical_correction_and_keeps_fine_detail(tiny_model):

@@ -231,7 +231,7 @@ def solve(op: Operator, sino: Sinogram, params: RisingParams, callback=None, *,
     x_k, history, infos = step_one(ref, params.k, op, sino, callback, resume_state=resume_state)
     t2 = clock.seconds()
     network_out = model.apply(x_k, voxel_size=sino.grid.voxel_size, conditions=conditions_for(sino),
-                              residual=params.resample == "residual")
+                              residual=params.resample == "residual", native=params.resample == "native")
     t3 = clock.seconds()
     xp = op.xp
     norm_k = float(xp.linalg.norm(x_k.ravel()))
