@@ -24,7 +24,12 @@ A stack of 2D slices is processed slice by slice (step one on each slice with a 
 projector of the same kind), as in training: solvers such as ``sgp_tv`` share step sizes over a
 stack, so k joint iterations would not give the per-slice early iterates the network learned from.
 A solver with a lam search (``tv``/``svtv`` with ``lam: auto``) runs its search before its k
-iterations, so step one is then not cheap: train and run RISING with a fixed lam.
+iterations, so step one is then not cheap: train and run RISING with a fixed lam, or with ``sgp_tv``'s
+``lam: noise`` (a rule from the noise level, no solve), which lets one model serve every dose of an envelope.
+
+An envelope model (metadata ``envelope`` with a canonical pixel size) is run per ``resample``: ``native``
+(default) on x_k's own grid, ``residual`` on the canonical grid with its correction added to x_k, ``image``
+with its output resampled back (recon_cli.networks.Model.apply).
 """
 from __future__ import annotations
 

@@ -45,8 +45,8 @@ class RisingParams(SolverParams):
                                           "the iterate's", default=IMPLAUSIBLE_FACTOR, gt=1.0)
     noise_factor: Optional[float] = unit(
         "1", "largest accepted ratio of the network output's data residual to the data's expected misfit (noise "
-             "plus model error; the converged solver with lam auto leaves about 1x it); null (default: no RISING "
-             "envelope model has been measured yet): the ratio is reported (guard_noise_ratio), not enforced",
+             "plus model error; the converged solver with lam auto leaves about 1x it); null (default): "
+             "the ratio is reported (guard_noise_ratio), not enforced",
         default=None, gt=1.0)
 
     def iteration_budget(self) -> int:
