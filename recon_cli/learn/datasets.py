@@ -184,10 +184,15 @@ def draw_acquisition(cfg: TrainConfig, seq: list[int]) -> dict:
     kind = env.geometry_types[int(rng.integers(len(env.geometry_types)))]
     n_views = int(round(log_uniform(*env.n_views)))
     fov = max(cfg.grid.shape) * cfg.grid.voxel_size
-    n = max(8, int(round(fov / log_uniform(*env.pixel_size_mm))))
-    if env.max_train_n is not None:  # finer pixels cost (2n)^2 simulations and end resampled to the canonical grid
-        n = min(n, env.max_train_n)
-    pixel = fov / n
+    if env.native_grid:  # the drawn pixel on the grid's shape: the field of view is what varies
+        pixel = log_uniform(*env.pixel_size_mm)
+        n = max(cfg.grid.shape)
+        fov = n * pixel
+    else:
+        n = max(8, int(round(fov / log_uniform(*env.pixel_size_mm))))
+        if env.max_train_n is not None:  # finer pixels cost (2n)^2 simulations and end resampled to the canonical grid
+            n = min(n, env.max_train_n)
+        pixel = fov / n
     radius = fov / np.sqrt(2.0)  # the field's corners
     acq = {"type": kind, "n_views": n_views, "n": n, "pixel_size": pixel}
     if kind == "parallel":
@@ -220,7 +225,8 @@ def acquisition_setup(acq: dict):
     return geometry, VolumeGrid((acq["n"], acq["n"]), acq["pixel_size"])
 
 
-def make_image(source: dict, cfg: TrainConfig, n: int | None = None) -> tuple[np.ndarray, float]:
+def make_image(source: dict, cfg: TrainConfig, n: int | None = None, fov: float | None = None
+               ) -> tuple[np.ndarray, float]:
     """(image (n, n) float32 in 1/mm, pixel size mm) for a sample's source, covering the grid's field of view.
 
     ``n``: image size (default: the grid's larger side); hdf5 slices come as stored.
@@ -231,7 +237,7 @@ def make_image(source: dict, cfg: TrainConfig, n: int | None = None) -> tuple[np
         image, voxel = read_image(source["path"])
         image = image if image.ndim == 2 else image[source["slice"]]
         return np.clip(np.asarray(image, np.float32), 0.0, None), voxel
-    fov = max(cfg.grid.shape) * cfg.grid.voxel_size
+    fov = float(fov or max(cfg.grid.shape) * cfg.grid.voxel_size)
     n = int(n or max(cfg.grid.shape))
     rng = np.random.default_rng(np.random.SeedSequence(source["seed"]))
     if source["kind"] == "dicom":
@@ -323,12 +329,15 @@ def _compute_envelope_pair(cfg: TrainConfig, spec: SampleSpec, cache: str) -> st
     acq = spec.acquisition
     geometry, grid = acquisition_setup(acq)
     canonical = tuple(cfg.grid.shape)
-    image, voxel = make_image(spec.source, cfg, n=max(acq["n"], max(canonical)))
+    native = bool(cfg.envelope.native_grid)
+    out_pixel = acq["pixel_size"] if native else cfg.grid.voxel_size  # native: shape = the drawn grid's
+    image, voxel = make_image(spec.source, cfg, n=max(acq["n"], max(canonical)),
+                              fov=acq["n"] * acq["pixel_size"] if native else None)
     sino = simulate_sinogram(image, voxel, geometry, grid, upsample=cfg.data.upsample, I0=acq.get("I0"),
                              gaussian_rel=acq.get("gaussian_rel"), seed=spec.noise_seed)
     op = pair_projector(geometry, grid)
     x_in = resample(np.asarray(run_ref(cfg.input, op, sino).volume, np.float32), canonical)
-    truth = resample_image(image, voxel, canonical, cfg.grid.voxel_size)
+    truth = resample_image(image, voxel, canonical, out_pixel)
     if cfg.target == "ground_truth":
         target = truth
     else:
