@@ -33,7 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import FINDINGS_END, FINDINGS_START, REPO, kept_findings, log, machine_info, md_kv, md_table  # noqa: E402
-from suite import score, sinogram  # noqa: E402
+from suite import score, sinogram, timed_cpu  # noqa: E402
 from suite_cases import by_name, load_case, suite  # noqa: E402
 
 from recon_cli.backend import Device  # noqa: E402
@@ -48,7 +48,11 @@ MODEL = "postproc_envelope"
 DESIGNS = {"postproc_envelope": "FBP (Hann) input", "postproc_tv_envelope": "TV lam auto input",
            "postproc_tv_envelope_aug": "TV lam auto input, aug",
            "postproc_tv_envelope_aug_l1": "TV lam auto input, aug, L1 loss"}
-METHODS = ("unet", "svtv_learned", "graphla_net", "svtv_fbp")
+METHODS = ("unet", "svtv_learned", "graphla_net", "svtv_fbp", "rising")
+#: The RISING envelope model (``--methods rising --model RISING_MODEL``): RISING against its converged solver.
+RISING_MODEL = "rising_sgp_tv_envelope"
+#: Images that are real CT slices (the rest are phantoms): RISING's 1 dB rule is stated on real slices.
+REAL_IMAGES = ("neck", "abdomen", "ct_small")
 ITERATIONS = 300  # SV-TV iterations (the suite's TV / SV-TV runs use the same)
 #: Images the shipped envelope models saw in training (other crops / geometries / doses).
 SEEN_IMAGES = ("neck", "ct_small")
@@ -72,7 +76,45 @@ def net_ref(model: str) -> dict:
     return {"name": "unet", "params": {"model": model}}
 
 
+def rising_refs(model: str) -> tuple[dict, int, dict]:
+    """(RISING's pre_estimate, k, the converged solver) as the model was trained: the same solver and
+    parameters (lam rule included), k = the input's iteration count."""
+    from recon_cli.networks import load_model
+
+    meta = load_model(model).meta
+    trained = dict(meta["input"]["params"])
+    k = int(trained.pop("iterations"))
+    return {"name": meta["input"]["name"], "params": trained}, k, dict(meta["target"]["solver"])
+
+
+def run_rising(case, op, model: str, repeats: int = 2) -> dict:
+    """RISING and its converged solver side by side: each run ``repeats`` times alternately (after one
+    untimed RISING run that loads the model), CPU time of this process (one thread), the minimum kept."""
+    sino = sinogram(case, True)
+    pre, k, conv = rising_refs(model)
+    params = {"pre_estimate": pre, "k": k, "model": model}
+    run_solver("rising", op, sino, params)  # warm-up: model file and ONNX session (cached per process)
+    cpu_r, cpu_c, wall_r, wall_c = [], [], [], []
+    for _ in range(repeats):
+        conv_rec, w, c = timed_cpu(lambda: run_solver(conv["name"], op, sino, conv["params"]))
+        cpu_c.append(c), wall_c.append(w)
+        rec, w, c = timed_cpu(lambda: run_solver("rising", op, sino, params))
+        cpu_r.append(c), wall_r.append(w)
+    x_k = run_solver(pre["name"], op, sino, {**pre["params"], "iterations": k}).volume
+    info = rec.info
+    return {**score(case, rec.volume), "time": min(wall_r), "cpu": min(cpu_r), "k": k,
+            "converged": {**score(case, conv_rec.volume), "cpu": min(cpu_c), "time": min(wall_c),
+                          "iterations": int(conv["params"].get("iterations", 0)),
+                          "lam": float(conv_rec.info.get("lam", float("nan")))},
+            "x_k_psnr": score(case, x_k)["psnr"], "cpu_ratio": min(cpu_c) / min(cpu_r),
+            "guard_decision": info.get("guard_decision"), "time_network": info.get("time_network"),
+            "time_iterative": info.get("time_iterative"), "guard_ratio": info.get("guard_ratio"),
+            "guard_noise_ratio": info.get("guard_noise_ratio")}
+
+
 def run_method(case, op, method: str, model: str) -> dict:
+    if method == "rising":
+        return run_rising(case, op, model)
     sino = sinogram(case, True)
     t0 = time.perf_counter()
     if method == "unet":
@@ -175,12 +217,11 @@ def write_report(results: dict, command: str, model: str) -> None:
                                             f"{u['guard_noise_ratio'] / u['guard_ratio']:.2f}"),
                      "–" if s is None else f"{s['psnr']:.2f} ({s['time']:.0f} s)",
                      "–" if sf is None else f"{sf['psnr']:.2f} ({sf['time']:.0f} s)",
-                     "–" if g is None else f"{g['psnr']:.2f} ({g['time']:.0f} s)", "not run (fan60 model)"])
+                     "–" if g is None else f"{g['psnr']:.2f} ({g['time']:.0f} s)", rising_cell(r)])
     L += ["## Per case (PSNR dB, wall time)", "",
           "`unet`: the network's own output (guard set to ignore); `guard ratios`: its data residual over FBP's "
           "(Hann) and over the expected misfit (noise + model error; TV lam auto leaves 0.97x it), then FBP's own "
-          "residual over the misfit. RISING: the "
-          "shipped model is still the single-geometry fan60 one, which fits no suite test case.", "",
+          "residual over the misfit. RISING: model `" + RISING_MODEL + "` (table below).", "",
           md_table(["case", "group", "FBP (Hann)", "TV lam auto", "SV-TV ceiling", "unet (raw)",
                     "residual: unet/FBP, unet/misfit, FBP/misfit", "SV-TV learned lam auto",
                     "SV-TV FBP pre-estimate lam auto", "graphLa+Net", "RISING"], rows, "llrrrrrrrrl"), ""]
@@ -236,8 +277,9 @@ def write_report(results: dict, command: str, model: str) -> None:
                       _mean(t["tv"] for t in gl.values()))
         checks.append(("graphLa+Net >= Net and >= TV lam auto on the mean", mg >= mu and mg >= mt,
                        f"graphLa+Net {mg:.2f}, Net {mu:.2f}, TV lam auto {mt:.2f} dB over {len(gl)} cases"))
-    checks.append(("RISING within 1 dB of converged sgp_tv on real slices and >= 5x faster", False,
-                   "not measured: RISING's model is still the fan60 one (no suite test case fits it)"))
+    rising_lines, rising_checks = rising_tables(results, specs, base)
+    checks += rising_checks
+    L += rising_lines
     L += design_table(results, specs, base)
     L += ["## Must-show checks", "", *[f"- **{'PASS' if ok else 'FAIL'}** {label}: {detail}"
                                       for label, ok, detail in checks], ""]
@@ -253,6 +295,67 @@ def write_report(results: dict, command: str, model: str) -> None:
               f"ceiling {means['ceiling']:.2f}, unet {mu:.2f}, SV-TV learned {ms:.2f}, graphLa+Net {mg:.2f} dB"]
     L.append("")
     (RESULTS / "learned.md").write_text("\n".join(L))
+
+
+def rising_cell(r: dict) -> str:
+    x = r.get(result_key("rising", RISING_MODEL))
+    return "–" if x is None else f"{x['psnr']:.2f} ({x['cpu_ratio']:.1f}x faster)"
+
+
+def rising_tables(results: dict, specs: dict, base: dict) -> tuple[list[str], list[tuple[str, bool, str]]]:
+    """rising_table for RISING_MODEL and every other RISING model with results in learned.json."""
+    models = sorted({k.split("@", 1)[1] for c in results["cases"].values() for k in c.get("methods", {})
+                     if k.startswith("rising@")} - {RISING_MODEL})
+    lines, checks = [], []
+    for model in [RISING_MODEL, *models]:
+        more, check = rising_table(results, specs, base, model)
+        lines += more
+        checks.append(check)
+    return lines, checks
+
+
+def rising_table(results: dict, specs: dict, base: dict, model: str = RISING_MODEL
+                 ) -> tuple[list[str], tuple[str, bool, str]]:
+    """Markdown lines of RISING against its converged solver (and TV lam auto), and the must-show check."""
+    label = f"RISING (`{model}`) within 1 dB of its converged solver on real slices and >= 5x faster"
+    rows, got = [], {}
+    for name, spec in specs.items():
+        x = results["cases"].get(name, {}).get("methods", {}).get(result_key("rising", model))
+        if spec.split != "test" or x is None:
+            continue
+        tv = base.get(name, {}).get("methods", {}).get("tv_auto_I0", {}).get("psnr")
+        c = x["converged"]
+        real = spec.image.split(":")[0] in REAL_IMAGES
+        got[name] = (x, c, tv, real)
+        rows.append([name, group(spec) + ("" if real else ", phantom"), "–" if tv is None else f"{tv:.2f}",
+                     f"{c['psnr']:.2f}", f"{x['x_k_psnr']:.2f}", f"{x['psnr']:.2f}", f"{x['psnr'] - c['psnr']:+.2f}",
+                     f"{c['cpu']:.2f}", f"{x['cpu']:.2f}", f"{x['cpu_ratio']:.1f}", str(x.get("guard_decision"))])
+    if not got:
+        return [], (label, False, f"not measured: no results of `{model}` in learned.json")
+    k = next(iter(got.values()))[0]["k"]
+    it = next(iter(got.values()))[1]["iterations"]
+    mean = lambda f: _mean(f(v) for v in got.values())  # noqa: E731
+    rows.append([f"**mean ({len(got)} cases)**", "", f"**{mean(lambda v: v[2]):.2f}**",
+                 f"**{mean(lambda v: v[1]['psnr']):.2f}**", f"**{mean(lambda v: v[0]['x_k_psnr']):.2f}**",
+                 f"**{mean(lambda v: v[0]['psnr']):.2f}**", f"**{mean(lambda v: v[0]['psnr'] - v[1]['psnr']):+.2f}**",
+                 "", "", "", ""])
+    real = {n: v for n, v in got.items() if v[3]}
+    worst = min((v[0]["psnr"] - v[1]["psnr"] for v in real.values()), default=float("nan"))
+    slowest = min(v[0]["cpu_ratio"] for v in got.values())
+    ok = bool(real) and worst >= -1.0 and slowest >= 5.0
+    check = (label, ok, f"worst gap on {len(real)} real slices {worst:+.2f} dB, mean "
+                        f"{_mean(v[0]['psnr'] - v[1]['psnr'] for v in real.values()):+.2f}; "
+                        f"CPU time ratio converged / RISING {slowest:.1f}-"
+                        f"{max(v[0]['cpu_ratio'] for v in got.values()):.1f}x")
+    lines = [f"## RISING against its converged solver: `{model}` (PSNR dB, CPU s)", "",
+             f"Model `{model}` (training/{RISING_MODEL}.yaml): RISING = {k} iterations of sgp_tv from 0, then "
+             f"the network; converged = sgp_tv {it} iterations, the same parameters (lam 'noise': 400 x noise std / "
+             "pixel size). `x_k`: the k iterations alone. CPU time of one thread, converged and RISING run "
+             "alternately twice, minimum kept (RISING includes its guard's residuals). "
+             "`python benchmarks/learned.py --model " + model + " --methods rising`.", "",
+             md_table(["case", "group", "TV lam auto", "sgp_tv converged", "x_k", "RISING", "RISING - converged",
+                       "CPU converged", "CPU RISING", "ratio", "guard"], rows, "llrrrrrrrrl"), ""]
+    return lines, check
 
 
 def design_table(results: dict, specs: dict, base: dict) -> list[str]:

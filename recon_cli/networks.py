@@ -260,13 +260,20 @@ class Model:
         """The network's input planes: ``image`` then any of ``noise_level``, ``n_views`` (constant planes)."""
         return list(self.meta.get("input_channels") or ["image"])
 
-    def apply(self, x, *, voxel_size: float | None = None, conditions: dict | None = None):
+    def apply(self, x, *, voxel_size: float | None = None, conditions: dict | None = None, residual: bool = False,
+              native: bool = False):
         """Network output for an image (ny, nx) or stack (nz, ny, nx) in 1/mm (numpy, or cupy on the GPU).
 
         ``voxel_size`` (mm) is needed by a model with a canonical pixel size: the input is resampled
         (anti-aliased) to it, run, and resampled back to its own shape. ``conditions``: ``noise_std``
         (line-integral noise std, see :func:`noise_std_of`) and ``n_views``, for the extra input
         channels the metadata may name.
+
+        ``residual`` (models with a canonical pixel size only): return x + resample(net(x_c) - x_c), x_c the
+        input resampled to the canonical grid, instead of resample(net(x_c)): the network's correction is
+        added to the input at its own resolution (then clipped at 0), so a grid finer than the canonical one keeps its
+        detail. ``native``: no resampling at all, the network runs on the input's own grid (RISING's default:
+        its k-iteration inputs look alike at any pixel size, while resampling them changes their character).
         """
         if x.ndim not in (2, 3):
             raise InputError(f"model input must be (ny, nx) or (nz, ny, nx), got shape {tuple(x.shape)}",
@@ -274,13 +281,15 @@ class Model:
         xp = array_module(x)
         stack = x[None] if x.ndim == 2 else x
         shape_in = tuple(stack.shape[-2:])
-        canonical = self.canonical_pixel_size
+        canonical = None if native else self.canonical_pixel_size
         if canonical is not None:
             if voxel_size is None:
                 raise InputError("this model resamples to its canonical pixel size and needs the input's "
                                  "voxel size", file=str(self.path), field="voxel_size")
+            original = stack
             stack = _to_xp(resample(_to_numpy(stack), canonical_shape(shape_in, voxel_size, canonical)), xp)
         stack = stack.astype(np.float32, copy=False)
+        resampled = stack
         if self.normalization_mode == "per_image":
             scales = xp.asarray(image_scale(_to_numpy(stack), fallback=self.input_scale), dtype=np.float32)
         else:
@@ -301,7 +310,10 @@ class Model:
                 self._run_cuda(chunk, out[s:s + BATCH_SLICES])
         scale_out = scales * np.float32(self.output_scale / self.input_scale)
         y = crop(out[:, 0], shape) * scale_out[:, None, None]
-        if canonical is not None:
+        if canonical is not None and residual:
+            y = original.astype(np.float32) + _to_xp(resample(_to_numpy(y - resampled), shape_in), xp)
+            y = xp.maximum(y, np.float32(0.0))  # attenuation stays >= 0, as the networks' own outputs
+        elif canonical is not None:
             y = _to_xp(resample(_to_numpy(y), shape_in), xp)
         y = xp.ascontiguousarray(y, dtype=np.float32)
         return y[0] if x.ndim == 2 else y

@@ -235,6 +235,11 @@ class EnvelopeSpec(Strict):
                                 "is simulated at field / max_train_n (the network sees the canonical grid anyway; "
                                 "the model still states pixel_size_mm)")
 
+    native_grid: bool = Field(
+        False, description="pairs stay at their drawn pixel size on the grid's shape (the field of view varies: "
+                           "shape x pixel size) and are not resampled; the model states no canonical pixel size and "
+                           "runs on the data's own grid (RISING: its k-iteration inputs depend on the pixel grid)")
+
     @model_validator(mode="after")
     def _ranges(self):
         for name in ("n_views", "pixel_size_mm", "grid", "I0", "gaussian_rel"):

@@ -444,7 +444,7 @@ def envelope_metadata(cfg: TrainConfig, arrays: dict[str, SplitArrays]) -> dict:
     env = cfg.envelope
     out = {"geometry_types": list(env.geometry_types), "n_views": list(env.n_views), "grid": list(env.grid),
            "pixel_size_mm": list(env.pixel_size_mm), "I0": list(env.I0) if env.gaussian_fraction < 1 else None,
-           "sigma": None, "canonical_pixel_size_mm": cfg.grid.voxel_size}
+           "sigma": None, "canonical_pixel_size_mm": None if env.native_grid else cfg.grid.voxel_size}
     if env.gaussian_fraction > 0:  # the line-integral noise std seen in the Gaussian pairs, widened 2x
         stds = [c[0] for a in arrays.values() if a.conditions is not None for c in a.conditions
                 if np.isfinite(c[0])]

@@ -24,7 +24,12 @@ A stack of 2D slices is processed slice by slice (step one on each slice with a 
 projector of the same kind), as in training: solvers such as ``sgp_tv`` share step sizes over a
 stack, so k joint iterations would not give the per-slice early iterates the network learned from.
 A solver with a lam search (``tv``/``svtv`` with ``lam: auto``) runs its search before its k
-iterations, so step one is then not cheap: train and run RISING with a fixed lam.
+iterations, so step one is then not cheap: train and run RISING with a fixed lam, or with ``sgp_tv``'s
+``lam: noise`` (a rule from the noise level, no solve), which lets one model serve every dose of an envelope.
+
+An envelope model (metadata ``envelope`` with a canonical pixel size) is run per ``resample``: ``native``
+(default) on x_k's own grid, ``residual`` on the canonical grid with its correction added to x_k, ``image``
+with its output resampled back (recon_cli.networks.Model.apply).
 """
 from __future__ import annotations
 
@@ -230,7 +235,8 @@ def solve(op: Operator, sino: Sinogram, params: RisingParams, callback=None, *,
     t1 = clock.seconds()
     x_k, history, infos = step_one(ref, params.k, op, sino, callback, resume_state=resume_state)
     t2 = clock.seconds()
-    network_out = model.apply(x_k, voxel_size=sino.grid.voxel_size, conditions=conditions_for(sino))
+    network_out = model.apply(x_k, voxel_size=sino.grid.voxel_size, conditions=conditions_for(sino),
+                              residual=params.resample == "residual", native=params.resample == "native")
     t3 = clock.seconds()
     xp = op.xp
     norm_k = float(xp.linalg.norm(x_k.ravel()))

@@ -134,6 +134,23 @@ def choose_lam_sgp(op: Operator, sino: Sinogram, params: SGPTVParams, x0=None) -
     return factor * followed.lam, chain["alg"], info
 
 
+def noise_rule_lam(sino: Sinogram, params: SGPTVParams) -> tuple[float, dict]:
+    """lam 'noise': lam_per_noise_std * sigma / voxel_size (normalised), sigma the noise std of one line
+    integral (metadata sigma or I0, else estimated from the sinogram; regularisation_parameter.noise_norm).
+    No solve: what RISING needs, whose k iterations must stay cheap, while the network (trained with
+    the same rule) serves every dose of its envelope. Returns (lam, info)."""
+    from recon_cli.solvers.regularisation_parameter import noise_norm
+
+    y = sino.data
+    norm, source = noise_norm(y, sino.metadata)
+    std = float(norm) / math.sqrt(float(np.prod(y.shape)))
+    if not (std > 0 and math.isfinite(std)):
+        raise InputError(f"lam 'noise': the noise level is {std!r} ({source}); give lam a number",
+                         field="lam")
+    lam = float(params.lam_per_noise_std) * std / float(sino.grid.voxel_size)
+    return lam, {"lam_rule": "noise", "lam_rule_noise_std": std, "lam_rule_noise_source": source}
+
+
 def tv_weights(dx, beta: float, xp):
     """phi_i = 1 / sqrt(|Dx|_i^2 + beta^2) for ``dx`` = D x of shape (n_axes, *image)."""
     a = xp.sum(dx * dx, axis=0)
@@ -452,7 +469,10 @@ def solve(op: Operator, sino: Sinogram, params: SGPTVParams, callback=None, x0=N
         info_x0 = {"x0_solver": params.x0.name}
         if warm.info.get("time_total") is not None:
             info_x0["time_x0"] = float(warm.info["time_total"])
-    if params.lam != "auto":
+    if params.lam == "noise":
+        lam, rule = noise_rule_lam(sino, params)
+        info_x0.update(rule)
+    elif params.lam != "auto":
         lam = float(params.lam)
     elif resume_state is not None:  # a resumed lam-auto run keeps the lam it chose
         lam = float(resume_state["lam"])

@@ -28,6 +28,12 @@ class RisingParams(SolverParams):
     k: int = unit("1", "iterations of the iterative solver from x = 0 (the network's input)", default=5, ge=1)
     model: str = unit("-", "model file (.onnx, or its .pt/.json sibling) or a shipped model's name",
                       default=DEFAULT_MODEL)
+    resample: Literal["native", "residual", "image"] = unit(
+        "-", "a model with a canonical pixel size (envelope models): 'native' runs the network on x_k's own grid "
+             "(no resampling; on procedural anatomy at 0.4-0.5 mm it gained +3.2 to +6.3 dB towards the converged "
+             "solution, 'residual' +0.0 to +1.8); 'residual' adds the network's correction, computed on the "
+             "canonical grid and resampled, to x_k; 'image' resamples the network's output image back",
+        default="native")
     allow_mismatch: bool = unit("-", "run even if the model was trained for another solver, parameters, k, "
                                      "geometry, grid or noise (warns instead of failing)", default=False)
     on_implausible: Literal["fallback", "fail", "ignore"] = unit(
@@ -39,8 +45,8 @@ class RisingParams(SolverParams):
                                           "the iterate's", default=IMPLAUSIBLE_FACTOR, gt=1.0)
     noise_factor: Optional[float] = unit(
         "1", "largest accepted ratio of the network output's data residual to the data's expected misfit (noise "
-             "plus model error; the converged solver with lam auto leaves about 1x it); null (default: no RISING "
-             "envelope model has been measured yet): the ratio is reported (guard_noise_ratio), not enforced",
+             "plus model error; the converged solver with lam auto leaves about 1x it); null (default): "
+             "the ratio is reported (guard_noise_ratio), not enforced",
         default=None, gt=1.0)
 
     def iteration_budget(self) -> int:

@@ -12,11 +12,15 @@ from recon_cli.solvers.registry import SolverParams, SolverRef, declare, unit
 class SGPTVParams(SolverParams):
     """Parameters of ``sgp_tv`` (lam and beta in the normalised convention of recon_cli.solvers.sgp_tv)."""
 
-    lam: Union[Annotated[float, Field(ge=0.0, allow_inf_nan=False)], Literal["auto"]] = unit(
+    lam: Union[Annotated[float, Field(ge=0.0, allow_inf_nan=False)], Literal["auto", "noise"]] = unit(
         "1 (normalised)", "TV weight for x / intensity_scale on unit pixels, applied as "
         "lam * intensity_scale * voxel_size^2 (mm); RISING paper: 0.1, too weak for our I0 = 1e5 samples. "
         "'auto': discrepancy principle, as in tv (noise from metadata or the sinogram, raised by the model "
-        "error)", default=10.0)
+        "error); 'noise': a rule without any solve, lam = lam_per_noise_std * (noise std of one line "
+        "integral, from metadata or the sinogram) / voxel_size (mm): RISING's lam across an envelope",
+        default=10.0)
+    lam_per_noise_std: float = unit("mm", "lam 'noise': lam * voxel_size / noise std (tv's lam auto lands at "
+                                    "240-660 on the suite, geometric mean ~380)", default=400.0, gt=0.0)
     beta: float = unit("1 (normalised)", "TV smoothing sqrt(|Dx|^2 + beta^2) for x / intensity_scale, "
                        "applied as beta * intensity_scale (1/mm)", default=1e-3, gt=0.0)
     intensity_scale: float = unit("1/mm", "attenuation that maps to 1 in the normalised image "
