@@ -21,7 +21,7 @@ ALLOWED_LOOPS = {
     ("algorithm", "run"): "the driver itself",
     ("fbp", "quarter_turn_groups"): "over the views of the geometry (grouping quarter-turn rotations)",
     ("mmgks", "golub_kahan"): "a fixed number of bidiagonalisation steps building a basis (set-up: no "
-                              "stopping rule, callback or state), with a two-pass reorthogonalisation",
+                              "stopping rule, callback or state), with reorthogonalisation",
     ("regularisation_parameter", "estimate_noise_model"): "six fixed-point refinements of a noise fit",
     ("regularisation_parameter", "discrepancy_search"): "the trial lams of the lam search; each trial is a "
                                                         "full run through the driver",

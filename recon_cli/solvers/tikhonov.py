@@ -299,8 +299,8 @@ def projected_lam(K: Operator, y, D: Operator, steps: int = 40, *, method: str =
         """(D V)(D V)^T for the first k basis vectors; only the rows/columns of new vectors are computed."""
         j0 = done[0]
         if j0 < k:
-            for j in range(j0, k):
-                DV[j] = D.forward(V[j].reshape(K.domain_shape)).reshape(-1)
+            for j, v in enumerate(V[j0:k], start=j0):  # the new basis vectors
+                DV[j] = D.forward(v.reshape(K.domain_shape)).reshape(-1)
             G_D[:k, j0:k] = to_numpy(DV[:k] @ DV[j0:k].T).astype(np.float64)
             G_D[j0:k, :k] = G_D[:k, j0:k].T
             done[0] = k
@@ -361,19 +361,17 @@ def krylov_deflation(K: Operator, D: Operator, U, B: np.ndarray, V, DV: list, la
     k = V.shape[0]
     BtB = B.T @ B  # tridiagonal: K^T K v_j = sum over i in {j-1, j, j+1} of (B^T B)_ij v_i
     NW = V * xp.asarray(np.diag(BtB).astype(np.float32))[:, None]
-    off = np.diag(BtB, 1).astype(np.float32)
-    for j in range(k - 1):
-        NW[j] += off[j] * V[j + 1]
-        NW[j + 1] += off[j] * V[j]
+    off = xp.asarray(np.diag(BtB, 1).astype(np.float32))[:, None]
+    NW[:-1] += off * V[1:]
+    NW[1:] += off * V[:-1]
     beta_next = float(B[k, k - 1])
     if beta_next != 0.0:
         w = K.adjoint(U[k].reshape(K.range_shape)).reshape(-1).astype(np.float32, copy=False)
         w = w - np.float32(beta_next) * V[k - 1]
         NW[k - 1] += np.float32(beta_next) * w
     lam32 = np.float32(lam)
-    for j in range(k):
-        dv = DV[j].reshape(D.range_shape)
-        NW[j] += lam32 * D.adjoint(dv).reshape(-1)
+    for row, dv in zip(NW, DV):  # D^T D v_j for each basis vector
+        row += lam32 * D.adjoint(dv.reshape(D.range_shape)).reshape(-1)
     # G_D in one product (not the search's incremental one), so that a rebuild is bit-identical
     return Deflation(V, NW, BtB + lam * to_numpy(DV @ DV.T).astype(np.float64))
 
