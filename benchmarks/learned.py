@@ -336,6 +336,8 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default=MODEL, help="the envelope model (name); another design than "
                     f"{MODEL} is stored as method@model and shown in the design table")
     ap.add_argument("--skip", nargs="*", default=[], help="case name prefixes to leave out (e.g. s04: 512^2)")
+    ap.add_argument("--split", choices=("test", "tune"), default="test",
+                    help="the suite's part: test (reported) or tune (where a rule such as a guard threshold is chosen)")
     ap.add_argument("--report", action="store_true", help="only rewrite learned.md from learned.json")
     ap.add_argument("--card", type=Path, help="JSON file of card entries (held-out images, CPU time, ...) to write "
                     "into the shipped model's metadata with the measured suite results")
@@ -344,7 +346,7 @@ def main(argv=None) -> int:
     results = load_json(JSON_PATH)
     if not args.report:
         results["machine"] = machine_info()
-        specs = [s for s in by_name(args.cases) if s.split == "test"
+        specs = [s for s in by_name(args.cases) if s.split == args.split
                  and not any(s.name.startswith(p) for p in args.skip)]
         for spec in sorted(specs, key=lambda c: c.n):
             case = load_case(spec)

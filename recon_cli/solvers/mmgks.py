@@ -49,6 +49,17 @@ from recon_cli.solvers.pdhg import checked_problem
 from recon_cli.solvers.registry import IterationState
 
 
+def _reorthogonalised(v, Q, xp):
+    """v minus its projection on the orthonormal rows of Q: classical Gram-Schmidt, repeated once when the
+    first pass removed more than half of v's norm (the "twice is enough" criterion of Daniel, Gragg,
+    Kaufman & Stewart, 1976; a second pass is then needed, otherwise it changes nothing)."""
+    before = float(xp.linalg.norm(v))
+    v = v - Q.T @ (Q @ v)
+    if float(xp.linalg.norm(v)) < 0.5 * before:
+        v -= Q.T @ (Q @ v)
+    return v
+
+
 def golub_kahan(K: Operator, y, steps: int, *, reorthogonalise: bool = True, stop=None):
     """``steps`` steps of Golub-Kahan bidiagonalisation of K started at y.
 
@@ -74,8 +85,7 @@ def golub_kahan(K: Operator, y, steps: int, *, reorthogonalise: bool = True, sto
         if k > 0:
             v -= np.float32(B[k, k - 1]) * V[k - 1]
         if reorthogonalise and k > 0:
-            for _ in range(2):
-                v -= V[:k].T @ (V[:k] @ v)
+            v = _reorthogonalised(v, V[:k], xp)
         alpha = float(xp.linalg.norm(v))
         if alpha <= 1e-12 * beta:
             break
@@ -84,8 +94,7 @@ def golub_kahan(K: Operator, y, steps: int, *, reorthogonalise: bool = True, sto
         u = K.forward(V[k].reshape(K.domain_shape)).reshape(-1).astype(np.float32, copy=False)
         u -= np.float32(alpha) * U[k]
         if reorthogonalise:
-            for _ in range(2):
-                u -= U[:k + 1].T @ (U[:k + 1] @ u)
+            u = _reorthogonalised(u, U[:k + 1], xp)
         gamma = float(xp.linalg.norm(u))
         k_done = k + 1
         if gamma <= 1e-12 * beta:
