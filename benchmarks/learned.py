@@ -47,7 +47,8 @@ MODEL = "postproc_envelope"
 #: The designs compared side by side (issue 14): model name -> what its network is fed.
 DESIGNS = {"postproc_envelope": "FBP (Hann) input", "postproc_tv_envelope": "TV lam auto input",
            "postproc_tv_envelope_aug": "TV lam auto input, aug",
-           "postproc_tv_envelope_aug_l1": "TV lam auto input, aug, L1 loss"}
+           "postproc_tv_envelope_aug_l1": "TV lam auto input, aug, L1 loss",
+           "postproc_tv_envelope_big": "TV lam auto input, 160 pairs"}
 METHODS = ("unet", "svtv_learned", "graphla_net", "svtv_fbp", "rising")
 #: The RISING envelope model (``--methods rising --model RISING_MODEL``): RISING against its converged solver.
 RISING_MODEL = "rising_sgp_tv_envelope"
