@@ -67,3 +67,22 @@ def recon_in_fresh_process(args: list[str], env: dict | None = None) -> tuple[in
     text, report = out.rsplit("MODULES=", 1)
     report = json.loads(report)
     return report["code"], text, set(report["modules"])
+
+
+def train_via_cli(root: Path, raw: dict) -> tuple[Path, Path, Path]:
+    """`recon train` on the config ``raw`` (copied; its pair cache under ``root``) through the CLI:
+    (output folder, config path, cache folder)."""
+    import json
+
+    import yaml
+    from click.testing import CliRunner
+
+    from recon_cli.cli.main import cli
+
+    raw = json.loads(json.dumps(raw))
+    raw["data"]["cache_dir"] = str(root / "cache")
+    cfg_path = root / f"{raw['name']}.yaml"
+    cfg_path.write_text(yaml.safe_dump(raw))
+    result = CliRunner().invoke(cli, ["-q", "train", str(cfg_path), "--out", str(root / "out")])
+    assert result.exit_code == 0, result.output
+    return root / "out", cfg_path, root / "cache"

@@ -43,18 +43,9 @@ def tiny_config(cache, **training):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """`recon train` on the tiny config through the CLI: (output folder, config path, cache folder)."""
-    import yaml
+    from cli_helpers import train_via_cli
 
-    from recon_cli.cli.main import cli
-
-    root = tmp_path_factory.mktemp("learn")
-    raw = json.loads(json.dumps(TINY))
-    raw["data"]["cache_dir"] = str(root / "cache")
-    cfg_path = root / "tiny.yaml"
-    cfg_path.write_text(yaml.safe_dump(raw))
-    result = CliRunner().invoke(cli, ["-q", "train", str(cfg_path), "--out", str(root / "out")])
-    assert result.exit_code == 0, result.output
-    return root / "out", cfg_path, root / "cache"
+    return train_via_cli(tmp_path_factory.mktemp("learn"), TINY)
 
 
 def _sinogram(geometry, grid, seed=3, I0=1.0e5):

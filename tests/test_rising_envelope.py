@@ -108,19 +108,10 @@ def test_envelope_config_validates_and_pairs_one_solver_with_one_lam_rule():
 def tiny_model(tmp_path_factory):
     pytest.importorskip("torch")
     pytest.importorskip("onnx")
-    import yaml
-    from click.testing import CliRunner
+    from cli_helpers import train_via_cli
 
-    from recon_cli.cli.main import cli
-
-    root = tmp_path_factory.mktemp("rising_env")
-    raw = json.loads(json.dumps(TINY))
-    raw["data"]["cache_dir"] = str(root / "cache")
-    path = root / "tiny.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    result = CliRunner().invoke(cli, ["-q", "train", str(path), "--out", str(root / "out")])
-    assert result.exit_code == 0, result.output
-    return root / "out" / "tiny_rising_env.onnx"
+    out, _, _ = train_via_cli(tmp_path_factory.mktemp("rising_env"), TINY)
+    return out / "tiny_rising_env.onnx"
 
 
 def test_tiny_envelope_rising_model_states_its_envelope_and_target(tiny_model):
