@@ -246,18 +246,7 @@ class SGP(Algorithm):
         self.x, self.r = x, r
         self.y_norm = float(xp.linalg.norm(y)) or 1.0
         self.kty = K.adjoint(y) if params.scaling else None
-        self.f, self.dx = self._objective_at(x, r)
-        self.f_old = self.f
-        self.f_initial = self.f
-        self.g, g_data, phi = self._gradient_at(r, self.dx)
-        self.g_data = g_data  # K^T r at x (kept for restart)
-        self.scale = self._scaling_of(x, g_data, phi, start)
-        self.alpha = float(params.alpha_init)
-        self.tau = 0.5  # ABB_min switching threshold, adapted every iteration
-        self.bb2_recent: deque[float] = deque(maxlen=params.bb_memory)
-        self.f_recent: deque[float] = deque([self.f], maxlen=params.armijo_memory)
-        self.history: dict[str, list[float]] = {"objective": [], "residual": [], "alpha": [], "step": []}
-        self.n_backtracks = 0
+        self._start(start)
         self.d = xp.empty_like(x)
         if state is not None:
             self.resume(state)
@@ -409,15 +398,22 @@ class SGP(Algorithm):
         self.lam = float(lam)
         self.iteration, self.pending_stop, self.resumed_from = 0, None, None
         self.K.seconds = 0.0
+        self._start(0, self.g_data)
+
+    def _start(self, iteration: int, g_data=None) -> None:
+        """A run's start at (x, r): objective, gradient, scaling, step and line-search memory, history.
+        ``g_data``: K^T r when known (a restart; otherwise one adjoint)."""
+        params = self.params
         self.f, self.dx = self._objective_at(self.x, self.r)
         self.f_old = self.f_initial = self.f
-        self.g, g_data, phi = self._gradient_at(self.r, self.dx, self.g_data)
-        self.scale = self._scaling_of(self.x, g_data, phi, 0)
+        self.g, g_data, phi = self._gradient_at(self.r, self.dx, g_data)
+        self.g_data = g_data  # K^T r at x (kept for restart)
+        self.scale = self._scaling_of(self.x, g_data, phi, iteration)
         self.alpha = float(params.alpha_init)
-        self.tau = 0.5
-        self.bb2_recent = deque(maxlen=params.bb_memory)
-        self.f_recent = deque([self.f], maxlen=params.armijo_memory)
-        self.history = {"objective": [], "residual": [], "alpha": [], "step": []}
+        self.tau = 0.5  # ABB_min switching threshold, adapted every iteration
+        self.bb2_recent: deque[float] = deque(maxlen=params.bb_memory)
+        self.f_recent: deque[float] = deque([self.f], maxlen=params.armijo_memory)
+        self.history: dict[str, list[float]] = {"objective": [], "residual": [], "alpha": [], "step": []}
         self.n_backtracks = 0
 
     def state(self) -> dict:
