@@ -47,9 +47,9 @@ QUALITY_METHODS = ("fbp", "sirt", "tv_auto_I0", "tv_auto", "tv_oracle", "svtv_ce
 #: Iterations of every TV / SV-TV solve (the solver default).
 TV_ITERATIONS = 300
 #: The other solvers' cost of lam auto: the lam-auto run and the fixed solve at its lam alternate this
-#: many times (one run per timed_cpu call, so that both see the same spells of load and the projection
-#: counts are of one run), and each takes its least CPU time (other jobs on a shared machine only ever
-#: add time: single runs scattered by +-10 %, enough to put a 1.35x run above 1.5).
+#: many times (so that both see the same spells of load), and each takes its least CPU time (other jobs
+#: on a shared machine only ever add time: single runs scattered by +-10 %, enough to put a 1.35x run
+#: above 1.5).
 COST_REPEATS = 3
 
 
@@ -71,22 +71,13 @@ def timed(fn):
     return out, time.perf_counter() - t0
 
 
-def timed_cpu(fn, min_total: float = 2.0, max_runs: int = 5):
-    """(out, wall s, CPU s of this process) of the fastest of up to ``max_runs`` runs, repeated until
-    ``min_total`` CPU seconds were spent (one run for solves longer than that): the solvers run on one
-    thread (OPENBLAS_NUM_THREADS=1), so CPU time is the cost measure that other jobs on a shared machine
-    barely disturb, and repeats keep the scatter of sub-second solves (+-0.05 s) out of their ratios."""
-    best, spent = None, 0.0
-    for _ in range(max_runs):
-        c0, t0 = time.process_time(), time.perf_counter()
-        out = fn()
-        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-        if best is None or cpu < best[2]:
-            best = (out, wall, cpu)
-        spent += cpu
-        if spent >= min_total:
-            break
-    return best
+def timed_cpu(fn):
+    """(out, wall s, CPU s of this process) of one run: the solvers run on one thread
+    (OPENBLAS_NUM_THREADS=1), so CPU time is the cost measure that other jobs on a shared machine barely
+    disturb; callers alternate the runs they compare and keep each one's least (COST_REPEATS)."""
+    c0, t0 = time.process_time(), time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0, time.process_time() - c0
 
 
 def warm_up() -> None:
@@ -211,11 +202,10 @@ def run_method(case: Case, op, method: str, done: dict) -> dict:
         runs = []
         for _ in range(COST_REPEATS):  # alternating: lam auto, then one solve at its lam, cold
             counted = CountingOperator(op)
-            rec, t, c = timed_cpu(lambda: run_solver(solver, counted, sino, {"lam": "auto"}), max_runs=1)
+            rec, t, c = timed_cpu(lambda: run_solver(solver, counted, sino, {"lam": "auto"}))
             lam = float(rec.info["lam"])
             counted_fixed = CountingOperator(op)
-            _, t_fixed, c_fixed = timed_cpu(lambda: run_solver(solver, counted_fixed, sino, {"lam": lam}),
-                                            max_runs=1)
+            _, t_fixed, c_fixed = timed_cpu(lambda: run_solver(solver, counted_fixed, sino, {"lam": lam}))
             runs.append((t, t_fixed, c, c_fixed))
         return {**score(case, rec.volume), "time": min(r[0] for r in runs), "time_one_solve": min(r[1] for r in runs),
                 "cpu": min(r[2] for r in runs), "cpu_one_solve": min(r[3] for r in runs),
