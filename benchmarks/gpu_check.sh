@@ -7,11 +7,12 @@
 #
 # Steps, each with its own time limit (the sum stays under 10 min):
 #   1. the GPU seen by nvidia-smi and by recon-cli (recon_cli.backend.gpu_status)   30 s
-#   2. RECON_TEST_GPU=1 pytest -m gpu (GPU tests must run: a missing GPU fails them)   330 s
+#   2. RECON_TEST_GPU=1 pytest -m gpu (GPU tests must run: a missing GPU fails them)   200 s
 #   3. benchmarks/scaling.py --device gpu: a slice stack on 1 and 2 workers, each on the GPU,
 #      and Dask's overhead  -> benchmarks/results/scaling_gpu.md                        150 s
-#   4. every other benchmark that offers `--device gpu` (none besides scaling.py when this was
-#      written), with --quick                                                           60 s
+#   4. benchmarks/gpu_pipelines.py: every shipped pipeline on the CPU and on the GPU (PSNR,
+#      speed-up)  -> benchmarks/results/gpu_pipelines.md                                 160 s
+#   5. every other benchmark that offers `--device gpu --quick` (none when this was written)  60 s
 # Every step runs even when an earlier one fails; the exit code is 1 when any step failed.
 set -u
 cd "$(dirname "$0")/.." || exit 2
@@ -50,15 +51,18 @@ run gpu_info 30 bash -c "nvidia-smi --query-gpu=name,driver_version,memory.total
 print(\"recon-cli gpu_status:\", ok, why); sys.exit(0 if ok else 1)'"
 
 # 2. the GPU tests (-rA: one line per test in the log, to count them below)
-run gpu_tests 330 env RECON_TEST_GPU=1 "$PYTHON" -m pytest -m gpu -q -rA -p no:cacheprovider tests
+run gpu_tests 200 env RECON_TEST_GPU=1 "$PYTHON" -m pytest -m gpu -q -rA -p no:cacheprovider tests
 
 # 3. the scaling benchmark on the GPU
 run scaling_gpu 150 "$PYTHON" benchmarks/scaling.py --device gpu --slices 64 --size 256 --iterations 50 \
     --repeats 2 --executors local1,local2,dask2 --out "$RESULTS/scaling_gpu.md"
 
-# 4. other benchmarks with a --device option (quick runs)
+# 4. every shipped pipeline on the CPU and on the GPU, side by side (PSNR and speed-up)
+run gpu_pipelines 160 "$PYTHON" benchmarks/gpu_pipelines.py --budget-s 140 --out "$RESULTS/gpu_pipelines.md"
+
+# 5. other benchmarks with a --device option (quick runs)
 for script in benchmarks/*.py; do
-    case "$script" in benchmarks/scaling.py|benchmarks/common.py) continue ;; esac
+    case "$script" in benchmarks/scaling.py|benchmarks/common.py|benchmarks/gpu_pipelines.py) continue ;; esac
     if grep -q -- '"--device"' "$script" && grep -q -- '"--quick"' "$script"; then
         name=$(basename "$script" .py)_gpu
         run "$name" 60 "$PYTHON" "$script" --device gpu --quick
@@ -101,6 +105,11 @@ done
         tail -30 "$LOGS/scaling_gpu.log"
         echo '```'
     fi
+    echo
+    echo "## Shipped pipelines on the CPU and the GPU"
+    echo
+    if [ -s "$RESULTS/gpu_pipelines.md" ]; then sed '1d' "$RESULTS/gpu_pipelines.md"; else
+        echo '```'; tail -30 "$LOGS/gpu_pipelines.log"; echo '```'; fi
     for log in "$LOGS"/*_gpu.log; do
         name=$(basename "$log" .log)
         [ "$name" = scaling_gpu ] && continue
