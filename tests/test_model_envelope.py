@@ -119,7 +119,7 @@ def test_recon_run_outside_the_envelope_exits_2_with_one_line_and_allow_mismatch
     monkeypatch.chdir(REPO)
     out = tmp_path / "o.h5"
     args = ["-q", "run", "pipelines/unet.yaml", "-i", "sample_data/shepp_logan_parallel180.h5", "-o", str(out),
-            "--set", "output.formats=[hdf5]"]
+            "--set", "output.formats=[hdf5]", "--set", "solver.params.model=postproc_fan60"]
     with pytest.raises(SystemExit) as exc:
         main(args)
     err = capsys.readouterr().err
@@ -134,6 +134,25 @@ def test_recon_run_outside_the_envelope_exits_2_with_one_line_and_allow_mismatch
         assert metrics["guard_residual_network"] > 0 and metrics["guard_fallback"] in (0, 1)
         assert info["guard_decision"] in ("accepted", "fallback")
         assert np.all(np.isfinite(f["reconstruction"][...]))
+
+
+def test_the_shipped_unet_pipeline_runs_another_geometry_without_allow_mismatch(tmp_path, monkeypatch):
+    """pipelines/unet.yaml (the envelope model) on the 180-view parallel-beam sample, which the single-geometry
+    model refuses (above): it runs, and beats FBP (Hann) on the same data (measured 38.39 vs 25.88 dB)."""
+    monkeypatch.chdir(REPO)
+    out = tmp_path / "u.h5"
+    fbp = tmp_path / "f.h5"
+    sample = "sample_data/shepp_logan_parallel180.h5"
+    with pytest.raises(SystemExit) as exc:
+        main(["-q", "run", "pipelines/unet.yaml", "-i", sample, "-o", str(out), "--set", "output.formats=[hdf5]"])
+    assert exc.value.code == 0
+    with pytest.raises(SystemExit) as exc:
+        main(["-q", "run", "pipelines/fbp.yaml", "-i", sample, "-o", str(fbp), "--set", "output.formats=[hdf5]",
+              "--set", "solver.params.filter=hann"])
+    assert exc.value.code == 0
+    with h5py.File(out, "r") as f, h5py.File(fbp, "r") as g:
+        assert dict(f["info"].attrs)["guard_decision"] == "accepted"
+        assert float(f["metrics"].attrs["psnr"]) > float(g["metrics"].attrs["psnr"]) + 3.0
 
 
 def test_trained_single_geometry_model_writes_its_envelope(tmp_path):
