@@ -194,6 +194,11 @@ class Model:
         """The input solver the model was trained on, ``{"name": ..., "params": {...}}``."""
         return self.meta.get("input")
 
+    @property
+    def trained_dihedral(self) -> bool:
+        """Whether training turned and mirrored every patch with its target (``training.dihedral``)."""
+        return bool(((self.meta.get("config") or {}).get("training") or {}).get("dihedral", False))
+
     # ------------------------------------------------------------------ checks
     @property
     def envelope(self) -> dict:
@@ -341,6 +346,25 @@ class Model:
         cupy.cuda.runtime.deviceSynchronize()
         self.session.run_with_iobinding(binding)
         cupy.cuda.runtime.deviceSynchronize()
+
+
+#: The 8 symmetries of the square: quarter turns k, then a mirror of the last axis.
+DIHEDRAL = tuple((k, mirror) for k in range(4) for mirror in (False, True))
+
+
+def dihedral_mean(apply, x):
+    """Mean of ``apply`` over the 8 turns / mirrors of x's last two axes, each undone on its output.
+
+    x: (ny, nx) or (nz, ny, nx) (numpy or cupy); ``apply`` maps such an array (its last two axes possibly
+    swapped) to one of the same shape. The result is equivariant under those 8 symmetries."""
+    xp = array_module(x)
+    total = None
+    for k, mirror in DIHEDRAL:
+        t = xp.rot90(x, k, axes=(-2, -1))
+        y = apply(xp.ascontiguousarray(t[..., ::-1] if mirror else t))
+        y = xp.rot90(y[..., ::-1] if mirror else y, -k, axes=(-2, -1)).astype(np.float32)
+        total = y if total is None else total + y
+    return xp.ascontiguousarray(total / np.float32(len(DIHEDRAL)))
 
 
 def read_metadata(onnx_path: Path, session=None) -> dict:

@@ -12,11 +12,14 @@ the data about as well as its input (e.g. FBP) does, and its residual must stay 
 ``on_implausible`` decides: ``fallback`` (default: the ``fallback`` solver's image, by default the
 input solver's, with a warning naming the residuals), ``fail`` or ``ignore``. The residuals and
 the decision are in ``info`` (``guard_*``) and ``/metrics``.
+
+A model trained with dihedral augmentation is by default averaged over the 8 turns / mirrors of its
+input (``dihedral_average``; networks.dihedral_mean).
 No torch: inference is ONNX Runtime only.
 """
 from __future__ import annotations
 
-from recon_cli.networks import conditions_for, load_model
+from recon_cli.networks import conditions_for, dihedral_mean, load_model
 from recon_cli.sinogram import Reconstruction
 from recon_cli.solvers.algorithm import Stopwatch
 from recon_cli.solvers.learned_guard import guard_output, misfit_or_none
@@ -54,7 +57,13 @@ def solve(op, sino, params: UNetParams, callback=None) -> Reconstruction:
                                   input_renamed=get_solver(ref.name).params_model.renamed)
     first = run_ref(ref, op, sino, callback)
     t1 = clock.seconds()
-    network_out = model.apply(first.volume, voxel_size=sino.grid.voxel_size, conditions=conditions_for(sino))
+    conditions = conditions_for(sino)
+
+    def network(x):
+        return model.apply(x, voxel_size=sino.grid.voxel_size, conditions=conditions)
+
+    average = model.trained_dihedral if params.dihedral_average is None else params.dihedral_average
+    network_out = dihedral_mean(network, first.volume) if average else network(first.volume)
     t2 = clock.seconds()
     fb = params.fallback
     volume, guard = guard_output(op, sino.data, network_out, first.volume, baseline_name=ref.name,
@@ -71,6 +80,7 @@ def solve(op, sino, params: UNetParams, callback=None) -> Reconstruction:
         "model": str(model.path),
         "model_name": model.name,
         "input_solver": ref.name,
+        "dihedral_average": bool(average),
         "input_info": _scalars(first.info),
         "mismatches": [f"{f}: {m}" for f, m in mismatches],
         "providers": ",".join(model.providers),

@@ -30,6 +30,10 @@ class UNetParams(SolverParams):
         "1", "largest accepted ratio of the network output's data residual to the data's expected misfit (noise "
              "plus model error, from I0/sigma or estimated from the sinogram; TV lam auto leaves 0.97x it); "
              "null: not checked", default=NOISE_FACTOR, gt=1.0)
+    dihedral_average: Optional[bool] = unit(
+        "-", "average the network over the 8 turns / mirrors of its input (8x the network's time; +0.10 dB mean "
+             "on the evaluation suite's tuning cases with postproc_tv_envelope_big, no case lower); null: on for "
+             "models trained with dihedral augmentation (training.dihedral), off otherwise", default=None)
     fallback: Optional[SolverRef] = Field(
         None, description="solver whose image replaces an implausible output (on_implausible: fallback); "
                           "default: the input solver's image (no extra cost), e.g. {name: tv, params: {lam: auto}}")
