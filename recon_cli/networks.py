@@ -195,6 +195,12 @@ class Model:
         return self.meta.get("input")
 
     @property
+    def correction_weight(self) -> float:
+        """Weight a of the network's correction, output = x + a (net(x) - x) (metadata ``inference``; 1 if
+        absent): chosen after training on tuning data, e.g. benchmarks/tuning/unet_correction_weight.py."""
+        return float((self.meta.get("inference") or {}).get("correction_weight", 1.0))
+
+    @property
     def trained_dihedral(self) -> bool:
         """Whether training turned and mirrored every patch with its target (``training.dihedral``)."""
         return bool(((self.meta.get("config") or {}).get("training") or {}).get("dihedral", False))
@@ -378,6 +384,27 @@ def read_metadata(onnx_path: Path, session=None) -> dict:
         return json.loads(sidecar.read_text())
     raise InputError(f"no recon-cli metadata (no {METADATA_KEY!r} entry and no {sidecar.name})",
                      file=str(onnx_path), field="metadata")
+
+
+def update_metadata(onnx_path: Path, key: str, value) -> dict:
+    """Set metadata entry ``key`` (a dict value is merged into the existing one) of a model, inside its .onnx
+    and in its .json sidecar (kept equal); returns the new metadata. Needs the ``onnx`` package."""
+    import onnx
+
+    onnx_path = Path(onnx_path)
+    proto = onnx.load(str(onnx_path))
+    entry = next((e for e in proto.metadata_props if e.key == METADATA_KEY), None)
+    if entry is None:
+        raise InputError(f"no {METADATA_KEY!r} metadata entry to update", file=str(onnx_path), field="metadata")
+    meta = json.loads(entry.value)
+    meta[key] = {**meta.get(key, {}), **value} if isinstance(value, dict) else value
+    entry.value = json.dumps(meta, indent=2, allow_nan=False)
+    tmp = onnx_path.with_suffix(".tmp")
+    onnx.save(proto, str(tmp))
+    tmp.replace(onnx_path)
+    onnx_path.with_suffix(".json").write_text(entry.value + "\n")
+    load_cached.cache_clear()
+    return meta
 
 
 def _onnxruntime():

@@ -64,7 +64,8 @@ def test_unet_averages_a_dihedrally_trained_model_by_default(sample):
     model = load_model(ENVELOPE)
     assert model.trained_dihedral and not load_model("postproc_fan60").trained_dihedral
     pre = {"name": "tv", "params": {"lam": 8.0, "iterations": 30}}  # a cheap input solver (allow_mismatch)
-    base = {"model": ENVELOPE, "pre_estimate": pre, "allow_mismatch": True, "on_implausible": "ignore"}
+    base = {"model": ENVELOPE, "pre_estimate": pre, "allow_mismatch": True, "on_implausible": "ignore",
+            "correction_weight": 1.0}  # the network alone (the blend is tested in test_unet_correction_weight.py)
     auto = run_solver("unet", op, sino, base)
     off = run_solver("unet", op, sino, {**base, "dihedral_average": False})
     assert auto.info["dihedral_average"] is True and off.info["dihedral_average"] is False

@@ -14,7 +14,8 @@ input solver's, with a warning naming the residuals), ``fail`` or ``ignore``. Th
 the decision are in ``info`` (``guard_*``) and ``/metrics``.
 
 A model trained with dihedral augmentation is by default averaged over the 8 turns / mirrors of its
-input (``dihedral_average``; networks.dihedral_mean).
+input (``dihedral_average``; networks.dihedral_mean). The output is x + a (network(x) - x), x the input
+solver's image, with a = ``correction_weight`` (default: the model's, chosen on tuning data; 1 if none).
 No torch: inference is ONNX Runtime only.
 """
 from __future__ import annotations
@@ -64,6 +65,9 @@ def solve(op, sino, params: UNetParams, callback=None) -> Reconstruction:
 
     average = model.trained_dihedral if params.dihedral_average is None else params.dihedral_average
     network_out = dihedral_mean(network, first.volume) if average else network(first.volume)
+    weight = model.correction_weight if params.correction_weight is None else float(params.correction_weight)
+    if weight != 1.0:
+        network_out = first.volume + weight * (network_out - first.volume)
     t2 = clock.seconds()
     fb = params.fallback
     volume, guard = guard_output(op, sino.data, network_out, first.volume, baseline_name=ref.name,
@@ -81,6 +85,7 @@ def solve(op, sino, params: UNetParams, callback=None) -> Reconstruction:
         "model_name": model.name,
         "input_solver": ref.name,
         "dihedral_average": bool(average),
+        "correction_weight": weight,
         "input_info": _scalars(first.info),
         "mismatches": [f"{f}: {m}" for f, m in mismatches],
         "providers": ",".join(model.providers),

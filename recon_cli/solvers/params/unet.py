@@ -30,6 +30,10 @@ class UNetParams(SolverParams):
         "1", "largest accepted ratio of the network output's data residual to the data's expected misfit (noise "
              "plus model error, from I0/sigma or estimated from the sinogram; TV lam auto leaves 0.97x it); "
              "null: not checked", default=NOISE_FACTOR, gt=1.0)
+    correction_weight: Optional[float] = unit(
+        "1", "output = x + a (network(x) - x), x the input solver's image: a < 1 keeps part of the input where "
+             "the network's correction is unreliable (images unlike its training data); null: the model's own "
+             "(metadata inference.correction_weight, chosen on tuning data; 1 if absent)", default=None, gt=0.0, le=1.0)
     dihedral_average: Optional[bool] = unit(
         "-", "average the network over the 8 turns / mirrors of its input (8x the network's time; +0.10 dB mean "
              "on the evaluation suite's tuning cases with postproc_tv_envelope_big, no case lower); null: on for "
