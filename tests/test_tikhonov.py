@@ -136,7 +136,7 @@ def test_krylov_deflation_is_exact_and_saves_cgls_iterations():
     """The deflation built from the Golub-Kahan basis of the lam search: N W^T (N = K^T K + lam D^T D)
     from the bidiagonal relation equals N applied directly, E = W N W^T, and deflated CGLS from the
     projected solution reaches the normal equations' solution in fewer iterations than plain CGLS."""
-    from recon_cli.solvers.tikhonov import projected_lam, rebuild_deflation
+    from recon_cli.solvers.tikhonov import DEFLATION_RANK, projected_lam, rebuild_deflation
 
     n = 24
     K = AstraMatrixProjector(parallel_beam_geometry(30, detector_count=36), VolumeGrid((n, n), 1.0), use_cache=False)
@@ -148,7 +148,8 @@ def test_krylov_deflation_is_exact_and_saves_cgls_iterations():
     A, Dm = K.matrix.astype(np.float64), _gradient_matrix((n, n))
     N = (A.T @ A + lam * Dm.T @ Dm).toarray()
     W = dfl.W.astype(np.float64)
-    assert W.shape == (g["steps"], n * n)
+    assert W.shape == (min(DEFLATION_RANK, g["steps"]), n * n)
+    assert np.abs(W @ W.T - np.eye(W.shape[0])).max() < 1e-5
     assert np.abs(dfl.NW - W @ N).max() < 1e-5 * np.abs(W @ N).max()
     assert np.abs(dfl.E - W @ N @ W.T).max() < 1e-5 * np.abs(dfl.E).max()
     # a rebuilt deflation (resumed runs) is bit-identical
