@@ -22,11 +22,13 @@ ETNA 28, 2008, extended to a general regulariser):
    is minimised over log(lam) (a grid of 241 points over 24 decades around the scale where both
    terms weigh alike, then Brent's method around the best grid point). omega = ``gcv_omega``
    (1: standard GCV; < 1 regularises less, the weighted GCV of Chung, Nagy & O'Leary).
-4. CGLS on the full stacked system with that lam, from the projected solution, deflated by the
-   projection's basis (:class:`Deflation`): N V^T (N = K^T K + lam D^T D) follows from the
-   bidiagonal relation with one more adjoint, so the search directions are kept N-orthogonal to
-   span(V) at two (k, n) products per iteration, and CGLS no longer spends iterations on the part of
-   the spectrum the projection already solved (the projected start alone only gives its value).
+4. CGLS on the full stacked system with that lam, from the projected solution, deflated
+   (:class:`Deflation`) by the DEFLATION_RANK (8) Ritz vectors of N = K^T K + lam D^T D on span(V_k) with
+   the largest Ritz values: the search directions are kept N-orthogonal to them at two (8, n) products per
+   iteration, and CGLS no longer spends iterations on the part of the spectrum the projection already
+   solved (the projected start alone only gives its value). The start's residuals, ||K^T y|| and N on the
+   Ritz vectors follow from the bidiagonal relation (:class:`KrylovBasis`) with one more adjoint, so the
+   search's projector calls are all the solve adds to one cold CGLS.
 ``lam: discrepancy``: the same projection, lam with ||K x_k - y|| = discrepancy_tau * ||e|| (||e|| from
 metadata sigma / I0, else estimated: recon_cli.solvers.regularisation_parameter). If no lam reaches
 the target (every residual of the projection is larger: model error above the noise level, or too
@@ -39,7 +41,8 @@ residual curve is flat near the noise floor), whereas PSNR is flat in log lam ne
 factor was chosen on the suite's tuning cases (worst gap -0.19 dB there, tau 1.01) and reported on
 its test cases; designs measured before it (tau 0.5-1.01, projected GCV, L-curve, UPRE and
 quasi-optimality) are listed there.
-Cost of either: ``gcv_steps`` forward/adjoint pairs and gradients, then the CGLS solve.
+Cost of either: ``gcv_steps`` (discrepancy / auto: until lam settles, LAM_SETTLED) forward/adjoint pairs
+and gradients, one adjoint, then the CGLS solve.
 
 Measured on the reference fan-beam geometry (60 views, 256^2, I0 = 1e5; PSNR of the full solve;
 best = best of lam in {3, 10, 30, 100, 300}): COULE seed 2000: gcv lam 4.2 -> 29.65 dB,
