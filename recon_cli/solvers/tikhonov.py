@@ -398,11 +398,10 @@ class KrylovBasis:
         self.K, self.D = K, D
         gram = GradientGram(D, steps, K.xp)
 
-        def track(k: int, B, V, beta: float) -> bool:
-            G = gram.extend(V)
-            return stop is not None and bool(stop(k, B, beta, G))
+        def settled(k: int, B, V, beta: float) -> bool:
+            return stop is not None and bool(stop(k, B, beta, gram.G[:k, :k]))
 
-        self.U, self.B, self.V, self.beta = golub_kahan(K, y, int(steps), stop=track)
+        self.U, self.B, self.V, self.beta = golub_kahan(K, y, int(steps), stop=settled, on_vector=gram.extend)
         self.G = gram.extend(self.V).copy()
         self.steps = int(self.V.shape[0])
         self._w = None
