@@ -569,8 +569,9 @@ def choose_lam_tikhonov(op: Operator, y, D: Operator, sino: Sinogram, params: Ti
 
 #: Arrays held at the peak of a lam gcv / discrepancy / auto run with the default gcv_steps (40): the
 #: Golub-Kahan bases V (40 image-sized) and U (41 sinogram-sized, kept by the deflation), the deflation's
-#: W and N W^T (2 x DEFLATION_RANK), the CGLS state (x, p, s, D-residual: 5) and a few work arrays.
-TIKHONOV_STATE_ARRAYS = (65, 45)
+#: W and N W^T (2 x DEFLATION_RANK), the CGLS state (x, p, s, D-residual: 5) and a few work arrays
+#: (tracemalloc peak 61-67 image-sized arrays + 45 sinogram-sized at 64^2-256^2, lam auto and gcv).
+TIKHONOV_STATE_ARRAYS = (70, 45)
 
 
 @register("tikhonov", TikhonovParams, state_arrays=TIKHONOV_STATE_ARRAYS)
