@@ -263,3 +263,26 @@ def test_deflation_by_leading_ritz_vectors():
         assert np.diag(dfl.E) == pytest.approx(ritz[:r], rel=1e-9)
         assert np.abs(dfl.forward(np.eye(r)[1]) - K.forward(dfl.W[1].reshape(K.domain_shape)).ravel()).max() \
             < 1e-4 * np.abs(dfl.forward(np.eye(r)[1])).max()
+
+
+def test_golub_kahan_tracked_keeps_both_relations():
+    """U-only reorthogonalisation with its coefficients kept: K V^T = U^T B and K^T U^T = V^T Bv^T + w e_k^T
+    hold, U is orthonormal, V nearly so, and B has the singular values of the fully reorthogonalised B."""
+    from recon_cli.solvers.mmgks import golub_kahan
+    from recon_cli.solvers.tikhonov import golub_kahan_tracked
+
+    K, y, _ = _small_problem(n=32, views=40)
+    steps = 20
+    U, B, Bv, V, beta = golub_kahan_tracked(K, y, steps)
+    U64, V64 = U.astype(np.float64), V.astype(np.float64)
+    KV = np.stack([K.forward(v.reshape(K.domain_shape)).ravel() for v in V]).astype(np.float64)  # rows K v_j
+    assert np.abs(KV - B.T @ U64).max() < 1e-5 * np.abs(KV).max()
+    KtU = np.stack([K.adjoint(u.reshape(K.range_shape)).ravel() for u in U[:steps]]).astype(np.float64)  # K^T u_j
+    assert np.abs(KtU - Bv[:steps] @ V64).max() < 1e-5 * np.abs(KtU).max()  # j < k: no w term
+    assert np.abs(U64 @ U64.T - np.eye(steps + 1)).max() < 1e-5
+    assert np.abs(V64 @ V64.T - np.eye(steps)).max() < 1e-4
+    assert np.array_equal(np.diag(B, -1), np.diag(Bv, -1))
+    _, B_full, _, beta_full = golub_kahan(K, y, steps)
+    assert beta == beta_full
+    s, s_full = np.linalg.svd(B, compute_uv=False), np.linalg.svd(B_full, compute_uv=False)
+    assert np.abs(s - s_full).max() < 1e-4 * s_full.max()

@@ -63,15 +63,14 @@ def _reorthogonalised(v, Q, xp):
     return v, after
 
 
-def golub_kahan(K: Operator, y, steps: int, *, reorthogonalise: bool = True, stop=None, on_vector=None):
+def golub_kahan(K: Operator, y, steps: int, *, reorthogonalise: bool = True, stop=None):
     """``steps`` steps of Golub-Kahan bidiagonalisation of K started at y.
 
     Returns (U, B, V, beta): U (steps+1, m) and V (steps, n) float32 xp arrays with orthonormal rows
     (m = y.size, n = prod(K.domain_shape)), B the (steps+1, steps) lower-bidiagonal float64 numpy
     matrix with K V^T = U^T B, and beta = ||y||. Stops early (fewer rows) on breakdown, or when
     ``stop(k, B[:k+1, :k], V[:k], beta)`` returns True after step k. Full reorthogonalisation
-    (default) keeps the bases orthonormal in float32. ``on_vector(V[:k+1])`` is called as soon as v_k is
-    stored (V has just been read by its reorthogonalisation, so a pass over it finds it in cache).
+    (default) keeps the bases orthonormal in float32.
     """
     xp = K.xp
     y = xp.asarray(y, dtype=np.float32).reshape(-1)
@@ -97,8 +96,6 @@ def golub_kahan(K: Operator, y, steps: int, *, reorthogonalise: bool = True, sto
             break
         xp.divide(v, np.float32(alpha), out=V[k])
         B[k, k] = alpha
-        if on_vector is not None:
-            on_vector(V[:k + 1])
         u = K.forward(V[k].reshape(K.domain_shape)).reshape(-1).astype(np.float32, copy=False)
         u -= xp.multiply(U[k], np.float32(alpha), out=tmp_u)
         if reorthogonalise:
