@@ -151,6 +151,22 @@ def test_gradient_is_adjoint(shape, mode, weight):
     assert adjoint_mismatch(op, seed=2) < CPU_ADJOINT_TOL
 
 
+@pytest.mark.parametrize("shape,mode,weight", [((17, 23), "slicewise", 1.0),
+                                               ((4, 17, 23), "slicewise", 1.0),
+                                               ((4, 17, 23), "3d", 0.5)])
+def test_gradient_normal_is_the_adjoint_of_the_forward(shape, mode, weight):
+    """D^T D x in one pass (used by tikhonov's Gram matrix and deflation) equals adjoint(forward(x)), also
+    when written into a given array."""
+    op = Gradient(shape, mode=mode, slice_weight=weight)
+    x = np.random.default_rng(4).standard_normal(shape).astype(np.float32)
+    ref = op.adjoint(op.forward(x))
+    out = np.full(shape, 7.0, np.float32)
+    assert op.normal(x, out=out) is out
+    for got in (op.normal(x), out):
+        assert got.shape == tuple(shape) and got.dtype == np.float32
+        assert np.abs(got - ref).max() <= 1e-6 * np.abs(ref).max()
+
+
 # ---------------------------------------------------------------- matrix cache
 
 def _no_build(*args, **kwargs):

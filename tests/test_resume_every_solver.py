@@ -32,6 +32,7 @@ def problem():
 CASES = [
     ("tikhonov", {"lam": "gcv", "iterations": 60, "tol": 0.0}, 23),
     ("tikhonov", {"lam": 20.0, "iterations": 40, "tol": 0.0, "nonnegative": True}, 11),
+    ("tikhonov", {"lam": "auto"}, 24),  # deflated, stops at tol after 28: resumed near the tolerance
     ("graphla", {"algorithm": "mmgks", "iterations": 45, "restart": 10, "tol": 0.0}, 17),  # crosses restarts
     ("graphla", {"algorithm": "pdhg", "iterations": 40, "search_iterations": 10}, 15),
     ("graphla", {"algorithm": "pdhg", "lam": 300.0, "iterations": 30}, 12),

@@ -145,7 +145,8 @@ def test_registered_hints(name):
 
 
 @pytest.mark.parametrize("name,params", [("tv", {"lam": 4.0}), ("tv", {"lam": "auto"}), ("svtv", {"lam": 8.0}),
-                                         ("tpv", {"lam": 4.0, "iterations": 30, "outer_iterations": 2})])
+                                         ("tpv", {"lam": 4.0, "iterations": 30, "outer_iterations": 2}),
+                                         ("tikhonov", {"lam": "auto"}), ("tikhonov", {"lam": "gcv"})])
 def test_state_arrays_hint_covers_the_measured_peak(problem, name, params):
     """Peak of the arrays allocated by a run (tracemalloc sees numpy's buffers) vs the hint."""
     op, sino = problem

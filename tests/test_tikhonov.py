@@ -136,7 +136,7 @@ def test_krylov_deflation_is_exact_and_saves_cgls_iterations():
     """The deflation built from the Golub-Kahan basis of the lam search: N W^T (N = K^T K + lam D^T D)
     from the bidiagonal relation equals N applied directly, E = W N W^T, and deflated CGLS from the
     projected solution reaches the normal equations' solution in fewer iterations than plain CGLS."""
-    from recon_cli.solvers.tikhonov import projected_lam, rebuild_deflation
+    from recon_cli.solvers.tikhonov import DEFLATION_RANK, projected_lam, rebuild_deflation
 
     n = 24
     K = AstraMatrixProjector(parallel_beam_geometry(30, detector_count=36), VolumeGrid((n, n), 1.0), use_cache=False)
@@ -148,7 +148,8 @@ def test_krylov_deflation_is_exact_and_saves_cgls_iterations():
     A, Dm = K.matrix.astype(np.float64), _gradient_matrix((n, n))
     N = (A.T @ A + lam * Dm.T @ Dm).toarray()
     W = dfl.W.astype(np.float64)
-    assert W.shape == (g["steps"], n * n)
+    assert W.shape == (min(DEFLATION_RANK, g["steps"]), n * n)
+    assert np.abs(W @ W.T - np.eye(W.shape[0])).max() < 1e-5
     assert np.abs(dfl.NW - W @ N).max() < 1e-5 * np.abs(W @ N).max()
     assert np.abs(dfl.E - W @ N @ W.T).max() < 1e-5 * np.abs(dfl.E).max()
     # a rebuilt deflation (resumed runs) is bit-identical
@@ -161,3 +162,127 @@ def test_krylov_deflation_is_exact_and_saves_cgls_iterations():
     assert defl["iterations"] < plain["iterations"]
     for x in (x_plain, x_defl):
         assert np.abs(x.ravel() - x_ref).max() < 1e-3 * np.abs(x_ref).max()
+
+
+def _small_problem(n=24, views=30, seed=3):
+    K = AstraMatrixProjector(parallel_beam_geometry(views, detector_count=36), VolumeGrid((n, n), 1.0), use_cache=False)
+    y = K.forward(shepp_logan(n))
+    y = (y + 0.02 * float(y.max()) * np.random.default_rng(seed).standard_normal(y.shape)).astype(np.float32)
+    return K, y, Gradient((n, n))
+
+
+class _Counting:
+    """An operator counting its forward and adjoint calls."""
+
+    def __init__(self, op):
+        self.op, self.calls = op, 0
+        self.xp, self.domain_shape, self.range_shape = op.xp, op.domain_shape, op.range_shape
+
+    def forward(self, x):
+        self.calls += 1
+        return self.op.forward(x)
+
+    def adjoint(self, y):
+        self.calls += 1
+        return self.op.adjoint(y)
+
+
+def test_projected_discrepancy_lam_is_the_factorised_one():
+    """The closed-form residual (eigenbasis of the pencil) finds the root of mmgks.discrepancy_lam (a Cholesky
+    factorisation per evaluation) to its tolerance, and reports unreachable targets the same way."""
+    from recon_cli.solvers.mmgks import discrepancy_lam
+    from recon_cli.solvers.tikhonov import KrylovBasis, projected_discrepancy_lam
+
+    K, y, D = _small_problem()
+    for steps in (6, 12):
+        b = KrylovBasis(K, y, D, steps)
+        B, beta, G = b.B, b.beta, b.G
+        e1 = np.zeros(B.shape[0])
+        e1[0] = beta
+        r_ls = float(np.linalg.norm(B @ np.linalg.lstsq(B, e1, rcond=None)[0] - e1))
+        for target in (0.5 * r_ls, 1.5 * r_ls, 0.1 * beta, 0.5 * beta, 2.0 * beta):
+            new = projected_discrepancy_lam(B, beta, G, target)
+            old = discrepancy_lam(B.T @ B, B.T @ e1, beta * beta, G, target)
+            assert new[1] == old[1]
+            assert new[0] == pytest.approx(old[0], rel=1e-5)
+        assert projected_discrepancy_lam(B, beta, G, 1.5 * r_ls)[1]
+
+
+def test_galerkin_start_needs_no_projection_and_matches_them():
+    """The CGLS state at x = V^T z from the Golub-Kahan relation (r1 = y - K x, s = A^T(b - A x), ||K^T y||)
+    equals the one computed with the projector, and the deflated CGLS started from it calls the projector only
+    in its iterations; it reaches the normal equations' solution in fewer iterations than plain CGLS from x."""
+    from recon_cli.solvers.mmgks import projected_solve
+    from recon_cli.solvers.tikhonov import KrylovBasis, StackedCGLS
+
+    K, y, D = _small_problem()
+    n = K.domain_shape[0]
+    b = KrylovBasis(K, y, D, 12)
+    lam = 3.0
+    e1 = np.zeros(b.B.shape[0])
+    e1[0] = b.beta
+    z = projected_solve(b.B.T @ b.B, b.B.T @ e1, b.G, lam)
+    start = b.galerkin_start(z, lam, y)
+    x = start["x"]
+    r1 = y - K.forward(x)
+    s = K.adjoint(r1) - lam * D.adjoint(D.forward(x))
+    assert np.abs(start["r1"] - r1).max() < 1e-4 * np.abs(y).max()
+    assert np.abs(start["s"] - s).max() < 1e-3 * np.abs(s).max()
+    assert start["atb"] == pytest.approx(float(np.linalg.norm(K.adjoint(y))), rel=1e-5)
+    dfl = b.deflation(lam)
+    counted = _Counting(K)
+    StackedCGLS(counted, y, D, lam, start=start, deflation=dfl, iterations=500, tol=1e-6)
+    assert counted.calls == 0
+    x_defl, defl = cgls_stacked(K, y, D, lam, start=start, deflation=dfl, iterations=500, tol=1e-6)
+    x_plain, plain = cgls_stacked(K, y, D, lam, x0=x, iterations=500, tol=1e-6)
+    assert defl["stopped"] == plain["stopped"] == "tol"
+    assert defl["iterations"] < plain["iterations"]
+    A, Dm = K.matrix.astype(np.float64), _gradient_matrix((n, n))
+    x_ref = np.linalg.solve((A.T @ A + lam * Dm.T @ Dm).toarray(), A.T @ y.ravel().astype(np.float64))
+    for got in (x_defl, x_plain):
+        assert np.abs(got.ravel() - x_ref).max() < 1e-3 * np.abs(x_ref).max()
+
+
+def test_deflation_by_leading_ritz_vectors():
+    """The deflation's rows are the Ritz vectors of N on span(V) with the largest Ritz values: orthonormal, in
+    span(V), E = W N W^T diagonal with those values in decreasing order; the whole basis when rank >= steps."""
+    from recon_cli.solvers.tikhonov import KrylovBasis
+
+    K, y, D = _small_problem()
+    b = KrylovBasis(K, y, D, 14)
+    lam = 3.0
+    ritz = np.linalg.eigvalsh(b.B.T @ b.B + lam * b.G)[::-1]
+    for rank, r in ((5, 5), (40, 14)):
+        dfl = b.deflation(lam, rank)
+        W = dfl.W.astype(np.float64)
+        assert W.shape == (r, K.domain_shape[0] * K.domain_shape[1])
+        assert np.abs(W @ W.T - np.eye(r)).max() < 1e-5
+        V = b.V.astype(np.float64)
+        assert np.abs(W - (W @ V.T) @ V).max() < 1e-5  # in span(V)
+        assert np.abs(dfl.E - np.diag(np.diag(dfl.E))).max() < 1e-8 * dfl.E.max()
+        assert np.diag(dfl.E) == pytest.approx(ritz[:r], rel=1e-9)
+        assert np.abs(dfl.forward(np.eye(r)[1]) - K.forward(dfl.W[1].reshape(K.domain_shape)).ravel()).max() \
+            < 1e-4 * np.abs(dfl.forward(np.eye(r)[1])).max()
+
+
+def test_golub_kahan_tracked_keeps_both_relations():
+    """U-only reorthogonalisation with its coefficients kept: K V^T = U^T B and K^T U^T = V^T Bv^T + w e_k^T
+    hold, U is orthonormal, V nearly so, and B has the singular values of the fully reorthogonalised B."""
+    from recon_cli.solvers.mmgks import golub_kahan
+    from recon_cli.solvers.tikhonov import golub_kahan_tracked
+
+    K, y, _ = _small_problem(n=32, views=40)
+    steps = 20
+    U, B, Bv, V, beta = golub_kahan_tracked(K, y, steps)
+    U64, V64 = U.astype(np.float64), V.astype(np.float64)
+    KV = np.stack([K.forward(v.reshape(K.domain_shape)).ravel() for v in V]).astype(np.float64)  # rows K v_j
+    assert np.abs(KV - B.T @ U64).max() < 1e-5 * np.abs(KV).max()
+    KtU = np.stack([K.adjoint(u.reshape(K.range_shape)).ravel() for u in U[:steps]]).astype(np.float64)  # K^T u_j
+    assert np.abs(KtU - Bv[:steps] @ V64).max() < 1e-5 * np.abs(KtU).max()  # j < k: no w term
+    assert np.abs(U64 @ U64.T - np.eye(steps + 1)).max() < 1e-5
+    assert np.abs(V64 @ V64.T - np.eye(steps)).max() < 1e-4
+    assert np.array_equal(np.diag(B, -1), np.diag(Bv, -1))
+    _, B_full, _, beta_full = golub_kahan(K, y, steps)
+    assert beta == beta_full
+    s, s_full = np.linalg.svd(B, compute_uv=False), np.linalg.svd(B_full, compute_uv=False)
+    assert np.abs(s - s_full).max() < 1e-4 * s_full.max()

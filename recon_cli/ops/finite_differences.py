@@ -61,6 +61,27 @@ class Gradient(Operator):
             out += part
         return out
 
+    def normal(self, x, out=None):
+        """D^T D x (a Neumann Laplacian, negated), in domain_shape; written into ``out`` when given. Equals
+        adjoint(forward(x)) up to rounding, with half its temporaries."""
+        xp = self.xp
+        if out is None:
+            out = xp.zeros(self.domain_shape, dtype=x.dtype)
+        else:
+            out[...] = 0
+        for ax, w in zip(self.axes, self.weights):
+            d = xp.diff(x, axis=ax)
+            if w != 1.0:
+                d *= w * w
+            n = x.shape[ax]
+            lo = [slice(None)] * x.ndim
+            hi = [slice(None)] * x.ndim
+            lo[ax] = slice(0, n - 1)
+            hi[ax] = slice(1, n)
+            out[tuple(lo)] -= d
+            out[tuple(hi)] += d
+        return out
+
     def norm(self, iterations: int = 30, seed: int = 0) -> float:
         """Upper bound sqrt(4 * sum of squared weights) (tight for large grids)."""
         return float(np.sqrt(4.0 * sum(w * w for w in self.weights)))

@@ -50,14 +50,17 @@ from recon_cli.solvers.registry import IterationState
 
 
 def _reorthogonalised(v, Q, xp):
-    """v minus its projection on the orthonormal rows of Q: classical Gram-Schmidt, repeated once when the
-    first pass removed more than half of v's norm (the "twice is enough" criterion of Daniel, Gragg,
-    Kaufman & Stewart, 1976; a second pass is then needed, otherwise it changes nothing)."""
+    """(v minus its projection on the orthonormal rows of Q, its norm): classical Gram-Schmidt in place (v is
+    overwritten), repeated once when the first pass removed more than half of v's norm (the "twice is
+    enough" criterion of Daniel, Gragg, Kaufman & Stewart, 1976; a second pass is then needed, otherwise
+    it changes nothing)."""
     before = float(xp.linalg.norm(v))
-    v = v - Q.T @ (Q @ v)
-    if float(xp.linalg.norm(v)) < 0.5 * before:
+    v -= Q.T @ (Q @ v)
+    after = float(xp.linalg.norm(v))
+    if after < 0.5 * before:
         v -= Q.T @ (Q @ v)
-    return v
+        after = float(xp.linalg.norm(v))
+    return v, after
 
 
 def golub_kahan(K: Operator, y, steps: int, *, reorthogonalise: bool = True, stop=None):
@@ -75,32 +78,35 @@ def golub_kahan(K: Operator, y, steps: int, *, reorthogonalise: bool = True, sto
     if beta == 0:
         raise ValueError("golub_kahan: the data are zero")
     n = int(np.prod(K.domain_shape))
-    U = xp.zeros((steps + 1, y.size), dtype=np.float32)
-    V = xp.zeros((steps, n), dtype=np.float32)
+    U = xp.empty((steps + 1, y.size), dtype=np.float32)  # rows are written before they are read
+    V = xp.empty((steps, n), dtype=np.float32)
     B = np.zeros((steps + 1, steps))
-    U[0] = y / np.float32(beta)
+    xp.divide(y, np.float32(beta), out=U[0])
+    tmp, tmp_u = xp.empty(n, dtype=np.float32), xp.empty(y.size, dtype=np.float32)
     k_done = 0
     for k in range(steps):
         v = K.adjoint(U[k].reshape(K.range_shape)).reshape(-1).astype(np.float32, copy=False)
         if k > 0:
-            v -= np.float32(B[k, k - 1]) * V[k - 1]
+            v -= xp.multiply(V[k - 1], np.float32(B[k, k - 1]), out=tmp)
         if reorthogonalise and k > 0:
-            v = _reorthogonalised(v, V[:k], xp)
-        alpha = float(xp.linalg.norm(v))
+            v, alpha = _reorthogonalised(v, V[:k], xp)
+        else:
+            alpha = float(xp.linalg.norm(v))
         if alpha <= 1e-12 * beta:
             break
-        V[k] = v / np.float32(alpha)
+        xp.divide(v, np.float32(alpha), out=V[k])
         B[k, k] = alpha
         u = K.forward(V[k].reshape(K.domain_shape)).reshape(-1).astype(np.float32, copy=False)
-        u -= np.float32(alpha) * U[k]
+        u -= xp.multiply(U[k], np.float32(alpha), out=tmp_u)
         if reorthogonalise:
-            u = _reorthogonalised(u, U[:k + 1], xp)
-        gamma = float(xp.linalg.norm(u))
+            u, gamma = _reorthogonalised(u, U[:k + 1], xp)
+        else:
+            gamma = float(xp.linalg.norm(u))
         k_done = k + 1
         if gamma <= 1e-12 * beta:
             B[k + 1, k] = 0.0
             break
-        U[k + 1] = u / np.float32(gamma)
+        xp.divide(u, np.float32(gamma), out=U[k + 1])
         B[k + 1, k] = gamma
         if stop is not None and stop(k_done, B[:k_done + 1, :k_done], V[:k_done], beta):
             break
