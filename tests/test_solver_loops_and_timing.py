@@ -29,6 +29,10 @@ ALLOWED_LOOPS = {
                                                         "continues the chain through the driver",
     ("rising", "step_one"): "over the slices of a stack, each solved by the driver",
     ("sgp_tv", "SGP.step"): "Armijo backtracking inside one SGP iteration",
+    ("tikhonov", "golub_kahan_tracked"): "a fixed number of bidiagonalisation steps building lam auto's basis "
+                                         "(set-up, as mmgks.golub_kahan; U reorthogonalised, coefficients kept)",
+    ("tikhonov", "GradientGram.extend"): "over the new basis vectors: one row of the regulariser's Gram matrix each",
+    ("tikhonov", "KrylovBasis.deflation"): "over the deflation's Ritz vectors: one D^T D product each",
 }
 
 def iteration_shaped_loops(path: Path) -> list[tuple[str, int, str]]:
