@@ -14,7 +14,10 @@
 #      speed-up)  -> benchmarks/results/gpu_pipelines.md                                 160 s
 #   5. every other benchmark that offers `--device gpu --quick` (none when this was written)  60 s
 # Every step runs even when an earlier one fails; the exit code is 1 when any step failed.
+# GPU_CHECK_QUICK=1: a short check (about 4 min) for a nearly spent device budget: steps 1, 2 (110 s) and
+# 4 with --quick (the model-based pipelines, 100 s); no scaling benchmark.
 set -u
+QUICK=${GPU_CHECK_QUICK:-0}
 cd "$(dirname "$0")/.." || exit 2
 
 if [ -z "${PYTHON:-}" ]; then
@@ -51,17 +54,21 @@ run gpu_info 30 bash -c "nvidia-smi --query-gpu=name,driver_version,memory.total
 print(\"recon-cli gpu_status:\", ok, why); sys.exit(0 if ok else 1)'"
 
 # 2. the GPU tests (-rA: one line per test in the log, to count them below)
-run gpu_tests 200 env RECON_TEST_GPU=1 "$PYTHON" -m pytest -m gpu -q -rA -p no:cacheprovider tests
+run gpu_tests "$([ "$QUICK" = 1 ] && echo 110 || echo 200)" env RECON_TEST_GPU=1 "$PYTHON" -m pytest -m gpu -q -rA -p no:cacheprovider tests
 
 # 3. the scaling benchmark on the GPU
-run scaling_gpu 150 "$PYTHON" benchmarks/scaling.py --device gpu --slices 64 --size 256 --iterations 50 \
+[ "$QUICK" = 1 ] || run scaling_gpu 150 "$PYTHON" benchmarks/scaling.py --device gpu --slices 64 --size 256 --iterations 50 \
     --repeats 2 --executors local1,local2,dask2 --out "$RESULTS/scaling_gpu.md"
 
 # 4. every shipped pipeline on the CPU and on the GPU, side by side (PSNR and speed-up)
-run gpu_pipelines 160 "$PYTHON" benchmarks/gpu_pipelines.py --budget-s 140 --out "$RESULTS/gpu_pipelines.md"
+if [ "$QUICK" = 1 ]; then
+    run gpu_pipelines 100 "$PYTHON" benchmarks/gpu_pipelines.py --quick --budget-s 85 --out "$RESULTS/gpu_pipelines.md"
+else
+    run gpu_pipelines 160 "$PYTHON" benchmarks/gpu_pipelines.py --budget-s 140 --out "$RESULTS/gpu_pipelines.md"
+fi
 
 # 5. other benchmarks with a --device option (quick runs)
-for script in benchmarks/*.py; do
+for script in $([ "$QUICK" = 1 ] || echo benchmarks/*.py); do
     case "$script" in benchmarks/scaling.py|benchmarks/common.py|benchmarks/gpu_pipelines.py) continue ;; esac
     if grep -q -- '"--device"' "$script" && grep -q -- '"--quick"' "$script"; then
         name=$(basename "$script" .py)_gpu
@@ -99,6 +106,8 @@ done
     echo
     if [ -s "$RESULTS/scaling_gpu.md" ] && grep -q 'slices/s' "$RESULTS/scaling_gpu.md"; then
         sed '1d' "$RESULTS/scaling_gpu.md"
+    elif [ "$QUICK" = 1 ]; then
+        echo "(not run: GPU_CHECK_QUICK=1)"
     else
         echo "(no result; the end of the log:)"
         echo '```'
@@ -110,7 +119,7 @@ done
     echo
     if [ -s "$RESULTS/gpu_pipelines.md" ]; then sed '1d' "$RESULTS/gpu_pipelines.md"; else
         echo '```'; tail -30 "$LOGS/gpu_pipelines.log"; echo '```'; fi
-    for log in "$LOGS"/*_gpu.log; do
+    for log in $(ls "$LOGS"/*_gpu.log 2>/dev/null); do
         name=$(basename "$log" .log)
         [ "$name" = scaling_gpu ] && continue
         echo
