@@ -325,8 +325,8 @@ def rising_cell(r: dict) -> str:
 
 def rising_tables(results: dict, specs: dict, base: dict) -> tuple[list[str], list[tuple[str, bool, str]]]:
     """rising_table for RISING_MODEL and every other RISING model with results in learned.json."""
-    models = sorted({k.split("@", 1)[1] for c in results["cases"].values() for k in c.get("methods", {})
-                     if k.startswith("rising@")} - {RISING_MODEL})
+    models = sorted({k.split("@", 1)[1] for name, c in results["cases"].items() for k in c.get("methods", {})
+                     if k.startswith("rising@") and name in specs and specs[name].split == "test"} - {RISING_MODEL})
     lines, checks = [], []
     for model in [RISING_MODEL, *models]:
         more, check = rising_table(results, specs, base, model)
@@ -369,7 +369,8 @@ def rising_table(results: dict, specs: dict, base: dict, model: str = RISING_MOD
                         f"CPU time ratio converged / RISING {slowest:.1f}-"
                         f"{max(v[0]['cpu_ratio'] for v in got.values()):.1f}x")
     lines = [f"## RISING against its converged solver: `{model}` (PSNR dB, CPU s)", "",
-             f"Model `{model}` (training/{RISING_MODEL}.yaml): RISING = {k} iterations of sgp_tv from 0, then "
+             f"Model `{model}` (training config and command: docs/models.md): RISING = {k} iterations of sgp_tv "
+             "from 0, then "
              f"the network; converged = sgp_tv {it} iterations, the same parameters (lam 'noise': 400 x noise std / "
              "pixel size). `x_k`: the k iterations alone. CPU time of one thread, converged and RISING run "
              "alternately twice, minimum kept (RISING includes its guard's residuals). "

@@ -156,6 +156,11 @@ class Augment(Strict):
                                                   "fraction of their range")
     elastic: float = Field(4.0, ge=0, description="elastic deformation amplitude, mm (0: none)")
     elastic_scale: float = Field(30.0, gt=0, description="smoothness of the deformation field, mm")
+    fill: float = Field(0.0, ge=0, le=1, description="probability that a square region of the slice at about its "
+                                                     "own scale (zoom from scale, at least field / slice side, at "
+                                                     "most 2) fills the field of view, tissue up to its edges as "
+                                                     "a crop or a small reconstruction circle shows it, instead "
+                                                     "of the whole slice shrunk into it")
 
 
 class ImageSource(Strict):
@@ -278,6 +283,14 @@ class LossConfig(Strict):
     kind: Literal["mse", "l1", "elastic"] = "mse"
     alpha: float = Field(0.5, ge=0.0, le=1.0, description="elastic: weight of the image term")
     norm: Literal["l1", "l2"] = Field("l1", description="elastic: norm of both terms")
+    per_pair: Literal["absolute", "relative"] = Field(
+        "absolute", description="relative: each pair's (patch's) loss divided by the network input's own loss "
+                                "against the target (plus relative_floor x the batch mean of those), so that "
+                                "every pair counts by how much the network improves on its input - the mean "
+                                "PSNR gain - rather than by its absolute error (a RISING input close to its "
+                                "target, as on real slices, weighs as much as a far one)")
+    relative_floor: float = Field(0.1, gt=0.0, description="relative: floor on a pair's denominator, as a "
+                                                          "fraction of the batch mean (air-only patches)")
 
 
 class TrainingSpec(Strict):

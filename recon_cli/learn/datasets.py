@@ -79,16 +79,44 @@ def cache_folder(cfg: TrainConfig) -> Path:
     return Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir()
 
 
+#: Solver parameters that act only when another parameter has a given value: (parameter, (switch, value)).
+#: A pair's key leaves such a parameter out when its switch is off, so that adding one to a solver (with its
+#: effect confined to that setting) keeps the keys of pairs computed without it (e.g. sgp_tv's
+#: ``auto_lam_factor``, added after the RISING pairs with lam 'noise' were cached, acts on lam 'auto' only).
+INERT_UNLESS = {"auto_lam_factor": ("lam", "auto")}
+
+
+def solver_key(spec: dict) -> dict:
+    """A solver spec ({"name", "params"}, JSON) as it enters a cache key: parameters inert in it left out."""
+    params = dict(spec.get("params") or {})
+    for name, (switch, value) in INERT_UNLESS.items():
+        if name in params and params.get(switch) != value:
+            del params[name]
+    return {**spec, "params": params}
+
+
+def augment_key(augment: dict) -> dict:
+    """A real slice's augmentation as it enters a pair's key: ``fill`` left out when off, so the pairs cached
+    before it existed keep their keys (fill 0 draws nothing: the same images)."""
+    if not augment.get("fill"):
+        return {k: v for k, v in augment.items() if k != "fill"}
+    return augment
+
+
+def _target_payload(cfg: TrainConfig) -> dict:
+    spec = cfg.target_spec()
+    return {**spec, "solver": solver_key(spec["solver"])} if "solver" in spec else spec
+
+
 def _common_key_payload(cfg: TrainConfig) -> dict:
+    solvers = {"input": solver_key(cfg.input.model_dump(mode="json", exclude_none=True)), "target": _target_payload(cfg)}
     if cfg.envelope is not None:  # geometry and noise are drawn per pair (and part of each pair's key)
         return {"version": CACHE_VERSION, "projector": ENVELOPE_PAIR_PROJECTOR,
                 "envelope": cfg.envelope.model_dump(mode="json"),
-                "grid": cfg.grid.model_dump(mode="json"), "upsample": cfg.data.upsample,
-                "input": cfg.input.model_dump(mode="json", exclude_none=True), "target": cfg.target_spec()}
+                "grid": cfg.grid.model_dump(mode="json"), "upsample": cfg.data.upsample, **solvers}
     geometry, grid = cfg.geometry.build(), cfg.grid.build()
     return {"version": CACHE_VERSION, "geometry": fingerprint(geometry, grid), "grid": cfg.grid.model_dump(mode="json"),
-            "noise": cfg.noise.model_dump(mode="json"), "upsample": cfg.data.upsample,
-            "input": cfg.input.model_dump(mode="json", exclude_none=True), "target": cfg.target_spec()}
+            "noise": cfg.noise.model_dump(mode="json"), "upsample": cfg.data.upsample, **solvers}
 
 
 def _key(payload: dict) -> str:
@@ -137,7 +165,7 @@ def plan_samples(cfg: TrainConfig) -> dict[str, list[SampleSpec]]:
                 if chosen.kind == "dicom":
                     files = [*chosen.names, *chosen.paths]
                     source.update(file=files[int(rng.integers(len(files)))],
-                                  augment=chosen.augment.model_dump(mode="json"))
+                                  augment=augment_key(chosen.augment.model_dump(mode="json")))
                 noise_seed = int(np.random.SeedSequence(seq + [2]).generate_state(1)[0])
                 acq = draw_acquisition(cfg, seq) if cfg.envelope is not None else None
                 payload = {**common, "source": source, "noise_seed": noise_seed}
@@ -247,7 +275,12 @@ def make_image(source: dict, cfg: TrainConfig, n: int | None = None, fov: float 
         file = source["file"]
         path = str(locate(file)) if Path(file).name == file and not Path(file).is_file() else file
         mu, spacing = load_slice(path)
-        return augment_slice(mu, spacing, n, fov / n, Augment.model_validate(source["augment"]), rng), fov / n
+        aug = Augment.model_validate(source["augment"])
+        for _ in range(AUGMENT_TRIES):  # a small field (fine pixels) can fall in the air: draw the next crop
+            image = augment_slice(mu, spacing, n, fov / n, aug, rng)
+            if not empty_field(image):
+                break
+        return image, fov / n
     if source["kind"] == "coule":
         from recon_cli.phantoms import coule_phantom
 
@@ -427,6 +460,7 @@ def build_dataset(cfg: TrainConfig, *, progress: Callable[[int, int], None] | No
                     raise
     seconds = time.perf_counter() - t0
     arrays = {}
+    dropped: dict[str, int] = {}
     for split in SPLITS:
         items = []
         for spec in plan[split]:
@@ -434,6 +468,9 @@ def build_dataset(cfg: TrainConfig, *, progress: Callable[[int, int], None] | No
             if item is None:
                 compute_pair(cfg_json, spec, str(cache))
                 item = _load(cache / f"{spec.key}.npz")
+            if empty_field(item["reference"]):
+                dropped[split] = dropped.get(split, 0) + 1
+                continue
             items.append(item)
         shape = tuple(cfg.grid.shape)
         arrays[split] = SplitArrays(
@@ -443,8 +480,26 @@ def build_dataset(cfg: TrainConfig, *, progress: Callable[[int, int], None] | No
             sigma=np.array([float(i["sigma"]) for i in items], np.float32),
             conditions=(np.stack([i["conditions"] for i in items]).astype(np.float32)
                         if items and all(i["conditions"] is not None for i in items) else None))
-    info = {"computed": total, "cached": len(specs) - total, "seconds": round(seconds, 2), "cache_dir": str(cache)}
+    if dropped:
+        log.info("left out %s pair(s) whose field holds almost no tissue (%s)", sum(dropped.values()),
+                 ", ".join(f"{k} {v}" for k, v in dropped.items()))
+    info = {"computed": total, "cached": len(specs) - total, "seconds": round(seconds, 2), "cache_dir": str(cache),
+            "dropped_empty": dropped}
     return arrays, info
+
+
+#: Augmentations drawn for a real slice until its field holds tissue (the same seed gives the same draws).
+AUGMENT_TRIES = 8
+#: A pair's field is empty when fewer than 1% of its pixels reach EMPTY_TISSUE x water's attenuation.
+EMPTY_TISSUE = 0.1
+
+
+def empty_field(reference: np.ndarray) -> bool:
+    """True when the true image holds almost no tissue (an augmented crop of a real slice that fell in the
+    air at a fine pixel size): such a pair teaches nothing and its PSNR (data range ~0) swamps a mean."""
+    from recon_cli.phantoms import MU_WATER
+
+    return bool(np.percentile(np.asarray(reference, np.float32), 99.0) < EMPTY_TISSUE * MU_WATER)
 
 
 def describe_data(cfg: TrainConfig, arrays: dict[str, SplitArrays]) -> dict:

@@ -36,8 +36,7 @@ def elastic_loss(pred: torch.Tensor, target: torch.Tensor, alpha: float = 0.5, n
     return alpha * image_term + (1.0 - alpha) * grad_term
 
 
-def make_loss(cfg: LossConfig) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The loss function ``loss(pred, target) -> scalar`` described by ``cfg``."""
+def _base_loss(cfg: LossConfig) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     if cfg.kind == "mse":
         return F.mse_loss
     if cfg.kind == "l1":
@@ -46,6 +45,33 @@ def make_loss(cfg: LossConfig) -> Callable[[torch.Tensor, torch.Tensor], torch.T
 
     def loss(pred, target):
         return elastic_loss(pred, target, alpha, norm)
+
+    return loss
+
+
+def relative_loss(base: Callable, pred: torch.Tensor, target: torch.Tensor, inputs: torch.Tensor,
+                  floor: float) -> torch.Tensor:
+    """Mean over the batch of base(pred_i, target_i) / (base(input_i, target_i) + floor x its batch mean):
+    each pair weighted by its input's own error, so the loss measures the relative improvement per pair."""
+    own = torch.stack([base(p[None], t[None]) for p, t in zip(pred, target)])
+    with torch.no_grad():
+        ref = torch.stack([base(x[None], t[None]) for x, t in zip(inputs, target)])
+        ref = ref + floor * ref.mean() + torch.finfo(ref.dtype).tiny
+    return (own / ref).mean()
+
+
+def make_loss(cfg: LossConfig) -> Callable[..., torch.Tensor]:
+    """The loss function ``loss(pred, target, inputs=None) -> scalar`` described by ``cfg``; ``inputs``
+    (the network's image input, same shape as ``target``) is needed by ``per_pair: relative``."""
+    base = _base_loss(cfg)
+    if cfg.per_pair == "absolute":
+        return lambda pred, target, inputs=None: base(pred, target)
+    floor = float(cfg.relative_floor)
+
+    def loss(pred, target, inputs=None):
+        if inputs is None:
+            raise ValueError("per_pair 'relative' needs the network inputs")
+        return relative_loss(base, pred, target, inputs, floor)
 
     return loss
 

@@ -60,6 +60,8 @@ def load_slice(path: str) -> tuple[np.ndarray, float]:
     return mu, float(spacing)
 
 
+#: fill: largest magnification of a slice to fill the field of view (else the whole slice is placed in it).
+FILL_MAX_ZOOM = 2.0
 #: A slice whose border is tissue (above half of water) over more than this fraction is truncated.
 TRUNCATED_BORDER = 0.05
 
@@ -87,15 +89,25 @@ def augment_slice(mu: np.ndarray, spacing: float, n: int, voxel: float, aug: Aug
     A slice larger than the field of view n * voxel is first shrunk to fit it (a smaller patient); a
     slice whose body is cut by its border gets an elliptical outline first (:func:`close_truncated_body`).
     """
-    mu = close_truncated_body(np.asarray(mu, np.float32))
+    fill = aug.fill > 0 and rng.uniform() < aug.fill  # no draw when off: the same images as before fill existed
     ny, nx = mu.shape
     fov = n * voxel
-    fit = min(1.0, 0.95 * fov / (max(ny, nx) * spacing))
-    zoom = fit * (float(np.exp(rng.uniform(np.log(aug.scale[0]), np.log(aug.scale[1])))) if aug.scale else 1.0)
+    side = min(ny, nx) * spacing
+    fill = fill and fov <= FILL_MAX_ZOOM * side  # a field much larger than the slice cannot be filled by it
+    mu = np.asarray(mu, np.float32) if fill else close_truncated_body(np.asarray(mu, np.float32))
+    scale = float(np.exp(rng.uniform(np.log(aug.scale[0]), np.log(aug.scale[1])))) if aug.scale else 1.0
+    if fill:  # a square region of the slice at about its own scale fills the field (tissue up to the edges)
+        zoom = max(scale, fov / side)
+    else:  # the whole slice, shrunk into the field if larger
+        zoom = min(1.0, 0.95 * fov / (max(ny, nx) * spacing)) * scale
     theta = rng.uniform(0, 2 * np.pi) if aug.rotate else 0.0
     flip_x = -1.0 if aug.flip and rng.uniform() < 0.5 else 1.0
     flip_y = -1.0 if aug.flip and rng.uniform() < 0.5 else 1.0
-    shift = rng.uniform(-0.15, 0.15, size=2) * fov if aug.crop else np.zeros(2)
+    if fill:  # the region's centre anywhere that keeps the turned square inside the slice (field mm)
+        room = max(0.0, side / 2 - fov / zoom / np.sqrt(2.0))
+        shift = rng.uniform(-room, room, size=2) * zoom
+    else:
+        shift = rng.uniform(-0.15, 0.15, size=2) * fov if aug.crop else np.zeros(2)
     # output pixel centres in mm (row 0 = +y), centred on the rotation axis
     c = (np.arange(n) + 0.5 - n / 2) * voxel
     yy, xx = np.meshgrid(-c, c, indexing="ij")

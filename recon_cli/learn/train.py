@@ -200,7 +200,8 @@ def image_metrics(pred: np.ndarray, ref: np.ndarray) -> dict[str, float]:
 def evaluate(model, data: Tensors, arrays: SplitArrays, cfg: TrainConfig, loss_fn) -> dict[str, float]:
     """Loss (normalised scale) and PSNR/SSIM in 1/mm against the target (and the ground truth when different)."""
     pred = predict(model, data, cfg.training.batch_size)
-    out = {"loss": float(loss_fn(pred, data.y))} if data.n else {}
+    ny, nx = data.y.shape[-2:]
+    out = {"loss": float(loss_fn(pred, data.y, data.x[:, :1, :ny, :nx]))} if data.n else {}
     pred_mu = pred[:, 0].cpu().numpy() * data.scale[:, None, None]
     out.update(image_metrics(pred_mu, arrays.targets))
     if cfg.target != "ground_truth":
@@ -335,7 +336,7 @@ def train(cfg: TrainConfig, *, out_dir: str | os.PathLike | None = None, resume:
             total, count = 0.0, 0
             for b, (xb, yb) in enumerate(_batches(tensors["train"], cfg, gen), 1):
                 pred = model(xb)[..., : yb.shape[-2], : yb.shape[-1]]
-                loss = loss_fn(pred, yb)
+                loss = loss_fn(pred, yb, xb[:, :1, : yb.shape[-2], : yb.shape[-1]])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -430,7 +431,7 @@ def build_metadata(cfg: TrainConfig, model: UNet, arrays: dict[str, SplitArrays]
             "threads": threads, "wall_time_s": round(state["wall_time"], 1),
             "history": state["history"],
         },
-        "data": {**described, "generation_s": data_info["seconds"]},
+        "data": {**described, "generation_s": data_info["seconds"], "dropped_empty": data_info.get("dropped_empty", {})},
         "metrics": metrics,
         "versions": versions,
         "command": command_line,
