@@ -41,6 +41,17 @@ class RunResult:
     volume: np.ndarray | None = field(default=None, repr=False)
 
 
+def device_for_solver(device: Device, request: str | None, solver: str) -> Device:
+    """``device``, except that ``device: auto`` takes the CPU for a solver that needs an exact adjoint
+    (SolverParams.needs_exact_adjoint), which the GPU projector does not give."""
+    from recon_cli.solvers.registry import get_solver
+
+    if device.is_gpu and (request or "auto").lower() == "auto" and get_solver(solver).params_model.needs_exact_adjoint:
+        log.info("device auto: %s needs a projector with an exact adjoint; using the CPU", solver)
+        return Device("cpu")
+    return device
+
+
 def run_pipeline(cfg: PipelineConfig, *, input_override: str | None = None, output_override: str | None = None,
                  device_override: str | None = None, overwrite: bool = False, command_line: str | None = None,
                  progress: bool = True, max_memory: int | str | None = None, resume: bool | str = False,
@@ -62,7 +73,7 @@ def run_pipeline(cfg: PipelineConfig, *, input_override: str | None = None, outp
     pacs_record = cfg.pacs_record_path()
     check_outputs({**outputs, **({"pacs": pacs_record} if pacs_record else {})}, input_path, overwrite)
     check_log_file_apart(cfg, outputs)
-    device = select_device(cfg.device)
+    device = device_for_solver(select_device(cfg.device), cfg.device, cfg.solver.name)
     log.info("device: %s", device.name)
 
     from recon_cli.progress import iteration_budget, log_stage

@@ -18,6 +18,8 @@ class Operator(ABC):
     range_shape: tuple[int, ...]
     xp = np
     dtype = np.float32
+    #: ``adjoint`` is the exact transpose of ``forward`` (to rounding), as Krylov solvers need.
+    exact_adjoint = True
 
     @abstractmethod
     def forward(self, x):

@@ -94,6 +94,10 @@ class AstraCUDAProjector(Operator):
     ignored (ASTRA's CUDA projectors choose their own), for the signature every projector kind shares.
     """
 
+    #: ASTRA's CUDA backprojector is not the exact transpose of its forward projector: CGLS (tikhonov)
+    #: diverged on it at small lam on an H200 (benchmarks/results/gpu.md); PDHG and SGP tolerate it.
+    exact_adjoint = False
+
     def __init__(self, geometry: Geometry, grid: VolumeGrid, projector_type: str | None = None):
         ok, reason = gpu_status()
         if not ok:

@@ -60,6 +60,9 @@ class SolverParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, defer_build=True)
     renamed: ClassVar[dict[str, str]] = {}
+    #: The solver needs a projector whose adjoint is the exact transpose of its forward (a Krylov method):
+    #: it refuses one that is not (Operator.exact_adjoint), and ``device: auto`` then takes the CPU.
+    needs_exact_adjoint: ClassVar[bool] = False
 
     @model_validator(mode="before")
     @classmethod

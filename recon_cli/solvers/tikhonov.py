@@ -60,6 +60,7 @@ import math
 import numpy as np
 
 from recon_cli.backend import array_module, to_numpy
+from recon_cli.errors import DeviceError
 from recon_cli.ops.finite_differences import Gradient
 from recon_cli.ops.operator import Operator
 from recon_cli.sinogram import Reconstruction, Sinogram
@@ -645,6 +646,9 @@ def solve(op: Operator, sino: Sinogram, params: TikhonovParams, callback=None, *
     Restartable: the callback's ``extra['state']`` is :class:`StackedCGLS`'s plus ``lam_abs`` and
     ``lam_search`` (the lam record); ``resume_state`` continues with that lam, without choosing again.
     """
+    if not getattr(op, "exact_adjoint", True):
+        raise DeviceError(f"tikhonov (CGLS) needs a projector with an exact adjoint, and {type(op).__name__}'s "
+                          "is not one (it diverges there); run it with --device cpu", field="device")
     clock = Stopwatch()
     xp = op.xp
     y = xp.asarray(sino.data, dtype=np.float32).reshape(op.range_shape)

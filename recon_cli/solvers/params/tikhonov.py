@@ -9,6 +9,8 @@ from recon_cli.solvers.registry import SolverParams, declare, unit
 class TikhonovParams(SolverParams):
     """Parameters of ``tikhonov`` (lam for unit pixels: the solver uses lam * voxel_size^2)."""
 
+    needs_exact_adjoint = True  # CGLS: diverged on ASTRA's CUDA projector (benchmarks/results/gpu.md)
+
     lam: Union[float, Literal["gcv", "discrepancy", "auto"]] = unit(
         "1 (unit pixels)", "weight of ||D x||^2; the solver uses lam * voxel_size^2. 'gcv': generalised "
         "cross-validation on a Golub-Kahan projection of the problem; 'discrepancy': residual = discrepancy_tau x "
