@@ -63,6 +63,22 @@ def _reorthogonalised(v, Q, xp):
     return v, after
 
 
+def bidiagonalisation_arrays(K: Operator, y, steps: int):
+    """(beta = ||y||, U (steps+1, m) with U[0] = y / beta, V (steps, n), B (steps+1, steps) zeros (float64 numpy),
+    scratch (n,) and (m,)): the arrays of a Golub-Kahan run on K.xp (float32; rows written before read)."""
+    xp = K.xp
+    y = xp.asarray(y, dtype=np.float32).reshape(-1)
+    beta = float(xp.linalg.norm(y))
+    if beta == 0:
+        raise ValueError("Golub-Kahan bidiagonalisation: the data are zero")
+    n = int(np.prod(K.domain_shape))
+    U = xp.empty((steps + 1, y.size), dtype=np.float32)
+    V = xp.empty((steps, n), dtype=np.float32)
+    xp.divide(y, np.float32(beta), out=U[0])
+    return (beta, U, V, np.zeros((steps + 1, steps)), xp.empty(n, dtype=np.float32),
+            xp.empty(y.size, dtype=np.float32))
+
+
 def golub_kahan(K: Operator, y, steps: int, *, reorthogonalise: bool = True, stop=None):
     """``steps`` steps of Golub-Kahan bidiagonalisation of K started at y.
 
@@ -73,16 +89,7 @@ def golub_kahan(K: Operator, y, steps: int, *, reorthogonalise: bool = True, sto
     (default) keeps the bases orthonormal in float32.
     """
     xp = K.xp
-    y = xp.asarray(y, dtype=np.float32).reshape(-1)
-    beta = float(xp.linalg.norm(y))
-    if beta == 0:
-        raise ValueError("golub_kahan: the data are zero")
-    n = int(np.prod(K.domain_shape))
-    U = xp.empty((steps + 1, y.size), dtype=np.float32)  # rows are written before they are read
-    V = xp.empty((steps, n), dtype=np.float32)
-    B = np.zeros((steps + 1, steps))
-    xp.divide(y, np.float32(beta), out=U[0])
-    tmp, tmp_u = xp.empty(n, dtype=np.float32), xp.empty(y.size, dtype=np.float32)
+    beta, U, V, B, tmp, tmp_u = bidiagonalisation_arrays(K, y, steps)
     k_done = 0
     for k in range(steps):
         v = K.adjoint(U[k].reshape(K.range_shape)).reshape(-1).astype(np.float32, copy=False)

@@ -64,7 +64,7 @@ from recon_cli.errors import DeviceError
 from recon_cli.ops.finite_differences import Gradient
 from recon_cli.ops.operator import Operator
 from recon_cli.sinogram import Reconstruction, Sinogram
-from recon_cli.solvers.mmgks import discrepancy_lam, projected_solve
+from recon_cli.solvers.mmgks import bidiagonalisation_arrays, discrepancy_lam, projected_solve
 from recon_cli.solvers.regularisation_parameter import noise_norm
 from recon_cli.solvers.algorithm import Algorithm, Halt, Stopwatch, TimedOperator, run
 from recon_cli.solvers.registry import IterationState, register
@@ -396,17 +396,8 @@ def golub_kahan_tracked(K: Operator, y, steps: int, *, stop=None, on_vector=None
     the fully reorthogonalised one). Returns (U, B, Bv, V, beta); ``stop(k, B[:k+1, :k], V[:k], beta)`` after
     step k ends it when True; ``on_vector(V[:k+1])`` is called as soon as v_k is stored."""
     xp = K.xp
-    y = xp.asarray(y, dtype=np.float32).reshape(-1)
-    beta = float(xp.linalg.norm(y))
-    if beta == 0:
-        raise ValueError("golub_kahan_tracked: the data are zero")
-    n = int(np.prod(K.domain_shape))
-    U = xp.empty((steps + 1, y.size), dtype=np.float32)
-    V = xp.empty((steps, n), dtype=np.float32)
-    B = np.zeros((steps + 1, steps))
+    beta, U, V, B, tmp, tmp_u = bidiagonalisation_arrays(K, y, steps)
     alphas = np.zeros(steps)
-    xp.divide(y, np.float32(beta), out=U[0])
-    tmp, tmp_u = xp.empty(n, dtype=np.float32), xp.empty(y.size, dtype=np.float32)
     k_done = 0
     for k in range(steps):
         v = K.adjoint(U[k].reshape(K.range_shape)).reshape(-1).astype(np.float32, copy=False)
