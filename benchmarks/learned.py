@@ -185,9 +185,7 @@ def load_model_meta(model: str) -> dict:
 
 def input_psnr(base_methods: dict, model: str) -> float | None:
     """PSNR of ``model``'s trained input solver on a case, from suite.json: FBP (Hann) or TV lam auto (I0)."""
-    from recon_cli.networks import load_model
-
-    name = (load_model(model).trained_input or {}).get("name", "fbp")
+    name = (load_model_meta(model).get("input") or {}).get("name", "fbp")
     return base_methods.get("tv_auto_I0" if name == "tv" else "fbp", {}).get("psnr")
 
 
@@ -426,8 +424,8 @@ def suite_card(results: dict, model: str = MODEL) -> dict:
             continue
         b = base.get(spec.name, {}).get("methods", {})
         fbp, tv = b["fbp"]["psnr"], b["tv_auto_I0"]["psnr"]
-        fallback = "tv" if model.startswith("postproc_tv_envelope") else "fbp"  # the guard falls back to the input solver
-        psnr, fell = guarded(u, fbp, tv, IMPLAUSIBLE_FACTOR, NOISE_FACTOR, fallback)
+        fallback = (load_model_meta(model).get("input") or {}).get("name", "fbp")  # the guard's: the input solver
+        psnr, fell = guarded(u, input_psnr(b, model), tv, IMPLAUSIBLE_FACTOR, NOISE_FACTOR, "fbp")
         rows[spec.name] = {"group": group(spec), "fbp_hann": round(fbp, 2), "tv_lam_auto": round(tv, 2),
                            "unet_raw": round(u["psnr"], 2), "unet_guarded": round(psnr, 2),
                            "guard": f"fallback ({'TV lam auto' if fallback == 'tv' else 'FBP'})" if fell else "accepted",

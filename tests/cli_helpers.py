@@ -86,3 +86,21 @@ def train_via_cli(root: Path, raw: dict) -> tuple[Path, Path, Path]:
     result = CliRunner().invoke(cli, ["-q", "train", str(cfg_path), "--out", str(root / "out")])
     assert result.exit_code == 0, result.output
     return root / "out", cfg_path, root / "cache"
+
+
+class CountingOperator:
+    """``op`` counting its projections (forward + adjoint calls) in ``calls``; everything else is ``op``'s."""
+
+    def __init__(self, op):
+        self.op, self.calls = op, 0
+
+    def __getattr__(self, name):
+        return getattr(self.op, name)
+
+    def forward(self, x):
+        self.calls += 1
+        return self.op.forward(x)
+
+    def adjoint(self, y):
+        self.calls += 1
+        return self.op.adjoint(y)

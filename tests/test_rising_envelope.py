@@ -43,6 +43,17 @@ def _case(geometry, grid, I0=1.0e5, seed=3):
     return make_projector(geometry, grid, Device("cpu")), sino
 
 
+def _rising_and_x_k(geometry, grid, model, I0=1.0e5):
+    """(op, sino, rising params, rising's result, x_k: K sgp_tv iterations from zero) with ``model``, lam 'noise';
+    rising ran without a mismatch and returned the grid's shape."""
+    op, sino = _case(geometry, grid, I0=I0)
+    params = {"pre_estimate": {"name": "sgp_tv", "params": {"lam": "noise"}}, "k": K, "model": str(model),
+              "on_implausible": "ignore"}
+    res = run_solver("rising", op, sino, params)
+    assert res.info["mismatches"] == [] and res.volume.shape == grid.shape
+    return op, sino, params, res, run_solver("sgp_tv", op, sino, {"lam": "noise", "iterations": K}).volume
+
+
 def _parallel(n_views=30, spacing=1.0, count=64):
     return Parallel2D(angles=np.linspace(0, np.pi, n_views, endpoint=False), detector_spacing=spacing,
                       detector_count=count)
@@ -132,13 +143,8 @@ GEOMETRIES = [
 
 @pytest.mark.parametrize("geometry,grid", GEOMETRIES, ids=["parallel25_0.8mm", "fan36_1.33mm"])
 def test_rising_runs_the_envelope_model_on_other_geometries_without_allow_mismatch(tiny_model, geometry, grid):
-    op, sino = _case(geometry, grid, I0=3.0e4)
-    params = {"pre_estimate": {"name": "sgp_tv", "params": {"lam": "noise"}}, "k": K, "model": str(tiny_model),
-              "on_implausible": "ignore"}
-    res = run_solver("rising", op, sino, params)
-    assert res.info["mismatches"] == [] and res.volume.shape == grid.shape
+    op, sino, params, res, x_k = _rising_and_x_k(geometry, grid, tiny_model, I0=3.0e4)
     # the network applied (resampled to 1 mm, with its noise / view planes) to k iterations from zero
-    x_k = run_solver("sgp_tv", op, sino, {"lam": "noise", "iterations": K}).volume
     model = load_model(tiny_model)
     cond = conditions_for(sino)
     # default 'native': the network on x_k's own grid, no resampling (its planes still say noise and views)
@@ -215,12 +221,7 @@ def test_native_grid_pairs_keep_the_drawn_pixel_and_the_model_runs_on_the_data_g
     assert model.meta["envelope"]["canonical_pixel_size_mm"] is None and model.canonical_pixel_size is None
     # no resampling anywhere: the same output at any stated voxel size, and from rising without a mode
     geometry, grid = GEOMETRIES[0]
-    op, sino = _case(geometry, grid)
-    params = {"pre_estimate": {"name": "sgp_tv", "params": {"lam": "noise"}}, "k": K, "model": str(path),
-              "on_implausible": "ignore"}
-    res = run_solver("rising", op, sino, params)
-    assert res.info["mismatches"] == [] and res.volume.shape == grid.shape
-    x_k = run_solver("sgp_tv", op, sino, {"lam": "noise", "iterations": K}).volume
+    _, sino, _, res, x_k = _rising_and_x_k(geometry, grid, path)
     cond = conditions_for(sino)
     np.testing.assert_array_equal(res.volume, model.apply(x_k, voxel_size=0.8, conditions=cond))
     np.testing.assert_array_equal(res.volume, model.apply(x_k, voxel_size=1.3, conditions=cond))

@@ -9,29 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import CountingOperator
 
 from recon_cli.solvers.registry import run_solver
 from recon_cli.solvers.sgp_tv import FULL_SAMPLING, SGP, SGPTVParams, absolute_weights, sampling_ratio
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-class Counting:
-    """An operator counting its projections."""
-
-    def __init__(self, op):
-        self.op, self.n = op, 0
-
-    def __getattr__(self, name):
-        return getattr(self.op, name)
-
-    def forward(self, x):
-        self.n += 1
-        return self.op.forward(x)
-
-    def adjoint(self, y):
-        self.n += 1
-        return self.op.adjoint(y)
 
 
 def test_few_view_lam_auto_applies_the_sampling_factor():
@@ -79,19 +62,19 @@ def test_restart_is_a_fresh_start_without_projections():
     second = first.model_copy(update={"iterations": 12})
     from recon_cli.solvers.algorithm import run
 
-    counted = Counting(K)
+    counted = CountingOperator(K)
     chain = SGP(counted, y, lam1, beta, first)
     run(chain)
     x_mid = chain.x.copy()
-    before = counted.n
+    before = counted.calls
     chain.restart(lam2, second)
     run(chain)
-    restarted = counted.n - before
+    restarted = counted.calls - before
 
-    counted_fresh = Counting(K)
+    counted_fresh = CountingOperator(K)
     fresh = SGP(counted_fresh, y, lam2, beta, second, x0=x_mid)
     run(fresh)
-    assert restarted == counted_fresh.n - 3
+    assert restarted == counted_fresh.calls - 3
     assert chain.iteration == fresh.iteration == 12
     np.testing.assert_allclose(chain.x, fresh.x, rtol=0, atol=1e-4 * float(np.abs(fresh.x).max()))
     assert chain.history["objective"][-1] == pytest.approx(fresh.history["objective"][-1], rel=1e-4)

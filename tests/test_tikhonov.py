@@ -6,6 +6,7 @@ import h5py
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from cli_helpers import CountingOperator
 
 from recon_cli.geometry import VolumeGrid, fan_beam_geometry, parallel_beam_geometry
 from recon_cli.metrics import compute_metrics
@@ -171,22 +172,6 @@ def _small_problem(n=24, views=30, seed=3):
     return K, y, Gradient((n, n))
 
 
-class _Counting:
-    """An operator counting its forward and adjoint calls."""
-
-    def __init__(self, op):
-        self.op, self.calls = op, 0
-        self.xp, self.domain_shape, self.range_shape = op.xp, op.domain_shape, op.range_shape
-
-    def forward(self, x):
-        self.calls += 1
-        return self.op.forward(x)
-
-    def adjoint(self, y):
-        self.calls += 1
-        return self.op.adjoint(y)
-
-
 def test_projected_discrepancy_lam_is_the_factorised_one():
     """The closed-form residual (eigenbasis of the pencil) finds the root of mmgks.discrepancy_lam (a Cholesky
     factorisation per evaluation) to its tolerance, and reports unreachable targets the same way."""
@@ -230,7 +215,7 @@ def test_galerkin_start_needs_no_projection_and_matches_them():
     assert np.abs(start["s"] - s).max() < 1e-3 * np.abs(s).max()
     assert start["atb"] == pytest.approx(float(np.linalg.norm(K.adjoint(y))), rel=1e-5)
     dfl = b.deflation(lam)
-    counted = _Counting(K)
+    counted = CountingOperator(K)
     StackedCGLS(counted, y, D, lam, start=start, deflation=dfl, iterations=500, tol=1e-6)
     assert counted.calls == 0
     x_defl, defl = cgls_stacked(K, y, D, lam, start=start, deflation=dfl, iterations=500, tol=1e-6)
